@@ -1,0 +1,1 @@
+"""Scan data for training: preprocessing shared with inference, datasets, splits, data module."""
