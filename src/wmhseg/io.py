@@ -39,6 +39,8 @@ __all__ = [
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _UNSAFE_ID = re.compile(r"[/\\\x00-\x1f\x7f]")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def _as_3d_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
@@ -132,6 +134,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual mode
     try:
         yield tmp_path
         os.replace(tmp_path, path)

@@ -1,0 +1,367 @@
+"""The whole analysis: tables -> data set -> headline models + survival -> outputs.
+
+Computation (:func:`run_analysis`) is separate from writing (:func:`write_outputs`);
+:func:`analyze` does both from a config, as ``analyze.py`` does.
+
+Outputs in ``out_dir`` (each written atomically):
+
+* ``headline.json``: the four headline estimates (keys in :data:`HEADLINE_KEYS`), each
+  ``{estimate, std_err, ci_low, ci_high, p_value, n_subjects, n_obs}`` (NaN -> null);
+* ``models.csv``: every term of every model (fixed effects, variance components, the
+  short-minus-long contrast, the headline values as reported, the Cox terms);
+* ``left_out.csv``: every row left out of some analysis and why;
+* ``survival_patients.csv``: per ALS patient baseline WMH, WMH progression and survival;
+* ``figures/``: trajectories, ALSFRS-R vs WMH, Kaplan-Meier curves;
+* ``report.md`` (or ``report.html``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from wmhseg.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from wmhseg.stats.dataset import StudyData, build_dataset
+from wmhseg.stats.mixed import Estimate, MixedFit
+from wmhseg.stats.models import HEADLINE_KEYS, MODEL_NAMES, PER_WMH, TIME, fit_study_models
+from wmhseg.stats.settings import AnalysisSettings, SettingsError
+from wmhseg.stats.survival import SurvivalResult, run_survival
+from wmhseg.stats.tables import check_clinical, check_volumes, load_clinical, load_volumes
+
+__all__ = ["AnalysisResult", "run_analysis", "write_outputs", "analyze", "MODELS_COLUMNS"]
+
+log = logging.getLogger(__name__)
+
+MODELS_COLUMNS = [
+    "model",
+    "term",
+    "estimate",
+    "std_err",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "n_subjects",
+    "n_obs",
+    "converged",
+    "optimizer",
+    "kind",
+    "formula",
+    "hazard_ratio",
+    "hr_ci_low",
+    "hr_ci_high",
+    "ph_p_value",
+    "note",
+]
+
+
+@dataclass
+class AnalysisResult:
+    """Everything the analysis computed; nothing written yet.
+
+    Attributes:
+        settings: the settings used; ``sources``: names of the two input tables.
+        study: the joined data set with its ledger of left-out rows.
+        fits: the four mixed models; ``headline``: their headline estimates.
+        survival: per-patient summaries, Kaplan-Meier splits and the Cox model.
+        seconds: wall time of each stage; ``provenance``: versions and settings for the report.
+    """
+
+    settings: AnalysisSettings
+    sources: dict[str, str]
+    study: StudyData
+    fits: dict[str, MixedFit]
+    headline: dict[str, Estimate]
+    survival: SurvivalResult
+    seconds: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, str] = field(default_factory=dict)
+
+    def headline_dict(self) -> dict[str, dict[str, float | int | None]]:
+        """The ``headline.json`` content."""
+        return {key: self.headline[key].to_dict() for key in HEADLINE_KEYS}
+
+    def models_table(self) -> pd.DataFrame:
+        """The ``models.csv`` content: one row per term of every model."""
+        parts = [fit.table() for fit in self.fits.values()]
+        m2 = self.fits[MODEL_NAMES["wmh_progression_short_vs_long"]]
+        if m2.ok:
+            e = self.headline["wmh_progression_short_vs_long"]
+            parts.append(_row(m2, "contrast", f"{TIME}:cohort[T.short] - {TIME}:cohort[T.long]", e))
+        for key in HEADLINE_KEYS:
+            fit = self.fits[MODEL_NAMES[key]]
+            scale = f" (x{PER_WMH:g}: points per {PER_WMH:g} mm3)" if key.startswith("alsfrs") else ""
+            parts.append(_row(fit, "headline", key, self.headline[key], note=f"headline.json value{scale}"))
+        cox = self.survival.cox
+        if cox.error is None and len(cox.terms):
+            t = cox.terms
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "model": "cox_time_to_outcome",
+                        "term": t["term"],
+                        "estimate": t["coef"],
+                        "std_err": t["std_err"],
+                        "ci_low": np.log(t["hr_ci_low"]),
+                        "ci_high": np.log(t["hr_ci_high"]),
+                        "p_value": t["p_value"],
+                        "n_subjects": cox.n_subjects,
+                        "n_obs": cox.n_subjects,
+                        "converged": cox.converged,
+                        "optimizer": "newton",
+                        "kind": "cox",
+                        "formula": cox.formula,
+                        "hazard_ratio": t["hazard_ratio"],
+                        "hr_ci_low": t["hr_ci_low"],
+                        "hr_ci_high": t["hr_ci_high"],
+                        "ph_p_value": t["ph_p_value"],
+                        "note": f"estimate = log hazard ratio; {cox.n_events} events",
+                    }
+                )
+            )
+        table = pd.concat(parts, ignore_index=True)
+        for col in MODELS_COLUMNS:
+            if col not in table.columns:
+                table[col] = pd.NA
+        return table[MODELS_COLUMNS]
+
+
+def _row(fit: MixedFit, kind: str, term: str, e: Estimate, note: str = "") -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "model": fit.name,
+                "term": term,
+                "estimate": e.estimate,
+                "std_err": e.std_err,
+                "ci_low": e.ci_low,
+                "ci_high": e.ci_high,
+                "p_value": e.p_value,
+                "n_subjects": e.n_subjects,
+                "n_obs": e.n_obs,
+                "converged": fit.converged,
+                "optimizer": fit.optimizer,
+                "kind": kind,
+                "formula": fit.formula,
+                "note": note,
+            }
+        ]
+    )
+
+
+def _provenance(
+    settings: AnalysisSettings, sources: Mapping[str, str], seconds: Mapping[str, float]
+) -> dict[str, str]:
+    import matplotlib
+    import numpy
+    import scipy
+    import statsmodels
+
+    from wmhseg import __version__
+
+    return {
+        "volume table": sources["volumes"],
+        "clinical table": sources["clinical"],
+        "settings": ", ".join(f"{k}={v}" for k, v in settings.as_dict().items()),
+        "software": (
+            f"wmhseg {__version__}, statsmodels {statsmodels.__version__}, pandas {pd.__version__}, "
+            f"numpy {numpy.__version__}, scipy {scipy.__version__}, matplotlib {matplotlib.__version__}, "
+            f"Python {platform.python_version()}"
+        ),
+        "computation time": ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()),
+    }
+
+
+def run_analysis(
+    volumes: pd.DataFrame,
+    clinical: pd.DataFrame,
+    settings: AnalysisSettings | None = None,
+    *,
+    volumes_source: str = "volume table",
+    clinical_source: str = "clinical table",
+) -> AnalysisResult:
+    """Check the tables, join them, fit the headline models and run the survival analyses.
+
+    Args:
+        volumes: a volume table (text cells as from :func:`~wmhseg.stats.tables.read_table`,
+            or typed columns).
+        clinical: a clinical table, likewise.
+        settings: analysis settings (defaults when omitted).
+        volumes_source, clinical_source: the tables' names in messages and the report.
+
+    Returns:
+        An :class:`AnalysisResult`; nothing is written.
+
+    Raises:
+        TableError: a table is unusable (names the table, column and rows).
+
+    Example:
+        >>> from wmhseg.synth.cohort import simulate_cohort
+        >>> c = simulate_cohort()
+        >>> run_analysis(c.volumes, c.clinical).headline_dict()["wmh_progression_als_vs_control"]  # doctest: +SKIP
+    """
+    settings = settings or AnalysisSettings()
+    t0 = time.perf_counter()
+    vol = check_volumes(volumes, source=volumes_source)
+    clin = check_clinical(clinical, source=clinical_source)
+    return _run(vol, clin, settings, {"volumes": volumes_source, "clinical": clinical_source}, t0)
+
+
+def _run(vol, clin, settings: AnalysisSettings, sources: dict[str, str], t0: float) -> AnalysisResult:
+    study = build_dataset(
+        vol,
+        clin,
+        cutoff_months=settings.cutoff_months,
+        covariates=settings.covariates,
+        clinical_source=sources["clinical"],
+    )
+    t1 = time.perf_counter()
+    fits, headline = fit_study_models(study, random_slope=settings.random_slope, alpha=settings.alpha)
+    t2 = time.perf_counter()
+    survival = run_survival(study, alpha=settings.alpha)
+    t3 = time.perf_counter()
+    seconds = {"tables": t1 - t0, "mixed models": t2 - t1, "survival": t3 - t2}
+    for fit in fits.values():
+        if fit.error and not fit.ok:
+            log.warning("%s not fitted: %s", fit.name, fit.error)
+        elif not fit.converged:
+            log.warning("%s did not converge (%s)", fit.name, "; ".join(fit.attempts))
+    return AnalysisResult(
+        settings=settings,
+        sources=sources,
+        study=study,
+        fits=fits,
+        headline=headline,
+        survival=survival,
+        seconds=seconds,
+        provenance=_provenance(settings, sources, seconds),
+    )
+
+
+def _figures(result: AnalysisResult, fig_dir: Path) -> dict[str, Path]:
+    from wmhseg.stats.figures import alsfrs_figure, km_figure, save_figure, trajectory_figure
+
+    st = result.settings
+    scans = result.study.scans
+    fits = result.fits
+    figs = {
+        "wmh_trajectories_als_vs_control": lambda: trajectory_figure(
+            scans,
+            fits[MODEL_NAMES["wmh_progression_als_vs_control"]],
+            "group",
+            ["control", "ALS"],
+            "WMH volume over time: ALS vs controls",
+        ),
+        "wmh_trajectories_by_survival_group": lambda: trajectory_figure(
+            scans[scans["cohort"].notna()],
+            fits[MODEL_NAMES["wmh_progression_short_vs_long"]],
+            "cohort",
+            ["control", "long", "short"],
+            f"WMH volume over time: survival groups ({st.cutoff_months:g} months)",
+        ),
+        "alsfrs_vs_wmh": lambda: alsfrs_figure(
+            scans,
+            fits[MODEL_NAMES["alsfrs_per_500mm3_wmh"]],
+            fits[MODEL_NAMES["alsfrs_wmh_slope_short_vs_long"]],
+        ),
+        "kaplan_meier": lambda: km_figure(result.survival.km),
+    }
+    paths = {}
+    for name, build in figs.items():
+        paths[name] = save_figure(
+            build(), fig_dir / f"{name}.{st.figure_format}", st.figure_format, st.figure_dpi
+        )
+    return paths
+
+
+def write_outputs(result: AnalysisResult, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write every output file of ``result`` into ``out_dir`` (created if missing).
+
+    Returns:
+        Output name -> path (``headline``, ``models``, ``left_out``, ``survival_patients``,
+        ``report`` and one entry per figure).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    paths: dict[str, Path] = {
+        "headline": atomic_write_json(out / "headline.json", result.headline_dict()),
+        "models": atomic_write_csv(out / "models.csv", result.models_table()),
+        "left_out": atomic_write_csv(out / "left_out.csv", result.study.left_out),
+        "survival_patients": atomic_write_csv(out / "survival_patients.csv", result.survival.patients),
+    }
+    figures = _figures(result, out / "figures") if result.settings.figures else {}
+    paths.update(figures)
+    result.seconds["figures"] = time.perf_counter() - t0
+    result.provenance = _provenance(result.settings, result.sources, result.seconds)
+    from wmhseg.stats.report import render_report
+
+    fmt = result.settings.report_format
+    text = render_report(result, {k: str(p.relative_to(out)) for k, p in figures.items()}, fmt)
+    paths["report"] = atomic_write_text(out / f"report.{fmt}", text)
+    return paths
+
+
+def _config_dict(cfg: Any) -> dict[str, Any]:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+        from omegaconf.errors import MissingMandatoryValue
+    except ImportError:  # a plain mapping needs no OmegaConf
+        return dict(cfg)
+    if isinstance(cfg, DictConfig):
+        missing = [
+            k for k in ("volumes", "clinical", "out_dir") if k in cfg.keys() and OmegaConf.is_missing(cfg, k)
+        ]
+        if missing:
+            raise SettingsError(
+                f"missing required setting{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(missing)} (give e.g. {missing[0]}=PATH on the command line)"
+            )
+        try:
+            return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+        except MissingMandatoryValue as exc:
+            raise SettingsError(f"missing required setting: {exc}") from exc
+    return dict(cfg)
+
+
+def analyze(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Run the analysis described by a config and write its outputs.
+
+    Args:
+        cfg: a mapping (Hydra config or dict) with ``volumes`` and ``clinical`` (CSV paths),
+            ``out_dir``, and any :class:`AnalysisSettings` field.
+
+    Returns:
+        ``{"headline": <headline.json content>, "outputs": {name: path}, "seconds": {...}}``.
+
+    Raises:
+        SettingsError: a setting is missing or invalid.
+        TableError: a table is unusable.
+
+    Example:
+        >>> analyze({"volumes": "v.csv", "clinical": "c.csv", "out_dir": "out"})  # doctest: +SKIP
+    """
+    conf = _config_dict(cfg)
+    for key in ("volumes", "clinical", "out_dir"):
+        if not conf.get(key):
+            raise SettingsError(f"missing required setting {key} (give {key}=PATH on the command line)")
+    settings = AnalysisSettings.from_mapping(conf)
+    t0 = time.perf_counter()
+    vol = load_volumes(conf["volumes"])
+    clin = load_clinical(conf["clinical"])
+    sources = {"volumes": str(conf["volumes"]), "clinical": str(conf["clinical"])}
+    result = _run(vol, clin, settings, sources, t0)
+    paths = write_outputs(result, conf["out_dir"])
+    log.info("analysis written to %s in %.2f s", conf["out_dir"], sum(result.seconds.values()))
+    return {
+        "headline": result.headline_dict(),
+        "outputs": {k: str(v) for k, v in paths.items()},
+        "seconds": dict(result.seconds),
+    }

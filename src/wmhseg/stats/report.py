@@ -1,0 +1,334 @@
+"""The written report: each result as a sentence with its numbers, the counts of subjects and
+scans used and left out, model diagnostics, and the figures. Rendered as Markdown or HTML from
+the same content.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from wmhseg.stats.mixed import Estimate
+from wmhseg.stats.models import MODEL_NAMES
+
+if TYPE_CHECKING:
+    from wmhseg.stats.analysis import AnalysisResult
+
+__all__ = ["headline_sentences", "render_report", "format_p"]
+
+_LIST_LIMIT = 30
+_CAPTIONS = {
+    "wmh_trajectories_als_vs_control": "WMH volume over time in ALS patients and controls: thin lines are "
+    "participants, thick lines the mean trajectories of model 1.",
+    "wmh_trajectories_by_survival_group": "WMH volume over time in controls, long and short survivors: thin lines "
+    "are participants, thick lines the mean trajectories of model 2.",
+    "alsfrs_vs_wmh": "ALSFRS-R against WMH volume in ALS patients (left, model 3) and by survival group (right, "
+    "model 4); lines are the models' mean fits.",
+    "kaplan_meier": "Kaplan-Meier curves of time to outcome for patients above vs at or below the median baseline "
+    "WMH (left) and WMH progression (right), with pointwise {level}% bands and log-rank p-values.",
+}
+
+
+def format_p(p: float) -> str:
+    """``'p < 0.0001'`` or ``'p = 0.032'``; ``'p n/a'`` when undefined."""
+    if p is None or not np.isfinite(p):
+        return "p n/a"
+    return "p < 0.0001" if p < 1e-4 else f"p = {p:.2g}" if p < 0.001 else f"p = {p:.3f}"
+
+
+def _ci(e: Estimate, digits: int, alpha: float) -> str:
+    level = round(100 * (1 - alpha), 1)
+    return f"SE {e.std_err:,.{digits}f}; {level:g}% CI {e.ci_low:,.{digits}f} to {e.ci_high:,.{digits}f}; {format_p(e.p_value)}"
+
+
+def _verdict(e: Estimate, alpha: float) -> str:
+    return "significant" if np.isfinite(e.p_value) and e.p_value < alpha else "not significant"
+
+
+def headline_sentences(result: AnalysisResult) -> dict[str, str]:
+    """One sentence per headline, keyed like ``headline.json``."""
+    a = result.settings.alpha
+    h = result.headline
+    out: dict[str, str] = {}
+    fits = result.fits
+    counts = result.study.counts
+
+    def unavailable(key: str) -> str | None:
+        fit = fits[MODEL_NAMES[key]]
+        if not np.isfinite(h[key].estimate):
+            return f"Not estimated: {fit.error or 'the model gave no estimate'}."
+        return None
+
+    e = h["wmh_progression_als_vs_control"]
+    out["wmh_progression_als_vs_control"] = unavailable("wmh_progression_als_vs_control") or (
+        f"WMH volume grew {abs(e.estimate):,.1f} mm³/year {'faster' if e.estimate >= 0 else 'slower'} in ALS "
+        f"patients than in controls ({_ci(e, 1, a)}; {_verdict(e, a)} at α = {a:g}), from {e.n_subjects} "
+        f"participants ({counts['subjects_als']} ALS, {counts['subjects_control']} controls) and {e.n_obs} scans."
+    )
+    e = h["wmh_progression_short_vs_long"]
+    out["wmh_progression_short_vs_long"] = unavailable("wmh_progression_short_vs_long") or (
+        f"WMH volume grew {abs(e.estimate):,.1f} mm³/year {'faster' if e.estimate >= 0 else 'slower'} in short "
+        f"survivors than in long survivors (difference of the two time slopes, short minus long; {_ci(e, 1, a)}; "
+        f"{_verdict(e, a)}), from {e.n_subjects} participants ({counts['als_short']} short, {counts['als_long']} "
+        f"long survivors and the controls) and {e.n_obs} scans."
+    )
+    e = h["alsfrs_per_500mm3_wmh"]
+    out["alsfrs_per_500mm3_wmh"] = unavailable("alsfrs_per_500mm3_wmh") or (
+        f"In ALS patients, ALSFRS-R was {abs(e.estimate):.2f} points {'lower' if e.estimate < 0 else 'higher'} "
+        f"per 500 mm³ more WMH (slope x 500 = {e.estimate:+.2f} points; {_ci(e, 2, a)}; {_verdict(e, a)}), "
+        f"from {e.n_subjects} patients and {e.n_obs} visits with an ALSFRS-R score."
+    )
+    e = h["alsfrs_wmh_slope_short_vs_long"]
+    out["alsfrs_wmh_slope_short_vs_long"] = unavailable("alsfrs_wmh_slope_short_vs_long") or (
+        f"The ALSFRS-R-vs-WMH slope of short survivors differed from that of long survivors by "
+        f"{e.estimate:+.2f} points per 500 mm³ (interaction x 500, short minus long; {_ci(e, 2, a)}; "
+        f"{'a significant difference' if _verdict(e, a) == 'significant' else 'no significant difference'}), "
+        f"from {e.n_subjects} patients and {e.n_obs} visits."
+    )
+    return out
+
+
+class _Doc:
+    """Minimal document model rendered to Markdown or HTML."""
+
+    def __init__(self) -> None:
+        self.blocks: list[tuple[str, object]] = []
+
+    def h(self, level: int, text: str) -> None:
+        self.blocks.append(("h", (level, text)))
+
+    def p(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def ul(self, items: list[str]) -> None:
+        if items:
+            self.blocks.append(("ul", items))
+
+    def table(self, frame: pd.DataFrame) -> None:
+        if len(frame):
+            self.blocks.append(("table", frame))
+
+    def img(self, path: str, alt: str) -> None:
+        self.blocks.append(("img", (path, alt)))
+
+    def markdown(self) -> str:
+        parts = []
+        for kind, value in self.blocks:
+            if kind == "h":
+                parts.append(f"{'#' * value[0]} {value[1]}")
+            elif kind == "p":
+                parts.append(str(value))
+            elif kind == "ul":
+                parts.append("\n".join(f"- {item}" for item in value))
+            elif kind == "table":
+                frame = value.astype(str).apply(lambda c: c.str.replace("|", "\\|"))
+                head = "| " + " | ".join(map(str, frame.columns)) + " |"
+                rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+                body = ["| " + " | ".join(row) + " |" for row in frame.to_numpy().tolist()]
+                parts.append("\n".join([head, rule, *body]))
+            elif kind == "img":
+                parts.append(f"![{value[1]}]({value[0]})")
+        return "\n\n".join(parts) + "\n"
+
+    def html(self, title: str) -> str:
+        esc = html.escape
+        parts = [
+            f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{esc(title)}</title>",
+            "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #bbb;padding:2px 6px;font-size:90%}img{max-width:100%}</style></head><body>",
+        ]
+        for kind, value in self.blocks:
+            if kind == "h":
+                parts.append(f"<h{value[0]}>{esc(value[1])}</h{value[0]}>")
+            elif kind == "p":
+                parts.append(f"<p>{esc(str(value))}</p>")
+            elif kind == "ul":
+                parts.append("<ul>" + "".join(f"<li>{esc(i)}</li>" for i in value) + "</ul>")
+            elif kind == "table":
+                parts.append(value.to_html(index=False, escape=True, border=0))
+            elif kind == "img":
+                parts.append(f"<img src='{esc(value[0])}' alt='{esc(value[1])}'>")
+        parts.append("</body></html>\n")
+        return "\n".join(parts)
+
+
+def _fmt(x: object, digits: int = 3) -> str:
+    if isinstance(x, (float, np.floating)):
+        if not np.isfinite(x):
+            return ""
+        return (
+            f"{x:.{digits}g}" if abs(x) < 1e-3 or abs(x) >= 1e5 else f"{x:.{digits}f}".rstrip("0").rstrip(".")
+        )
+    return str(x)
+
+
+def _data_section(doc: _Doc, result: AnalysisResult) -> None:
+    c = result.study.counts
+    s = result.sources
+    doc.h(2, "Data")
+    doc.p(
+        f"The volume table ({s['volumes']}) has {c['volume_rows']} rows, of which {c['scans_failed']} have a status "
+        f"other than ok and are left out. The clinical table ({s['clinical']}) has {c['clinical_rows']} rows. "
+        f"{c['scans_used']} scans of {c['subjects']} participants ({c['subjects_als']} ALS with {c['scans_als']} scans, "
+        f"{c['subjects_control']} controls with {c['scans_control']} scans) are analysed."
+    )
+    doc.ul(
+        [
+            f"Scans without a clinical row (left out): {c['scans_without_clinical']}.",
+            f"Clinical rows without a scan in the volume table (left out): {c['clinical_without_scan']}.",
+            f"Clinical rows whose scan failed (left out): {c['clinical_scan_failed']}.",
+            f"ALS scans without an ALSFRS-R score (left out of the ALSFRS-R models): {c['als_scans_without_alsfrs']}.",
+            f"Survival groups at {result.study.cutoff_months:g} months: {c['als_short']} short and {c['als_long']} "
+            f"long survivors; left out of the survival-group analyses: {c['als_censored_before_cutoff']} censored "
+            f"before the cut-off, {c['als_event_missing']} with a time before the cut-off but no event flag, "
+            f"{c['als_no_survival_data']} without survival data.",
+        ]
+        + (
+            [f"Controls with survival data (ignored): {c['controls_with_survival_data']}."]
+            if c["controls_with_survival_data"]
+            else []
+        )
+    )
+    left = result.study.left_out
+    if len(left):
+        summary = left.groupby(["table", "left_out_of", "reason"], sort=False).size().reset_index(name="rows")
+        doc.p("Rows left out, by reason (every row is listed in left_out.csv):")
+        doc.table(summary)
+        dropped = left[left["left_out_of"] == "all analyses"]
+        shown = dropped.head(_LIST_LIMIT)
+        if len(shown):
+            doc.p(
+                f"The first {len(shown)} of {len(dropped)} rows left out of all analyses:"
+                if len(dropped) > len(shown)
+                else "Rows left out of all analyses:"
+            )
+            doc.table(shown)
+
+
+def _survival_section(doc: _Doc, result: AnalysisResult) -> None:
+    sv = result.survival
+    a = result.settings.alpha
+    doc.h(2, "Survival analyses")
+    doc.p(
+        f"{len(sv.patients)} ALS patients have a survival time and an event flag "
+        f"({int(sv.patients['event'].sum()) if len(sv.patients) else 0} reached the outcome)."
+    )
+    doc.ul(sv.notes)
+    names = {"baseline_wmh": ("baseline WMH", "mm³"), "wmh_slope": ("WMH progression", "mm³/year")}
+    items = []
+    for var, split in sv.km.items():
+        label, unit = names.get(var, (var, ""))
+        if split.error:
+            items.append(f"Kaplan-Meier split at the median {label}: not computed ({split.error}).")
+            continue
+        med = {
+            k: (f"{v:.1f} months" if np.isfinite(v) else "not reached")
+            for k, v in split.median_survival.items()
+        }
+        items.append(
+            f"Split at the median {label} ({split.median:,.1f} {unit}): median survival {med['high']} above "
+            f"(n={split.n['high']}, {split.events['high']} events) and {med['low']} at or below (n={split.n['low']}, "
+            f"{split.events['low']} events); log-rank χ² = {split.chi2:.2f}, {format_p(split.p_value)} "
+            f"({_verdict_p(split.p_value, a)})."
+        )
+    doc.ul(items)
+    cox = sv.cox
+    if cox.error:
+        doc.p(f"Cox model ({cox.formula}): not fitted ({cox.error}).")
+        return
+    doc.p(
+        f"Cox proportional-hazards model ({cox.n_subjects} patients, {cox.n_events} events; Efron ties): "
+        f"{cox.formula}. Hazard ratios with {round(100 * (1 - a), 1):g}% CIs; the proportional-hazards check is the "
+        f"Grambsch-Therneau test of the scaled Schoenfeld residuals against the rank of time "
+        f"(global p = {_fmt(cox.ph_global_p_value)})."
+    )
+    if not cox.converged:
+        doc.p("Warning: the Cox model's score is not zero at the estimate (it may not have converged).")
+    doc.ul([f"Cox model: {m}" for m in cox.messages])
+    tab = cox.terms.copy()
+    for col in tab.columns[1:]:
+        tab[col] = tab[col].map(_fmt)
+    doc.table(tab)
+    flagged = cox.terms[cox.terms["ph_p_value"] < a]["term"].tolist()
+    doc.p(
+        f"Possible violation of proportional hazards (p < {a:g}) for: {', '.join(flagged)}; read those hazard ratios "
+        "as averages over follow-up."
+        if flagged
+        else f"No covariate shows a violation of proportional hazards at α = {a:g}."
+    )
+
+
+def _verdict_p(p: float, alpha: float) -> str:
+    return "significant" if np.isfinite(p) and p < alpha else "not significant"
+
+
+def _models_section(doc: _Doc, result: AnalysisResult) -> None:
+    doc.h(2, "Models")
+    rows = []
+    for fit in result.fits.values():
+        rows.append(
+            {
+                "model": fit.name,
+                "formula": fit.formula,
+                "random effects": f"participant: {fit.re_formula or '1'}",
+                "participants": fit.n_subjects,
+                "observations": fit.n_obs,
+                "converged": "not fitted" if fit.error and not fit.ok else ("yes" if fit.converged else "NO"),
+                "optimizer attempts": "; ".join(fit.attempts),
+            }
+        )
+    doc.table(pd.DataFrame(rows))
+    notes = [
+        f"{fit.name}: {m}"
+        for fit in result.fits.values()
+        for m in ([fit.error] if fit.error else []) + fit.messages
+    ]
+    doc.p(
+        "All models are REML linear mixed models (statsmodels MixedLM) with Wald z tests; every term is in models.csv."
+    )
+    if notes:
+        doc.p("Fitting notes and warnings:")
+        doc.ul(notes)
+    else:
+        doc.p("Every model converged with the first optimizer, without warnings.")
+
+
+def render_report(result: AnalysisResult, figures: dict[str, str], fmt: str = "md") -> str:
+    """The report text.
+
+    Args:
+        result: the analysis result.
+        figures: figure name -> path relative to the report.
+        fmt: ``md`` or ``html``.
+    """
+    doc = _Doc()
+    st = result.settings
+    doc.h(1, "WMH longitudinal and survival analysis")
+    doc.p(
+        f"Inputs: volume table {result.sources['volumes']}, clinical table {result.sources['clinical']}. "
+        f"Covariates: {', '.join(st.covariates) or 'none'} (age = age at each participant's baseline row). "
+        f"Random effects: participant intercept{' and time slope (models 1-2)' if st.random_slope else ''}. "
+        f"Survival cut-off {st.cutoff_months:g} months; α = {st.alpha:g}."
+    )
+    doc.h(2, "Headline results")
+    doc.ul(list(headline_sentences(result).values()))
+    unconverged = [f.name for f in result.fits.values() if f.ok and not f.converged]
+    if unconverged:
+        doc.p(
+            f"Warning: {', '.join(unconverged)} did not converge; treat their estimates with caution (see Models)."
+        )
+    _data_section(doc, result)
+    _survival_section(doc, result)
+    _models_section(doc, result)
+    if figures:
+        doc.h(2, "Figures")
+        for number, (name, path) in enumerate(figures.items(), start=1):
+            caption = _CAPTIONS.get(name, name.replace("_", " ")).format(level=f"{100 * (1 - st.alpha):g}")
+            doc.p(f"Figure {number}. {caption}")
+            doc.img(path, name)
+    doc.h(2, "Provenance")
+    doc.ul([f"{k}: {v}" for k, v in result.provenance.items()])
+    return doc.html("WMH analysis") if fmt == "html" else doc.markdown()
