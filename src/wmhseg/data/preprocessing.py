@@ -1,17 +1,50 @@
 """The deterministic preprocessing shared by training and inference.
 
 :class:`PreprocessSpec` is stored in every checkpoint, so inference reproduces exactly the
-geometry and intensities the network was trained on.
+geometry and intensities the network was trained on. :func:`preprocess_transforms` builds the
+MONAI dictionary pipeline from it:
+
+1. load T1, FLAIR (and label) with MONAI's ``NibabelReader`` (in parallel threads); NaN/inf
+   voxels become 0;
+2. resample the T1 onto the FLAIR grid through the two affines (skipped when the grids are the
+   same) and stack ``[T1, FLAIR]`` into ``"image"`` with the FLAIR's geometry;
+3. orient to ``spec.orientation`` (axis flips/permutations, no interpolation);
+4. crop to the head's bounding box plus ``crop_margin`` working voxels (done before resampling,
+   so resampling touches only the head);
+5. resample to ``spec.spacing`` (image trilinear, label nearest);
+6. per-channel clip + z-score over the head.
+
+The output ``"image"`` is a ``MetaTensor`` (2, X, Y, Z) whose ``.affine`` is the true
+voxel-to-world (RAS mm) mapping of the working grid, so predictions map back to any native grid
+through affines alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from wmhseg.errors import InputError
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.data.image_reader import NibabelReader
+from monai.transforms import (
+    CastToTyped,
+    Compose,
+    LoadImage,
+    MapTransform,
+    Orientationd,
+    ResampleToMatch,
+    Spacingd,
+    SpatialCrop,
+)
 
-__all__ = ["PreprocessSpec"]
+from wmhseg.errors import InputError, ScanError, WmhsegError
+
+__all__ = ["PreprocessSpec", "preprocess_transforms", "head_mask", "head_bbox", "PairToImaged", "CropHeadd",
+           "NormaliseHeadd", "LoadFilesd", "Pipeline"]
 
 _NORMALISATIONS = ("zscore", "none")
 
@@ -26,8 +59,10 @@ class PreprocessSpec:
         normalisation: ``"zscore"`` per channel over the head (voxels above the head
             threshold), after clipping to ``clip_percentiles``; or ``"none"``.
         clip_percentiles: lower/upper intensity percentiles inside the head used for clipping.
-        crop_foreground: crop to the head's bounding box (plus ``crop_margin`` voxels).
-        crop_margin: margin in voxels around the head's bounding box.
+        crop_foreground: crop to the head's bounding box (plus ``crop_margin`` voxels); slices
+            holding under 1 % of the fullest slice's head voxels are ignored (stray noise).
+        crop_margin: margin around the head's bounding box, in working-grid voxels
+            (``crop_margin * spacing`` mm; the crop happens before resampling).
         head_threshold: a voxel belongs to the head when its FLAIR intensity exceeds this
             fraction of the FLAIR's 99th percentile.
     """
@@ -67,3 +102,219 @@ class PreprocessSpec:
         if unknown:
             raise InputError(f"unknown preprocessing settings {unknown}; known: {sorted(cls.__dataclass_fields__)}")
         return cls(**known)
+
+
+_MAX_SAMPLES = 400_000  # percentiles are estimated on a regular subsample of this many voxels
+
+
+def _sample(values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    flat = values.reshape(-1)
+    step = max(1, flat.size // _MAX_SAMPLES)
+    sub = flat[::step]
+    return sub if mask is None else sub[mask.reshape(-1)[::step]]
+
+
+def head_mask(flair: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean head mask: FLAIR above ``threshold`` x its 99th percentile (3-D array)."""
+    p99 = float(np.percentile(_sample(flair), 99))
+    return flair > threshold * p99
+
+
+def head_bbox(mask: np.ndarray, min_fraction: float = 0.01) -> list[tuple[int, int]] | None:
+    """Bounding box ``[(start, stop)] * 3`` of ``mask`` ignoring sparse noise.
+
+    Along each axis, slices holding fewer than ``min_fraction`` of the fullest slice's count are
+    ignored, so isolated noise voxels above the threshold do not stretch the box. ``None`` for
+    an empty mask.
+    """
+    box = []
+    for axis in range(3):
+        profile = mask.sum(axis=tuple(a for a in range(3) if a != axis))
+        keep = np.flatnonzero(profile > min_fraction * profile.max()) if profile.max() > 0 else []
+        if len(keep) == 0:
+            return None
+        box.append((int(keep[0]), int(keep[-1]) + 1))
+    return box
+
+
+def _voxel_sizes(affine) -> np.ndarray:
+    a = np.asarray(affine, dtype=np.float64)[:3, :3]
+    return np.sqrt((a * a).sum(0))
+
+
+class PairToImaged(MapTransform):
+    """Resample ``"t1"`` onto the ``"flair"`` grid and stack them into ``"image"`` (2, X, Y, Z).
+
+    The image keeps the FLAIR's geometry and metadata; the ``t1``/``flair`` keys are removed.
+    Grids that already agree (shape and affine within 1e-3 mm) are not resampled.
+    """
+
+    def __init__(self, t1_key: str = "t1", flair_key: str = "flair", out_key: str = "image"):
+        super().__init__([t1_key, flair_key])
+        self.t1_key, self.flair_key, self.out_key = t1_key, flair_key, out_key
+        self._resample = ResampleToMatch(mode="bilinear", padding_mode="zeros", dtype=torch.float32)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        t1, flair = d.pop(self.t1_key), d.pop(self.flair_key)
+        same = tuple(t1.shape[1:]) == tuple(flair.shape[1:]) and torch.allclose(
+            t1.affine.double(), flair.affine.double(), atol=1e-3)
+        if not same:
+            t1 = self._resample(t1, img_dst=flair)
+        image = torch.cat([t1.as_tensor().float(), flair.as_tensor().float()], dim=0)
+        d[self.out_key] = MetaTensor(image, meta=dict(flair.meta))
+        return d
+
+
+class CropHeadd(MapTransform):
+    """Crop ``keys`` to the head's bounding box (found on channel ``channel`` of ``source_key``).
+
+    Args:
+        keys: items to crop (same grid).
+        source_key: the image whose channel ``channel`` (FLAIR) defines the head.
+        threshold: head = intensity above ``threshold`` x the 99th percentile.
+        margin_mm: margin added on each side, in mm (converted to voxels of the current grid).
+    """
+
+    def __init__(self, keys, source_key: str = "image", channel: int = 1, threshold: float = 0.05,
+                 margin_mm: float | tuple[float, float, float] = 4.0, allow_missing_keys: bool = True):
+        super().__init__(keys, allow_missing_keys)
+        self.source_key, self.channel, self.threshold = source_key, channel, threshold
+        self.margin_mm = np.broadcast_to(np.asarray(margin_mm, dtype=float), (3,))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        src = d[self.source_key]
+        box = head_bbox(head_mask(np.asarray(src[self.channel]), self.threshold))
+        if box is None:
+            raise ScanError(f"{src.meta.get('filename_or_obj', self.source_key)}: no head found "
+                            f"(no voxel above {self.threshold} x the 99th percentile)")
+        margin = np.ceil(self.margin_mm / _voxel_sizes(src.affine) - 1e-6).astype(int)
+        shape = src.shape[1:]
+        start = [max(0, b[0] - m) for b, m in zip(box, margin, strict=True)]
+        stop = [min(n, b[1] + m) for b, m, n in zip(box, margin, shape, strict=True)]
+        crop = SpatialCrop(roi_start=start, roi_end=stop)
+        for key in self.key_iterator(d):
+            d[key] = crop(d[key])
+        return d
+
+
+class NormaliseHeadd(MapTransform):
+    """Per-channel clip to head percentiles, then z-score with the head's mean and std.
+
+    The head is found on channel ``channel`` (FLAIR) as in :class:`CropHeadd`. Voxels outside
+    the head are transformed with the same numbers (they become negative, not zero).
+    """
+
+    def __init__(self, keys="image", channel: int = 1, threshold: float = 0.05,
+                 clip_percentiles: tuple[float, float] = (0.5, 99.5)):
+        super().__init__(keys)
+        self.channel, self.threshold, self.clip = channel, threshold, tuple(clip_percentiles)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            arr = np.asarray(img.detach().cpu().numpy(), dtype=np.float32)
+            mask = head_mask(arr[self.channel], self.threshold)
+            out = np.empty_like(arr)
+            for c in range(arr.shape[0]):
+                vals = _sample(arr[c], mask)
+                if vals.size < 2:
+                    vals = _sample(arr[c])
+                lo, hi = np.percentile(vals, self.clip)
+                clipped = np.clip(vals, lo, hi)
+                mean, std = float(clipped.mean()), float(clipped.std())
+                np.clip(arr[c], lo, hi, out=out[c])
+                out[c] -= mean
+                out[c] /= std if std > 1e-8 else 1.0
+            d[key] = MetaTensor(torch.from_numpy(out), meta=img.meta, applied_operations=img.applied_operations)
+        return d
+
+
+class LoadFilesd(MapTransform):
+    """Load NIfTI files with MONAI's ``NibabelReader``, the keys in parallel threads.
+
+    Decompressing ``.nii.gz`` dominates preprocessing time and zlib releases the GIL, so the
+    T1, FLAIR and label load concurrently. NaN/infinite voxels of ``finite_keys`` become 0.
+    Output: channel-first float32 ``MetaTensor`` per key.
+    """
+
+    def __init__(self, keys, finite_keys=("t1", "flair"), allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.finite_keys = tuple(finite_keys)
+        self._load = LoadImage(reader=NibabelReader(), image_only=True, ensure_channel_first=True, dtype=np.float32)
+
+    def _one(self, key, path):
+        try:
+            img = self._load(path)
+        except Exception as exc:  # MONAI wraps nibabel's many error types
+            cause = exc.__cause__ or exc
+            raise ScanError(f"{path}: cannot read the NIfTI file ({type(cause).__name__}: {cause})") from exc
+        if key in self.finite_keys and not np.isfinite(float(img.as_tensor().sum(dtype=torch.float64))):
+            img = MetaTensor(torch.nan_to_num(img.as_tensor(), nan=0.0, posinf=0.0, neginf=0.0), meta=img.meta)
+        return img
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        if len(keys) == 1:
+            d[keys[0]] = self._one(keys[0], d[keys[0]])
+            return d
+        with ThreadPoolExecutor(max_workers=len(keys)) as pool:
+            loaded = list(pool.map(self._one, keys, [d[k] for k in keys]))
+        d.update(zip(keys, loaded, strict=True))
+        return d
+
+
+class Pipeline(Compose):
+    """A ``Compose`` that re-raises wmhseg's own errors (ScanError ...) instead of MONAI's
+    ``RuntimeError("applying transform ...")`` wrapper, so callers can catch them by type."""
+
+    def __call__(self, input_, *args, **kwargs):
+        try:
+            return super().__call__(input_, *args, **kwargs)
+        except RuntimeError as exc:
+            cause: BaseException | None = exc
+            while cause is not None and not isinstance(cause, WmhsegError):
+                cause = cause.__cause__
+            if cause is not None:
+                raise cause from exc
+            raise
+
+
+def preprocess_transforms(spec: PreprocessSpec, *, with_label: bool) -> Pipeline:
+    """The deterministic MONAI pipeline of ``spec`` (see the module docstring for the steps).
+
+    Args:
+        spec: the preprocessing settings (stored in checkpoints).
+        with_label: also load ``"label"`` and carry it through the geometry steps (nearest
+            neighbour); its values stay raw BISON values (int16).
+
+    Input: a dict with ``"t1"`` and ``"flair"`` NIfTI file paths (and ``"label"``), any
+    orientation and voxel size; extra keys pass through. Output: ``"image"`` float32 MetaTensor
+    (2, X, Y, Z), channels [T1, FLAIR], and ``"label"`` int16 MetaTensor (1, X, Y, Z).
+
+    Example:
+        >>> tf = preprocess_transforms(PreprocessSpec(), with_label=False)
+        >>> out = tf({"t1": "t1.nii.gz", "flair": "flair.nii.gz"})    # doctest: +SKIP
+        >>> out["image"].shape, out["image"].affine                   # doctest: +SKIP
+    """
+    geo = ["image", "label"] if with_label else ["image"]
+    files = ["t1", "flair", "label"] if with_label else ["t1", "flair"]
+    steps: list = [
+        LoadFilesd(files),
+        PairToImaged(),
+        Orientationd(geo, axcodes=spec.orientation, labels=None),
+    ]
+    if spec.crop_foreground:
+        margin = tuple(spec.crop_margin * s for s in spec.spacing)
+        steps.append(CropHeadd(geo, threshold=spec.head_threshold, margin_mm=margin))
+    steps.append(Spacingd(geo, pixdim=spec.spacing, mode=("bilinear", "nearest")[: len(geo)],
+                          dtype=torch.float32))
+    if spec.normalisation == "zscore":
+        steps.append(NormaliseHeadd("image", threshold=spec.head_threshold, clip_percentiles=spec.clip_percentiles))
+    if with_label:
+        steps.append(CastToTyped("label", dtype=torch.int16))
+    return Pipeline(steps)
+

@@ -1,0 +1,312 @@
+"""Scan manifests: which T1w, FLAIR and (optional) BISON label files make each scan.
+
+Two input forms are accepted:
+
+* a CSV file with columns ``subject_id, session_id, t1, flair[, label]`` (extra columns are
+  ignored). IDs are read as strings, so ``001`` stays ``001``. Paths are absolute or relative to
+  the manifest's folder. Row numbers in messages count data rows from 1 (the header is row 0).
+* a BIDS-style folder ``sub-<id>/[ses-<id>/]anat/`` holding exactly one ``*_T1w.nii[.gz]``, one
+  ``*_FLAIR.nii[.gz]`` and at most one label map named ``*_label.nii[.gz]`` or
+  ``*_dseg.nii[.gz]``. A subject without ``ses-*`` folders gets the session id ``"1"``. Rows
+  are numbered from 1 in sorted (subject, session) order.
+
+Reading a manifest checks its structure only (columns, empty cells, duplicate scans).
+:func:`check_scan` and :func:`validate_scans` then check the files: that they exist, that the
+headers are readable 3-D NIfTI, that the T1 and FLAIR grids overlap in world space (they may
+differ: T1 is resampled onto the FLAIR grid), that the label lies on the FLAIR grid, and
+(reading the data) that no file is truncated and every label value is known.
+
+Example:
+    >>> scans = read_manifest("cohort/manifest.csv")          # doctest: +SKIP
+    >>> validate_scans(scans, LabelSpec(), read_data=False)   # headers only: fast
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from wmhseg.errors import ManifestError, ScanError
+from wmhseg.io import load_nifti, read_header
+from wmhseg.labels import LabelSpec
+
+__all__ = [
+    "REQUIRED_COLUMNS",
+    "Scan",
+    "read_manifest",
+    "read_csv_manifest",
+    "read_bids_folder",
+    "check_scan",
+    "validate_scans",
+]
+
+REQUIRED_COLUMNS = ("subject_id", "session_id", "t1", "flair")
+_BIDS_NO_SESSION = "1"
+_NII = r"\.nii(\.gz)?$"
+_BIDS_PATTERNS = {
+    "t1": re.compile(r"_T1w" + _NII),
+    "flair": re.compile(r"_FLAIR" + _NII),
+    "label": re.compile(r"_(label|dseg)" + _NII),
+}
+# Two grids "match" when their world bounding boxes share at least this fraction of the
+# smaller box's volume; less means a wrong affine (or two different heads).
+_MIN_OVERLAP = 0.5
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One scan: a T1w + FLAIR pair of one subject at one session, and its label if any.
+
+    Attributes:
+        subject_id, session_id: string IDs (leading zeros kept).
+        t1, flair: absolute paths of the NIfTI files.
+        label: absolute path of the BISON label map, or ``None``.
+        row: 1-based data row in the CSV (or position in the sorted BIDS listing).
+    """
+
+    subject_id: str
+    session_id: str
+    t1: Path
+    flair: Path
+    label: Path | None
+    row: int
+
+    @property
+    def key(self) -> str:
+        """``"<subject_id>_<session_id>"``: the scan's name in output files."""
+        return f"{self.subject_id}_{self.session_id}"
+
+    def describe(self) -> str:
+        """``"row 3 (subject 001, session 02)"``: how messages name this scan."""
+        return f"row {self.row} (subject {self.subject_id!r}, session {self.session_id!r})"
+
+
+def read_manifest(path: str | os.PathLike) -> list[Scan]:
+    """Read a CSV manifest or a BIDS-style folder (decided by ``path`` being a folder).
+
+    Raises:
+        ManifestError: missing path, missing columns, empty cells, duplicate
+            (subject, session) pairs, or a BIDS folder with no / ambiguous files.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return read_bids_folder(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found (expected a CSV file or a BIDS folder)")
+    return read_csv_manifest(path)
+
+
+def _resolve(value: str, base: Path) -> Path:
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else (base / p)
+
+
+def read_csv_manifest(path: str | os.PathLike) -> list[Scan]:
+    """Read a ``subject_id,session_id,t1,flair[,label]`` CSV file; see the module docstring.
+
+    Raises:
+        ManifestError: unreadable file, missing columns, an empty required cell, or a
+            duplicate (subject_id, session_id); the message names the file and row.
+    """
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True)
+    except Exception as exc:  # pandas raises ParserError, UnicodeDecodeError, EmptyDataError ...
+        raise ManifestError(f"{path}: cannot read the manifest as CSV ({exc})") from exc
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ManifestError(
+            f"{path}: missing column(s) {missing}; a manifest needs {list(REQUIRED_COLUMNS)} "
+            f"(and optionally 'label'), found {list(frame.columns)}"
+        )
+    has_label = "label" in frame.columns
+    base = path.resolve().parent
+    scans: list[Scan] = []
+    for i, rec in enumerate(frame.to_dict("records"), start=1):
+        cells = {k: str(rec[k]).strip() for k in (*REQUIRED_COLUMNS, *(("label",) if has_label else ()))}
+        empty = [k for k in REQUIRED_COLUMNS if not cells[k]]
+        if empty:
+            raise ManifestError(f"{path}: row {i}: empty value in column(s) {empty}")
+        label = cells.get("label") or None
+        scans.append(
+            Scan(
+                subject_id=cells["subject_id"],
+                session_id=cells["session_id"],
+                t1=_resolve(cells["t1"], base),
+                flair=_resolve(cells["flair"], base),
+                label=_resolve(label, base) if label else None,
+                row=i,
+            )
+        )
+    if not scans:
+        raise ManifestError(f"{path}: the manifest has a header but no rows")
+    _check_unique(scans, str(path))
+    return scans
+
+
+def _check_unique(scans: Sequence[Scan], source: str) -> None:
+    seen: dict[tuple[str, str], int] = {}
+    for scan in scans:
+        k = (scan.subject_id, scan.session_id)
+        if k in seen:
+            raise ManifestError(
+                f"{source}: row {scan.row}: duplicate scan (subject {scan.subject_id!r}, session "
+                f"{scan.session_id!r}) already listed at row {seen[k]}"
+            )
+        seen[k] = scan.row
+
+
+def _pick(folder: Path, kind: str, required: bool) -> Path | None:
+    pattern = _BIDS_PATTERNS[kind]
+    found = sorted(p for p in folder.iterdir() if p.is_file() and pattern.search(p.name))
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise ManifestError(f"{folder}: more than one {kind} file ({names}); keep one per scan")
+    if not found:
+        if required:
+            raise ManifestError(f"{folder}: no {kind} file (expected a name ending in {pattern.pattern})")
+        return None
+    return found[0]
+
+
+def read_bids_folder(root: str | os.PathLike) -> list[Scan]:
+    """List the scans of a BIDS-style folder; see the module docstring for the layout.
+
+    Raises:
+        ManifestError: no ``sub-*`` folder, an ``anat`` folder without exactly one T1w and one
+            FLAIR, or more than one label map.
+    """
+    root = Path(root)
+    entries: list[tuple[str, str, Path]] = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("sub-")):
+        sessions = sorted(p for p in sub.iterdir() if p.is_dir() and p.name.startswith("ses-"))
+        if sessions:
+            entries += [(sub.name[4:], ses.name[4:], ses / "anat") for ses in sessions]
+        else:
+            entries.append((sub.name[4:], _BIDS_NO_SESSION, sub / "anat"))
+    if not entries:
+        raise ManifestError(f"{root}: no sub-* folders: not a BIDS-style folder")
+    scans = []
+    for row, (subject, session, anat) in enumerate(entries, start=1):
+        if not subject or not session:
+            raise ManifestError(f"{anat}: empty subject or session label in the folder name")
+        if not anat.is_dir():
+            raise ManifestError(f"{anat}: missing 'anat' folder for subject {subject!r}, session {session!r}")
+        scans.append(
+            Scan(
+                subject_id=subject,
+                session_id=session,
+                t1=_pick(anat, "t1", True).resolve(),  # type: ignore[union-attr]
+                flair=_pick(anat, "flair", True).resolve(),  # type: ignore[union-attr]
+                label=(lab.resolve() if (lab := _pick(anat, "label", False)) else None),
+                row=row,
+            )
+        )
+    return scans
+
+
+def _world_box(shape: Sequence[int], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned world bounding box (mm) of a grid's voxel centres, +-half a voxel."""
+    corners = np.array([[i, j, k] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5)
+                        for k in (-0.5, shape[2] - 0.5)])
+    world = corners @ affine[:3, :3].T + affine[:3, 3]
+    return world.min(0), world.max(0)
+
+
+def _overlap_fraction(shape_a, affine_a, shape_b, affine_b) -> float:
+    lo_a, hi_a = _world_box(shape_a, affine_a)
+    lo_b, hi_b = _world_box(shape_b, affine_b)
+    inter = np.clip(np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b), 0, None).prod()
+    smaller = min((hi_a - lo_a).prod(), (hi_b - lo_b).prod())
+    return float(inter / smaller) if smaller > 0 else 0.0
+
+
+def check_scan(scan: Scan, label_spec: LabelSpec | None = None, *, read_data: bool = False) -> None:
+    """Check one scan's files; raise :class:`ScanError` naming the file and the problem.
+
+    Args:
+        scan: the scan to check.
+        label_spec: which label values are known (default :class:`LabelSpec()`); used only
+            when ``read_data`` and the scan has a label.
+        read_data: also decompress every file (catches truncated files) and check the label
+            values. Headers alone are cheap; reading data costs about a second per large scan.
+
+    Checks: files exist and are readable 3-D NIfTI; the T1 and FLAIR world bounding boxes
+    overlap by at least half of the smaller one; the label has the FLAIR's shape and affine;
+    images are not constant; label values are in ``label_spec.known_values``.
+    """
+    flair_shape, flair_affine = read_header(scan.flair)
+    t1_shape, t1_affine = read_header(scan.t1)
+    overlap = _overlap_fraction(t1_shape, t1_affine, flair_shape, flair_affine)
+    if overlap < _MIN_OVERLAP:
+        raise ScanError(
+            f"{scan.t1}: T1 and FLAIR ({scan.flair.name}) grids cannot be matched: their world extents "
+            f"overlap by {overlap:.0%} (< {_MIN_OVERLAP:.0%}); check the affines (qform/sform) of both files"
+        )
+    if scan.label is not None:
+        label_shape, label_affine = read_header(scan.label)
+        if tuple(label_shape) != tuple(flair_shape) or not np.allclose(label_affine, flair_affine, atol=1e-3):
+            raise ScanError(
+                f"{scan.label}: the label is not on the FLAIR grid: shape {tuple(label_shape)} vs "
+                f"{tuple(flair_shape)}, max affine difference "
+                f"{float(np.abs(label_affine - flair_affine).max()):.4g} mm"
+            )
+    if not read_data:
+        return
+    for path in (scan.t1, scan.flair):
+        data, _ = load_nifti(path)
+        finite = data[np.isfinite(data)]
+        if finite.size == 0 or float(finite.max()) == float(finite.min()):
+            raise ScanError(f"{path}: the image is constant or has no finite voxel")
+    if scan.label is not None:
+        label, _ = load_nifti(scan.label, dtype=np.float32)
+        if not np.all(np.isfinite(label)):
+            raise ScanError(f"{scan.label}: the label map holds NaN or infinite values")
+        spec = label_spec or LabelSpec()
+        bad = spec.unknown_values(label)
+        if bad:
+            shown = ", ".join(str(v) for v in bad[:8]) + (" ..." if len(bad) > 8 else "")
+            raise ScanError(
+                f"{scan.label}: unknown label value(s) {shown}; known values are {list(spec.known_values)}"
+            )
+
+
+def validate_scans(
+    scans: Sequence[Scan],
+    label_spec: LabelSpec | None = None,
+    *,
+    read_data: bool = True,
+    require_label: bool = False,
+    max_report: int = 20,
+) -> None:
+    """Check every scan (see :func:`check_scan`) and report all problems at once.
+
+    Args:
+        scans: scans from :func:`read_manifest`.
+        label_spec: known label values; default :class:`LabelSpec()`.
+        read_data: also read the data (truncation, constant images, label values).
+        require_label: every scan must have a label (training).
+        max_report: at most this many problems are listed in the message.
+
+    Raises:
+        ManifestError: one line per failing scan: ``row N (subject 'X', session 'Y'): <file>: <problem>``.
+    """
+    problems: list[str] = []
+    for scan in scans:
+        try:
+            if require_label and scan.label is None:
+                raise ScanError("no label file: training needs a label for every scan")
+            check_scan(scan, label_spec, read_data=read_data)
+        except ScanError as exc:
+            problems.append(f"{scan.describe()}: {exc}")
+    if problems:
+        shown = problems[:max_report]
+        more = f"\n... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+        raise ManifestError(f"{len(problems)} of {len(scans)} scans failed validation:\n" + "\n".join(shown) + more)

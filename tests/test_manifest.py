@@ -1,0 +1,167 @@
+"""Manifest reading (CSV and BIDS) and early validation of every scan."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from wmhseg.errors import ManifestError, ScanError
+from wmhseg.labels import LabelSpec
+from wmhseg.manifest import Scan, check_scan, read_manifest, validate_scans
+
+
+def _copy_scan(tiny_dataset: Path, dest: Path) -> Scan:
+    """Copy the first scan of the tiny dataset into ``dest`` and return it as a Scan."""
+    src = read_manifest(tiny_dataset)[0]
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for kind in ("t1", "flair", "label"):
+        paths[kind] = dest / Path(getattr(src, kind)).name
+        shutil.copy(getattr(src, kind), paths[kind])
+    return Scan("001", "01", paths["t1"], paths["flair"], paths["label"], row=1)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> Path:
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_csv_ids_stay_strings_and_paths_resolve(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # relative paths resolve against the manifest's folder, not the cwd
+    scans = read_manifest(tiny_dataset)
+    assert len(scans) == 8
+    assert [s.subject_id for s in scans[:2]] == ["001", "001"]
+    assert [s.session_id for s in scans[:2]] == ["01", "02"]
+    assert scans[0].key == "001_01"
+    assert [s.row for s in scans] == list(range(1, 9))
+    for s in scans:
+        assert s.t1.is_absolute() and s.t1.is_file() and s.flair.is_file() and s.label.is_file()
+    validate_scans(scans, LabelSpec(), read_data=True, require_label=True)
+
+
+def test_bids_folder_gives_the_same_scans(tiny_dataset: Path) -> None:
+    csv = read_manifest(tiny_dataset)
+    bids = read_manifest(tiny_dataset.parent)
+    assert [(s.subject_id, s.session_id) for s in bids] == [(s.subject_id, s.session_id) for s in csv]
+    assert [s.label for s in bids] == [s.label.resolve() for s in csv]
+
+
+def test_bids_without_sessions_and_ambiguous_files(tiny_dataset: Path, tmp_path: Path) -> None:
+    scan = _copy_scan(tiny_dataset, tmp_path / "sub-07" / "anat")
+    (scan.label).rename(scan.label.with_name("sub-07_dseg.nii.gz"))
+    scans = read_manifest(tmp_path)
+    assert [(s.subject_id, s.session_id) for s in scans] == [("07", "1")]
+    assert scans[0].label.name == "sub-07_dseg.nii.gz"
+    shutil.copy(scan.t1, scan.t1.with_name("sub-07_run-2_T1w.nii.gz"))
+    with pytest.raises(ManifestError, match="more than one t1"):
+        read_manifest(tmp_path)
+
+
+def test_missing_column_names_it(tmp_path: Path) -> None:
+    path = _write_csv(tmp_path / "m.csv", [{"subject_id": "1", "session_id": "1", "t1": "a.nii"}])
+    with pytest.raises(ManifestError, match=r"missing column\(s\) \['flair'\]"):
+        read_manifest(path)
+
+
+def test_empty_cell_and_duplicate_name_the_row(tmp_path: Path) -> None:
+    rows = [{"subject_id": "01", "session_id": "1", "t1": "a.nii", "flair": "b.nii"},
+            {"subject_id": "02", "session_id": "", "t1": "a.nii", "flair": "b.nii"}]
+    with pytest.raises(ManifestError, match=r"row 2: empty value in column\(s\) \['session_id'\]"):
+        read_manifest(_write_csv(tmp_path / "m.csv", rows))
+    rows[1]["session_id"] = "1"
+    rows.append({"subject_id": "01", "session_id": "1", "t1": "c.nii", "flair": "d.nii"})
+    with pytest.raises(ManifestError, match="row 3: duplicate scan.*'01'.*row 1"):
+        read_manifest(_write_csv(tmp_path / "m.csv", rows))
+    # "01" and "1" are different subjects: IDs are strings.
+    rows[2]["subject_id"] = "1"
+    assert len(read_manifest(_write_csv(tmp_path / "m.csv", rows))) == 3
+
+
+def test_missing_manifest_and_missing_file(tiny_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="not found"):
+        read_manifest(tmp_path / "nope.csv")
+    scan = _copy_scan(tiny_dataset, tmp_path / "s")
+    rows = [{"subject_id": "001", "session_id": "01", "t1": scan.t1.name, "flair": "missing_FLAIR.nii.gz",
+             "label": scan.label.name}]
+    scans = read_manifest(_write_csv(tmp_path / "s" / "m.csv", rows))
+    with pytest.raises(ManifestError, match=r"row 1 \(subject '001', session '01'\): .*missing_FLAIR.nii.gz: file not found"):
+        validate_scans(scans, read_data=False)
+
+
+def test_truncated_gzip_is_caught_when_reading_data(tiny_dataset: Path, tmp_path: Path) -> None:
+    scan = _copy_scan(tiny_dataset, tmp_path)
+    raw = scan.flair.read_bytes()
+    scan.flair.write_bytes(raw[: len(raw) // 2])
+    check_scan(scan, read_data=False)  # the header is intact
+    with pytest.raises(ScanError, match="FLAIR.nii.gz: cannot read the image data, the file is truncated"):
+        check_scan(scan, read_data=True)
+    with pytest.raises(ManifestError, match="row 1 .*truncated"):
+        validate_scans([scan], read_data=True)
+
+
+@pytest.mark.parametrize("bad", [7.5, 12.0])
+def test_unknown_label_value_names_row_and_value(tiny_dataset: Path, tmp_path: Path, bad: float) -> None:
+    scan = _copy_scan(tiny_dataset, tmp_path)
+    img = nib.load(scan.label)
+    data = np.asarray(img.dataobj).astype(np.float32)
+    data[0, 0, 0] = bad
+    nib.save(nib.Nifti1Image(data, img.affine), scan.label)
+    shown = "7.5" if bad == 7.5 else "12"
+    with pytest.raises(ManifestError, match=rf"row 1 .*label.nii.gz: unknown label value\(s\) {shown}\b"):
+        validate_scans([scan], LabelSpec(), read_data=True)
+    if bad == 12.0:  # a value declared known passes
+        validate_scans([scan], LabelSpec(known_values=(*range(10), 12)), read_data=True)
+
+
+def test_known_values_pass(tiny_dataset: Path) -> None:
+    scan = read_manifest(tiny_dataset)[0]
+    check_scan(scan, LabelSpec(), read_data=True)
+    values = set(np.unique(np.asarray(nib.load(scan.label).dataobj)).tolist())
+    assert 9 in values and values <= set(range(10))
+
+
+def test_grids_that_cannot_be_matched(tiny_dataset: Path, tmp_path: Path) -> None:
+    scan = _copy_scan(tiny_dataset, tmp_path)
+    img = nib.load(scan.t1)
+    far = img.affine.copy()
+    far[:3, 3] += 500.0
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), far), scan.t1)
+    with pytest.raises(ScanError, match="T1 and FLAIR .* cannot be matched: .* overlap by 0%"):
+        check_scan(scan)
+    # a T1 on another grid that covers the same head is fine (it gets resampled)
+    half = img.affine @ np.diag([2.0, 2.0, 2.0, 1.0])
+    half[:3, 3] = img.affine[:3, 3]
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::2, ::2, ::2], half), scan.t1)
+    check_scan(scan, read_data=True)
+
+
+def test_label_off_the_flair_grid(tiny_dataset: Path, tmp_path: Path) -> None:
+    scan = _copy_scan(tiny_dataset, tmp_path)
+    img = nib.load(scan.label)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, :30], img.affine), scan.label)
+    with pytest.raises(ScanError, match=r"the label is not on the FLAIR grid: shape \(32, 32, 30\)"):
+        check_scan(scan)
+
+
+def test_validate_reports_every_failing_row(tiny_dataset: Path, tmp_path: Path) -> None:
+    scans = read_manifest(tiny_dataset)
+    broken = [Scan(s.subject_id, s.session_id, tmp_path / f"gone{s.row}.nii.gz", s.flair, s.label, s.row)
+              if s.row in (2, 5) else s for s in scans]
+    with pytest.raises(ManifestError, match="2 of 8 scans failed") as info:
+        validate_scans(broken, read_data=False)
+    assert "row 2 " in str(info.value) and "row 5 " in str(info.value) and "row 3 " not in str(info.value)
+    no_label = [Scan(s.subject_id, s.session_id, s.t1, s.flair, None, s.row) for s in scans[:1]]
+    with pytest.raises(ManifestError, match="row 1 .*no label file"):
+        validate_scans(no_label, read_data=False, require_label=True)
+
+
+def test_gzip_fixture_files_are_complete(tiny_dataset: Path) -> None:
+    scan = read_manifest(tiny_dataset)[0]
+    with gzip.open(scan.flair) as fh:
+        assert len(fh.read()) >= 32**3 * 4
