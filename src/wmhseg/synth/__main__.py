@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-control", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spacing", type=float, default=2.0, help="voxel size of the scans (study)")
+    parser.add_argument("--shape", type=int, nargs=3, default=None, help="grid size of the scans (study)")
     parser.add_argument("--anatomy", default="mni", choices=("mni", "procedural"))
     args = parser.parse_args(argv)
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "study":
         from wmhseg.synth.study import write_study
 
-        paths = write_study(args.out_dir, params, anatomy=args.anatomy, spacing=args.spacing)
+        paths = write_study(args.out_dir, params, anatomy=args.anatomy, spacing=args.spacing, shape=args.shape)
     else:
         paths = write_cohort(simulate_cohort(params), args.out_dir)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ def write_study(
     *,
     anatomy: str = "mni",
     spacing: float = 2.0,
+    shape: Sequence[int] | None = None,
     workers: int | None = None,
     overwrite: bool = False,
 ) -> dict[str, Path]:
@@ -60,6 +62,8 @@ def write_study(
             ``n_als``/``n_control`` for a quick study).
         anatomy: ``"mni"`` (nilearn's MNI152 anatomy) or ``"procedural"``.
         spacing: isotropic voxel size of the scans in mm.
+        shape: grid size of the scans (default: the template's field of view for ``"mni"``;
+            required in practice for ``"procedural"``, whose head fills the grid).
         workers: processes painting scans in parallel (default: the CPU count).
         overwrite: repaint even when ``out_dir`` holds a study written with the same settings.
 
@@ -70,8 +74,10 @@ def write_study(
     out = Path(out_dir)
     paths = {name: out / f"{name}.{ext}" for name, ext in
              (("manifest", "csv"), ("clinical", "csv"), ("true_volumes", "csv"), ("truth", "json"))}
-    settings = json.dumps({"params": params_dict(params), "anatomy": anatomy, "spacing": float(spacing)},
-                          sort_keys=True)
+    geometry: dict[str, Any] = {"anatomy": anatomy, "spacing": (float(spacing),) * 3}
+    if shape is not None:
+        geometry["shape"] = tuple(int(n) for n in shape)
+    settings = json.dumps({"params": params_dict(params), **geometry}, sort_keys=True)
     record = out / "study.json"
     if not overwrite and record.is_file() and record.read_text() == settings and all(p.is_file() for p in paths.values()):
         return paths
@@ -82,8 +88,7 @@ def write_study(
         (str(out / "scans"), {
             "subject_id": row.subject_id, "session_id": row.session_id,
             "wmh_volume_mm3": float(row.wmh_mm3), "seed": subject_seed[row.subject_id] * 31 + i,
-            "subject_seed": subject_seed[row.subject_id], "anatomy": anatomy,
-            "spacing": (float(spacing),) * 3,
+            "subject_seed": subject_seed[row.subject_id], **geometry,
         })
         for i, row in enumerate(cohort.volumes.itertuples(index=False))
     ]
