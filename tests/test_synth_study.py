@@ -22,7 +22,7 @@ def test_study_scans_carry_the_cohort_volumes(tmp_path):
     true = pd.read_csv(out / "true_volumes.csv", dtype={"subject_id": str, "session_id": str})
     clinical = pd.read_csv(out / "clinical.csv", dtype={"subject_id": str, "session_id": str})
     assert [(s.subject_id, s.session_id) for s in scans] == list(zip(true.subject_id, true.session_id, strict=True))
-    assert set(zip(clinical.subject_id, clinical.session_id)) == set(zip(true.subject_id, true.session_id))
+    assert set(zip(clinical.subject_id, clinical.session_id, strict=True)) == set(zip(true.subject_id, true.session_id, strict=True))
     for scan, volume in zip(scans, true.wmh_mm3, strict=True):
         label = nib.load(scan.label)
         voxel = abs(np.linalg.det(label.affine[:3, :3]))
