@@ -1,0 +1,211 @@
+"""Export: resample working-grid predictions onto a scan's native grid and write masks.
+
+Predictions are made on the working grid of preprocessing (oriented, resampled, cropped), whose
+voxel-to-world affine is known. Any native grid (LPS, oblique, anisotropic, shifted origin) is
+reached through the affines alone: a native voxel ``v`` sits at working-grid voxel
+``inv(A_work) @ A_native @ v``. Probabilities are interpolated there (trilinear; 0 outside the
+working grid) and thresholded afterwards, so the mask follows the smooth probability rather
+than a blocky nearest-neighbour copy.
+
+When the mapping is a pure axis permutation/flip with an integer shift (the usual case for a
+1 mm scan whose working grid is the same grid re-oriented and cropped), values are copied
+voxel for voxel, exactly and fast.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wmhseg.io import atomic_save_nifti
+
+__all__ = ["voxel_mapping", "resample_to_grid", "write_mask", "voxel_sizes"]
+
+_INTEGER_TOL = 1e-4
+_SLAB = 24  # native slices sampled at once by the general path (bounds the sampling grid's memory)
+
+
+def voxel_mapping(src_affine: np.ndarray, dst_affine: np.ndarray) -> np.ndarray:
+    """The 4x4 matrix mapping destination voxel indices to source voxel indices.
+
+    Args:
+        src_affine: voxel-to-world affine of the grid the data lives on.
+        dst_affine: voxel-to-world affine of the grid to resample onto.
+
+    Example:
+        >>> voxel_mapping(np.eye(4), np.diag([2.0, 2.0, 2.0, 1.0]))[:3, :3].diagonal().tolist()
+        [2.0, 2.0, 2.0]
+    """
+    return np.linalg.inv(np.asarray(src_affine, np.float64)) @ np.asarray(dst_affine, np.float64)
+
+
+def voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along each array axis (column norms of the affine's 3x3 part)."""
+    a = np.asarray(affine, np.float64)[:3, :3]
+    return tuple(float(v) for v in np.sqrt((a**2).sum(axis=0)))  # type: ignore[return-value]
+
+
+def _as_permutation(mapping: np.ndarray) -> tuple[list[int], list[int], list[int]] | None:
+    """``(src_axis, sign, offset)`` per destination axis if ``mapping`` is a signed permutation
+    with integer translation, else ``None``."""
+    rot, shift = mapping[:3, :3], mapping[:3, 3]
+    axes, signs, offsets = [], [], []
+    for j in range(3):
+        col = rot[:, j]
+        i = int(np.argmax(np.abs(col)))
+        if abs(abs(col[i]) - 1) > _INTEGER_TOL or np.abs(np.delete(col, i)).max() > _INTEGER_TOL:
+            return None
+        if abs(shift[i] - round(shift[i])) > _INTEGER_TOL:
+            return None
+        axes.append(i)
+        signs.append(int(round(col[i])))
+        offsets.append(int(round(shift[i])))
+    if sorted(axes) != [0, 1, 2]:
+        return None
+    return axes, signs, offsets
+
+
+def _copy_permuted(data: torch.Tensor, perm: tuple[list[int], list[int], list[int]],
+                   dst_shape: Sequence[int], fill: float) -> torch.Tensor:
+    axes, signs, offsets = perm
+    src = data.permute(0, *(1 + a for a in axes))  # source axes in destination order
+    out = torch.full((data.shape[0], *dst_shape), fill, dtype=data.dtype)
+    dst_index, src_index = [], []
+    for j in range(3):
+        n_src = src.shape[1 + j]
+        d = torch.arange(dst_shape[j])
+        s = signs[j] * d + offsets[j]
+        keep = (s >= 0) & (s < n_src)
+        if not bool(keep.any()):
+            return out
+        dst_index.append(d[keep])
+        src_index.append(s[keep])
+    sub = src.index_select(1, src_index[0]).index_select(2, src_index[1]).index_select(3, src_index[2])
+    lo = [int(idx[0]) for idx in dst_index]
+    hi = [int(idx[-1]) + 1 for idx in dst_index]
+    out[:, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = sub  # kept indices are contiguous ranges
+    return out
+
+
+def _destination_box(mapping: np.ndarray, src_shape: Sequence[int], dst_shape: Sequence[int]) -> list[slice] | None:
+    """Destination voxels whose source position may fall inside the source grid."""
+    inv = np.linalg.inv(mapping)
+    corners = np.array([[x, y, z, 1.0] for x in (-1, src_shape[0]) for y in (-1, src_shape[1])
+                        for z in (-1, src_shape[2])])
+    pts = (inv @ corners.T)[:3]
+    lo = np.clip(np.floor(pts.min(axis=1)).astype(int), 0, None)
+    hi = np.minimum(np.ceil(pts.max(axis=1)).astype(int) + 1, np.asarray(dst_shape))
+    if np.any(hi <= lo):
+        return None
+    return [slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True)]
+
+
+def resample_to_grid(
+    data: torch.Tensor | np.ndarray,
+    src_affine: np.ndarray,
+    dst_shape: Sequence[int],
+    dst_affine: np.ndarray,
+    *,
+    mode: str = "bilinear",
+    fill: float = 0.0,
+) -> torch.Tensor:
+    """Resample channel-first data from its grid onto another grid through the affines.
+
+    Args:
+        data: ``(C, X, Y, Z)`` values on the source grid (probabilities, labels ...).
+        src_affine: the source grid's voxel-to-world affine (4x4).
+        dst_shape: the destination grid's shape ``(X', Y', Z')``.
+        dst_affine: the destination grid's voxel-to-world affine (4x4), any orientation.
+        mode: ``"bilinear"`` (trilinear interpolation) or ``"nearest"``.
+        fill: value of destination voxels outside the source grid.
+
+    Returns:
+        float32 tensor ``(C, X', Y', Z')`` on the CPU.
+
+    Example:
+        >>> prob = torch.rand(1, 4, 5, 6)
+        >>> flip = np.diag([-1.0, 1.0, 1.0, 1.0]); flip[0, 3] = 3.0   # same grid, x reversed
+        >>> out = resample_to_grid(prob, np.eye(4), (4, 5, 6), flip)
+        >>> bool(torch.equal(out, prob.flip(1)))
+        True
+    """
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"mode={mode!r} is not one of ('bilinear', 'nearest')")
+    src = torch.as_tensor(np.asarray(data) if isinstance(data, np.ndarray) else data)
+    src = src.detach().to("cpu", torch.float32)
+    if src.ndim != 4:
+        raise ValueError(f"data must be (C, X, Y, Z), got shape {tuple(src.shape)}")
+    dst_shape = tuple(int(s) for s in dst_shape)
+    mapping = voxel_mapping(src_affine, dst_affine)
+    perm = _as_permutation(mapping)
+    if perm is not None:
+        return _copy_permuted(src, perm, dst_shape, fill)
+
+    out = torch.full((src.shape[0], *dst_shape), fill, dtype=torch.float32)
+    box = _destination_box(mapping, src.shape[1:], dst_shape)
+    if box is None:
+        return out
+    m = torch.as_tensor(mapping, dtype=torch.float64)
+    sizes = torch.tensor(src.shape[1:], dtype=torch.float64)
+    # grid_sample with align_corners=True: -1 and +1 are the centres of the first and last voxel
+    scale = torch.where(sizes > 1, 2.0 / (sizes - 1).clamp(min=1), torch.zeros(3, dtype=torch.float64))
+    jj = torch.arange(box[1].start, box[1].stop, dtype=torch.float64)
+    kk = torch.arange(box[2].start, box[2].stop, dtype=torch.float64)
+    planes = (m[:3, 1, None, None] * jj[None, :, None] + m[:3, 2, None, None] * kk[None, None, :]
+              + m[:3, 3, None, None])  # (3, ny, nz)
+    src5 = src.unsqueeze(0)
+    for start in range(box[0].start, box[0].stop, _SLAB):
+        stop = min(start + _SLAB, box[0].stop)
+        ii = torch.arange(start, stop, dtype=torch.float64)
+        coords = planes[:, None] + m[:3, 0, None, None, None] * ii[None, :, None, None]  # (3, nx, ny, nz)
+        norm = coords * scale[:, None, None, None] - 1.0
+        grid = norm.flip(0).permute(1, 2, 3, 0).unsqueeze(0).to(torch.float32)  # (1, nx, ny, nz, [z, y, x])
+        vals = F.grid_sample(src5, grid, mode=mode, padding_mode="zeros", align_corners=True)[0]
+        if fill != 0.0:
+            inside = ((coords > -0.5) & (coords < sizes[:, None, None, None] - 0.5)).all(0)
+            vals = torch.where(inside, vals, torch.full_like(vals, fill))
+        out[:, start:stop, box[1], box[2]] = vals
+    return out
+
+
+def write_mask(mask: np.ndarray | torch.Tensor, reference: str | os.PathLike | nib.Nifti1Header,
+               path: str | os.PathLike, *, affine: np.ndarray | None = None) -> Path:
+    """Write a binary mask atomically with exactly the reference image's grid.
+
+    The header (sform, qform and their codes, units) is copied from the reference so that the
+    mask's affine is the reference's affine bit for bit, whichever of sform/qform a reader uses.
+
+    Args:
+        mask: boolean or 0/1 array of the reference's 3-D shape (a ``(X, Y, Z, 1)`` reference
+            gets a ``(X, Y, Z, 1)`` mask).
+        reference: the native image file (or its NIfTI header).
+        path: destination (``.nii.gz`` or ``.nii``); written under a temporary name, then renamed.
+        affine: the reference affine when ``reference`` is a header without a valid sform/qform.
+
+    Example:
+        >>> write_mask(mask, "sub-01_FLAIR.nii.gz", "out/masks/sub-01_ses-1_wmh.nii.gz")  # doctest: +SKIP
+    """
+    arr = np.asarray(mask.cpu().numpy() if isinstance(mask, torch.Tensor) else mask).astype(np.uint8)
+    if isinstance(reference, nib.Nifti1Header):
+        header = reference.copy()
+    else:
+        img = nib.load(str(reference))
+        header = nib.Nifti1Header.from_header(img.header)
+        affine = np.asarray(img.affine) if affine is None else affine
+    ref_affine = header.get_best_affine() if affine is None else np.asarray(affine, np.float64)
+    ref_shape = tuple(int(n) for n in header.get_data_shape())
+    if len(ref_shape) > 3 and int(np.prod(ref_shape)) == arr.size:
+        arr = arr.reshape(ref_shape)  # a single-volume 4-D reference keeps its trailing axis
+    header.set_data_shape(arr.shape)
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1.0, 0.0)
+    header["cal_min"], header["cal_max"] = 0, 1
+    header["descrip"] = b"wmhseg WMH mask"
+    img = nib.Nifti1Image(arr, ref_affine, header=header)
+    return atomic_save_nifti(img, path)

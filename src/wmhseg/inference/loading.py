@@ -1,0 +1,144 @@
+"""Layer 1 of inference: read and check a scan's files, then the training preprocessing.
+
+Each file is read once with :func:`wmhseg.io.load_volume` (which catches missing, truncated,
+corrupt and non-3-D files and repairs a minority of NaN voxels, reporting them as warnings); the
+arrays then go through :func:`wmhseg.data.preprocessing.preprocess_transforms` without its own
+loading step, so inference sees exactly the training geometry and intensities. Torch-light and
+network-free: this runs in DataLoader workers.
+
+Example:
+    >>> prepared = prepare_scan("t1.nii.gz", "flair.nii.gz", PreprocessSpec())   # doctest: +SKIP
+    >>> prepared.image.shape, prepared.shape                                     # doctest: +SKIP
+    (torch.Size([2, 150, 182, 160]), (256, 256, 48))
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wmhseg.data.preprocessing import PreprocessSpec
+from wmhseg.errors import ScanError
+from wmhseg.io import load_nifti, load_volume
+from wmhseg.labels import LabelSpec
+
+__all__ = ["PreparedScan", "prepare_scan", "preloaded_transforms"]
+
+
+@dataclass
+class PreparedScan:
+    """Layer-1 output: the working-grid image and what export needs of the native FLAIR.
+
+    Attributes:
+        image: MetaTensor ``(2, X, Y, Z)`` [T1, FLAIR] on the working grid (``.affine`` in RAS mm).
+        shape, affine: the native FLAIR grid.
+        flair: the FLAIR path (its header is copied into the mask).
+        reference: the BISON label map on the native grid, when one was asked for.
+        warnings: repaired problems (e.g. NaN voxels set to 0).
+        t_load_s, t_preprocess_s: stage timings in seconds.
+    """
+
+    image: torch.Tensor
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    flair: Path
+    reference: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
+    t_load_s: float = 0.0
+    t_preprocess_s: float = 0.0
+
+
+
+
+def _check_image(data: np.ndarray, path: Path) -> None:
+    lo, hi = float(data.min()), float(data.max())
+    if lo == hi:
+        raise ScanError(f"{path}: the image is constant ({lo:g}); nothing to segment")
+
+
+def _meta_tensor(data: np.ndarray, affine: np.ndarray, path: Path) -> torch.Tensor:
+    """A channel-first MetaTensor as MONAI's ``LoadImaged(NibabelReader, ensure_channel_first)`` makes it."""
+    from monai.data import MetaTensor
+
+    meta = {"filename_or_obj": str(path), "original_affine": affine.copy(),
+            "spatial_shape": np.asarray(data.shape), "space": "RAS", "original_channel_dim": "no_channel"}
+    return MetaTensor(torch.from_numpy(np.ascontiguousarray(data))[None], affine=torch.as_tensor(affine), meta=meta)
+
+
+def preloaded_transforms(spec: PreprocessSpec) -> Callable[[dict], dict]:
+    """The training preprocessing of ``spec`` for images already loaded as channel-first MetaTensors.
+
+    :func:`prepare_scan` reads each file once with :func:`wmhseg.io.load_volume` (which catches
+    truncated files and reports repaired NaNs), so the pipeline's own loading step is skipped.
+    """
+    from monai.transforms import Compose, LoadImaged
+
+    from wmhseg.data import preprocessing
+
+    pipeline = preprocessing.preprocess_transforms(spec, with_label=False)
+    steps = list(pipeline.transforms)
+    loaders = tuple(t for t in (LoadImaged, getattr(preprocessing, "LoadFilesd", None)) if t is not None)
+    if not steps or not isinstance(steps[0], loaders):
+        raise RuntimeError("preprocess_transforms() no longer starts with a loading step; "
+                           "wmhseg.inference.predictor.preloaded_transforms must be updated")
+    return Compose(steps[1:])
+
+
+def prepare_scan(t1: str | os.PathLike, flair: str | os.PathLike, spec: PreprocessSpec, *,
+                 label: str | os.PathLike | None = None, label_spec: LabelSpec | None = None,
+                 transforms: Callable[[dict], dict] | None = None) -> PreparedScan:
+    """Layer 1: read, check and preprocess one T1w + FLAIR pair (and read its reference label).
+
+    Args:
+        t1, flair: NIfTI paths. T1 may lie on its own grid (resampled onto the FLAIR grid).
+        spec: the checkpoint's preprocessing.
+        label: optional BISON label map on the FLAIR grid (for metrics against the teacher).
+        label_spec: known label values (default :class:`LabelSpec()`).
+        transforms: the preprocessing pipeline for loaded images (default
+            :func:`preloaded_transforms`); pass one to reuse it across scans.
+
+    Raises:
+        ScanError: missing, truncated or corrupt file, non-3-D data, an image with no finite or
+            only constant voxels, a label off the FLAIR grid or with unknown values; each names the file.
+    """
+    t0 = time.perf_counter()
+    t1, flair = Path(t1), Path(flair)
+    label = Path(label) if label is not None else None
+    with ThreadPoolExecutor(max_workers=3) as pool:  # gzip decompression releases the GIL
+        jobs = [pool.submit(load_volume, flair), pool.submit(load_volume, t1)]
+        label_job = pool.submit(load_nifti, label) if label is not None else None
+        (flair_data, flair_affine, warnings), (t1_data, t1_affine, t1_warnings) = (j.result() for j in jobs)
+        loaded_label = label_job.result() if label_job is not None else None
+    warnings += t1_warnings
+    _check_image(flair_data, flair)
+    _check_image(t1_data, t1)
+    reference = None
+    if label is not None and loaded_label is not None:
+        reference, label_affine = loaded_label
+        if reference.shape != flair_data.shape or not np.allclose(label_affine, flair_affine, atol=1e-3):
+            raise ScanError(f"{label}: the label is not on the FLAIR grid ({flair.name}): shape "
+                            f"{reference.shape} vs {flair_data.shape}")
+        if not np.all(np.isfinite(reference)):
+            raise ScanError(f"{label}: the label map holds NaN or infinite values")
+        bad = (label_spec or LabelSpec()).unknown_values(reference)
+        if bad:
+            raise ScanError(f"{label}: unknown label value(s) {bad[:8]}")
+    t_load = time.perf_counter() - t0
+    pipeline = transforms or preloaded_transforms(spec)
+    try:
+        out = pipeline({"t1": _meta_tensor(t1_data, t1_affine, t1), "flair": _meta_tensor(flair_data, flair_affine, flair)})
+    except ScanError:
+        raise
+    except Exception as exc:  # MONAI wraps errors in RuntimeError; name the files
+        cause = exc.__cause__ or exc
+        raise ScanError(f"{flair} / {t1.name}: preprocessing failed ({type(cause).__name__}: {cause})") from exc
+    return PreparedScan(image=out["image"], shape=tuple(flair_data.shape), affine=flair_affine, flair=flair,
+                        reference=reference, warnings=warnings, t_load_s=t_load,
+                        t_preprocess_s=time.perf_counter() - t0 - t_load)

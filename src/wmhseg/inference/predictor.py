@@ -1,0 +1,333 @@
+"""The predictor: built once from a checkpoint, then applied scan after scan.
+
+Three separable layers, each usable alone:
+
+1. :meth:`Predictor.prepare` (:func:`wmhseg.inference.loading.prepare_scan`) - load and check
+   the files, then the training preprocessing -> a working-grid image whose ``.affine`` maps
+   voxels to world (RAS mm). Network-free; runs in DataLoader workers.
+2. :meth:`Predictor.predict` - network output on the working grid: MONAI's Gaussian-weighted
+   sliding window (the checkpoint's window by default) or one pass over the whole head-cropped
+   volume padded to the network's size divisor (``roi_size=None``), with optional test-time
+   flips, under ``torch.inference_mode`` and autocast (``precision``).
+3. :meth:`Predictor.to_native` - probabilities resampled onto the native FLAIR grid through the
+   affines (:mod:`wmhseg.inference.export`) and thresholded.
+
+Example:
+    >>> predictor = Predictor.from_checkpoint("last.ckpt", precision="fp32")   # doctest: +SKIP
+    >>> prepared = predictor.prepare("t1.nii.gz", "flair.nii.gz")              # doctest: +SKIP
+    >>> working = predictor.predict(prepared.image)                            # doctest: +SKIP
+    >>> native = predictor.to_native(working, prepared.shape, prepared.affine)  # doctest: +SKIP
+    >>> native.mask.shape == prepared.shape                                    # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wmhseg.checkpoint import build_network, file_sha256, load_checkpoint, read_meta
+from wmhseg.data.preprocessing import PreprocessSpec
+from wmhseg.errors import CheckpointError, InputError
+from wmhseg.inference.export import resample_to_grid
+from wmhseg.inference.loading import PreparedScan, prepare_scan
+from wmhseg.labels import LabelSpec
+
+__all__ = [
+    "PRECISIONS",
+    "InferenceSettings",
+    "WorkingPrediction",
+    "NativePrediction",
+    "Predictor",
+]
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_BLEND_MODES = ("gaussian", "constant")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _choose(value: str, options: Sequence[str], name: str) -> str:
+    if value in options:
+        return value
+    close = difflib.get_close_matches(str(value), options, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise InputError(f"{name}={value!r} is not one of {tuple(options)}{hint}")
+
+
+@dataclass
+class InferenceSettings:
+    """How :class:`Predictor` runs the network; ``None`` takes the checkpoint's value.
+
+    Args:
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+        precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` (autocast) or ``"auto"``: bf16 (or fp16) on
+            GPU, bf16 on CPUs with native bf16 support (AVX-512 BF16 / AMX), else fp32.
+        roi_size: ``"checkpoint"`` (default) = MONAI's sliding window with the checkpoint's window
+            (the one training validated with); a window ``[x, y, z]``; or ``None`` = the whole
+            working volume in one pass (padded to ``size_divisor``). The whole-volume pass is about
+            3x faster on CPU but changes what instance normalisation sees (the whole head instead
+            of a training-sized window); on a synthetic-data UNet it cost 0.03 Dice, so it is opt-in.
+        sw_batch_size, overlap, blend_mode: sliding-window batch, overlap and blending.
+        tta_flips: test-time flips, each a list of spatial axes (0-2) to flip, e.g. ``[[0]]``;
+            probabilities are averaged with the unflipped prediction.
+        threshold: WMH probability above which a voxel is WMH.
+        size_divisor: whole-volume padding multiple; ``None`` derives it from the network's strides.
+    """
+
+    device: str = "auto"
+    precision: str = "auto"
+    roi_size: Any = "checkpoint"
+    sw_batch_size: int | None = None
+    overlap: float | None = None
+    blend_mode: str | None = None
+    tta_flips: list[list[int]] = field(default_factory=list)
+    threshold: float | None = None
+    size_divisor: int | None = None
+
+    def __post_init__(self) -> None:
+        self.precision = _choose(str(self.precision), PRECISIONS, "precision")
+        if isinstance(self.roi_size, str):
+            _choose(self.roi_size, ("checkpoint",), "roi_size")
+        elif self.roi_size is not None:
+            roi = [int(self.roi_size)] * 3 if np.isscalar(self.roi_size) else [int(r) for r in self.roi_size]
+            if len(roi) != 3 or min(roi) < 1:
+                raise InputError(f"roi_size={self.roi_size!r} must be null, 'checkpoint' or three positive integers")
+            self.roi_size = roi
+        if self.sw_batch_size is not None and int(self.sw_batch_size) < 1:
+            raise InputError(f"sw_batch_size={self.sw_batch_size!r} must be >= 1")
+        if self.overlap is not None and not 0 <= float(self.overlap) < 1:
+            raise InputError(f"overlap={self.overlap!r} must satisfy 0 <= overlap < 1")
+        if self.blend_mode is not None:
+            self.blend_mode = _choose(str(self.blend_mode), _BLEND_MODES, "blend_mode")
+        flips = [[int(a) for a in f] for f in (self.tta_flips or [])]
+        if any(not f or min(f) < 0 or max(f) > 2 for f in flips):
+            raise InputError(f"tta_flips={self.tta_flips!r} must be lists of spatial axes 0, 1, 2, e.g. [[0], [1]]")
+        self.tta_flips = flips
+        if self.threshold is not None and not 0 < float(self.threshold) < 1:
+            raise InputError(f"threshold={self.threshold!r} must satisfy 0 < threshold < 1")
+        if self.size_divisor is not None and int(self.size_divisor) < 1:
+            raise InputError(f"size_divisor={self.size_divisor!r} must be >= 1")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> InferenceSettings:
+        """Build from a config mapping; unknown keys raise :class:`InputError`."""
+        d = dict(d or {})
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise InputError(f"unknown inference settings {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**d)
+
+
+@dataclass
+class WorkingPrediction:
+    """Layer-2 output on the working grid: WMH (and ventricle) probability, BISON classes."""
+
+    wmh: torch.Tensor
+    affine: np.ndarray
+    ventricles: torch.Tensor | None = None
+    classes: torch.Tensor | None = None
+
+    @property
+    def voxel_mm3(self) -> float:
+        return float(abs(np.linalg.det(self.affine[:3, :3])))
+
+
+@dataclass
+class NativePrediction:
+    """Layer-3 output on the native FLAIR grid."""
+
+    mask: np.ndarray
+    probability: np.ndarray
+    ventricles: np.ndarray | None = None
+
+
+def _match_state_dict(state: dict[str, torch.Tensor], net: torch.nn.Module, source: str) -> dict[str, torch.Tensor]:
+    """The network's weights out of a module state_dict (keys like ``net.model.0.conv.weight``)."""
+    wanted = list(net.state_dict())
+    if all(k in state for k in wanted):
+        return {k: state[k] for k in wanted}
+    first = wanted[0]
+    for key in state:
+        if key.endswith("." + first):
+            prefix = key[: -len(first)]
+            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if all(k in sub for k in wanted):
+                return {k: sub[k] for k in wanted}
+    raise CheckpointError(f"{source}: the state_dict does not hold this network's weights (no key ending in {first!r})")
+
+
+def _cpu_has_fast_bf16() -> bool:
+    """True on CPUs with native bf16 (AVX-512 BF16 / AMX); elsewhere bf16 is emulated and ~100x slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and bool(
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _strides_divisor(config: dict[str, Any]) -> int:
+    """Size divisor of a MONAI network config: the product of its strides (32 if unknown)."""
+    strides = config.get("strides")
+    if strides is None:
+        return 32 if "blocks_down" not in config else 2 ** (len(config["blocks_down"]) - 1)
+    prod = np.ones(3, dtype=np.int64)
+    for s in strides:
+        prod *= np.broadcast_to(np.asarray(s, dtype=np.int64), (3,))
+    return int(prod.max())
+
+
+class Predictor:
+    """A network with its preprocessing and label mapping, applied scan after scan.
+
+    Args:
+        network: a MONAI network taking ``(B, 2, X, Y, Z)`` and returning logits.
+        preprocess_spec: the preprocessing it was trained with.
+        label_spec: the label mapping it was trained with.
+        settings: :class:`InferenceSettings`; ``None`` fields take ``checkpoint_inference`` values.
+        checkpoint_inference: the checkpoint's sliding-window defaults.
+        size_divisor: whole-volume padding multiple when ``settings.size_divisor`` is ``None``.
+        model_id: the checkpoint's hash, written with every result.
+    """
+
+    def __init__(self, network: torch.nn.Module, preprocess_spec: PreprocessSpec, label_spec: LabelSpec, *,
+                 settings: InferenceSettings | None = None, checkpoint_inference: dict[str, Any] | None = None,
+                 size_divisor: int = 16, model_id: str = "", meta: dict[str, Any] | None = None) -> None:
+        self.settings = settings or InferenceSettings()
+        self.preprocess_spec = preprocess_spec
+        self.label_spec = label_spec
+        self.model_id = model_id
+        self.meta = meta or {}
+        ck = dict(checkpoint_inference or {})
+        s = self.settings
+        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if s.device == "auto" else s.device)
+        self.precision = self._resolve_precision(s.precision)
+        self.roi_size = list(ck.get("roi_size", [96, 96, 96])) if s.roi_size == "checkpoint" else s.roi_size
+        self.sw_batch_size = int(s.sw_batch_size or ck.get("sw_batch_size", 2))
+        self.overlap = float(ck.get("overlap", 0.25) if s.overlap is None else s.overlap)
+        self.blend_mode = s.blend_mode or ck.get("mode", "gaussian")
+        self.threshold = float(s.threshold or ck.get("threshold", 0.5))
+        self.size_divisor = int(s.size_divisor or size_divisor)
+        self.network = network.to(self.device).eval()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, **overrides: Any) -> Predictor:
+        """Load a wmhseg checkpoint safely (``weights_only``) and build the predictor.
+
+        Args:
+            path: a checkpoint written by wmhseg training.
+            **overrides: :class:`InferenceSettings` fields.
+
+        Raises:
+            CheckpointError: unsafe, unreadable or incomplete checkpoint, or weights that do not fit.
+        """
+        path = Path(path)
+        settings = InferenceSettings.from_dict(overrides)
+        ckpt = load_checkpoint(path)
+        meta = read_meta(ckpt, source=path)
+        net_config = dict(meta["network"])
+        network = build_network(net_config)
+        try:
+            network.load_state_dict(_match_state_dict(ckpt["state_dict"], network, str(path)))
+            preprocess_spec = PreprocessSpec.from_dict(meta["preprocessing"])
+            label_spec = LabelSpec.from_dict(meta["labels"])
+        except CheckpointError:
+            raise
+        except (RuntimeError, InputError, TypeError) as exc:
+            raise CheckpointError(f"{path}: {exc}") from exc
+        return cls(network, preprocess_spec, label_spec, settings=settings,
+                   checkpoint_inference=meta.get("inference") or {}, size_divisor=_strides_divisor(net_config),
+                   model_id=file_sha256(path), meta=meta)
+
+    # ---------------------------------------------------------------- layer 1
+    def prepare(self, t1: str | os.PathLike, flair: str | os.PathLike, **kw: Any) -> PreparedScan:
+        """:func:`prepare_scan` with this predictor's preprocessing."""
+        return prepare_scan(t1, flair, self.preprocess_spec, label_spec=self.label_spec, **kw)
+
+    # ---------------------------------------------------------------- layer 2
+    def _resolve_precision(self, precision: str) -> str:
+        if precision != "auto":
+            return precision
+        if self.device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if self.device.type == "cpu" and _cpu_has_fast_bf16() else "fp32"
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.precision])
+
+    def _logits_whole(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[2:]
+        div = self.size_divisor
+        pads: list[int] = []
+        for n in reversed(size):  # F.pad wants the last axis first
+            extra = (-n) % div
+            pads += [extra // 2, extra - extra // 2]
+        y = self.network(F.pad(x, pads) if any(pads) else x)
+        crop = tuple(slice(pads[2 * (2 - i)], pads[2 * (2 - i)] + size[i]) for i in range(3))
+        return y[(slice(None), slice(None), *crop)].float()
+
+    def _logits_window(self, x: torch.Tensor) -> torch.Tensor:
+        from monai.inferers import sliding_window_inference
+
+        return sliding_window_inference(x, roi_size=self.roi_size or [96, 96, 96], sw_batch_size=self.sw_batch_size,
+                                        predictor=lambda p: self.network(p).float(), overlap=self.overlap,
+                                        mode=self.blend_mode)
+
+    def probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """Softmax class probabilities ``(C, X, Y, Z)`` (float32, on the device) of one image
+        ``(2, X, Y, Z)``, averaged over the test-time flips."""
+        x = torch.as_tensor(image).float().unsqueeze(0).to(self.device)
+        run = self._logits_whole if self.roi_size is None else self._logits_window
+        probs = None
+        with torch.inference_mode(), self._autocast():
+            for flip in ([], *self.settings.tta_flips):
+                dims = [2 + a for a in flip]
+                xi = x.flip(dims) if dims else x
+                p = torch.softmax(run(xi).float(), dim=1)
+                p = p.flip(dims) if dims else p
+                probs = p if probs is None else probs.add_(p)
+        return (probs / (1 + len(self.settings.tta_flips)))[0]
+
+    def predict(self, image: torch.Tensor) -> WorkingPrediction:
+        """Layer 2: WMH probability (and ventricle probability, BISON classes in ``"bison"`` mode)
+        on the working grid of ``image`` (a MetaTensor ``(2, X, Y, Z)`` from :func:`prepare_scan`)."""
+        affine = getattr(image, "affine", None)
+        if affine is None:
+            raise InputError("predict() needs the MetaTensor from prepare_scan (an image with an .affine)")
+        affine = np.asarray(torch.as_tensor(affine, dtype=torch.float64).reshape(-1, 4, 4)[0])
+        probs = self.probabilities(image)
+        spec = self.label_spec
+        wmh = probs[list(spec.wmh_channels)].sum(0).cpu()
+        vent = classes = None
+        if spec.mode == "bison":
+            classes = probs.argmax(0).to(torch.uint8).cpu()
+            if spec.ventricle_channel is not None:
+                vent = probs[spec.ventricle_channel].cpu()
+        return WorkingPrediction(wmh=wmh, affine=affine, ventricles=vent, classes=classes)
+
+    # ---------------------------------------------------------------- layer 3
+    def to_native(self, prediction: WorkingPrediction, native_shape: Sequence[int],
+                  native_affine: np.ndarray) -> NativePrediction:
+        """Layer 3: resample the working-grid probabilities onto the native grid and threshold."""
+        channels = [prediction.wmh] + ([prediction.ventricles] if prediction.ventricles is not None else [])
+        native = resample_to_grid(torch.stack(channels), prediction.affine, native_shape, native_affine)
+        prob = native[0].numpy()
+        vent = native[1].numpy() > 0.5 if prediction.ventricles is not None else None
+        return NativePrediction(mask=prob > self.threshold, probability=prob, ventricles=vent)
+
+    def describe(self) -> dict[str, Any]:
+        """The effective settings, for provenance."""
+        return {"device": str(self.device), "precision": self.precision, "roi_size": self.roi_size,
+                "sw_batch_size": self.sw_batch_size, "overlap": self.overlap, "blend_mode": self.blend_mode,
+                "tta_flips": self.settings.tta_flips, "threshold": self.threshold, "size_divisor": self.size_divisor,
+                "model_id": self.model_id}

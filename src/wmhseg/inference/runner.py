@@ -1,0 +1,386 @@
+"""``infer(cfg)``: segment every scan of a manifest and write masks, volume tables and provenance.
+
+Outputs under ``out_dir`` (see DESIGN.md for the fixed part):
+
+- ``masks/<subject_id>_<session_id>_wmh.nii.gz``: binary masks on each FLAIR's own grid;
+- ``volumes.csv`` (:data:`~wmhseg.inference.records.VOLUME_COLUMNS`), and with a ``label``
+  column ``metrics.csv``, ``agreement.json`` (ICC, Bland-Altman) and ``bland_altman.png``;
+- ``rows/``: one record per scan (what makes reruns skip finished scans);
+- ``provenance.json``: configuration, checkpoint hash and metadata, effective predictor
+  settings, package versions; ``training_config.yaml`` when the checkpoint carries one.
+
+A scan that fails gets ``status=error`` and a message naming the file and the problem; the
+others go on. The return value is the exit code: 0 when every scan of this run's share is done,
+1 when any failed, 2 when the run could not start (bad checkpoint, manifest or setting).
+
+Loading and preprocessing run in DataLoader workers (``num_workers``) while the network predicts.
+A cohort can be split into ``num_parts`` jobs (``part_id`` = 0 .. num_parts-1; scan ``i`` goes
+to part ``i % num_parts``); whichever part finishes last writes the complete tables. With
+``strategy=ddp`` (or ``ddp_spawn``) the run goes through Lightning's ``predict`` over ``devices``
+(:mod:`wmhseg.inference.distributed`); both give the table of a single process.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wmhseg.errors import InputError, WmhsegError
+from wmhseg.inference.agreement import bland_altman_plot, volume_agreement
+from wmhseg.inference.export import voxel_sizes, write_mask
+from wmhseg.inference.loading import PreparedScan, preloaded_transforms, prepare_scan
+from wmhseg.inference.measures import tissue_volumes, wmh_measures
+from wmhseg.inference.predictor import Predictor
+from wmhseg.inference.records import TIMING_COLUMNS, ResultStore, error_record, unsafe_reason
+from wmhseg.io import atomic_write_json, atomic_write_text
+from wmhseg.manifest import Scan, check_scan, read_manifest
+from wmhseg.metrics import label_lesions, segmentation_metrics
+
+__all__ = ["infer", "RunOptions", "ScanDataset", "process_prepared", "run_scan"]
+
+log = logging.getLogger("wmhseg.infer")
+_PACKAGES = ("wmhseg", "torch", "monai", "nibabel", "numpy", "scipy", "pandas", "lightning", "hydra-core")
+
+
+class RunOptions:
+    """The validated run-level settings of ``configs/infer.yaml``.
+
+    Raises:
+        InputError: a missing required value (``???``) or a bad one, named in the message.
+    """
+
+    def __init__(self, cfg: Any) -> None:
+        get = cfg.get if hasattr(cfg, "get") else lambda k, d=None: getattr(cfg, k, d)
+        for key in ("ckpt_path", "input", "out_dir"):
+            value = _get_required(cfg, key)
+            setattr(self, key, Path(str(value)).expanduser())
+        self.overwrite = bool(get("overwrite", False))
+        self.num_parts = int(get("num_parts", 1))
+        self.part_id = int(get("part_id", 0))
+        self.num_workers = int(get("num_workers", 1))
+        self.progress = bool(get("progress", True))
+        self.pv_distance_mm = float(get("pv_distance_mm", 10.0))
+        self.torch_threads = get("torch_threads", None)
+        self.strategy = get("strategy", None) or None
+        self.accelerator = str(get("accelerator", "auto"))
+        self.devices = get("devices", "auto")
+        self.num_nodes = int(get("num_nodes", 1))
+        inference = get("inference", None) or {}
+        self.inference = {k: _plain(v) for k, v in dict(inference).items()}
+        if self.num_parts < 1 or not 0 <= self.part_id < self.num_parts:
+            raise InputError(f"part_id={self.part_id} must satisfy 0 <= part_id < num_parts={self.num_parts}")
+        if self.num_workers < 0:
+            raise InputError(f"num_workers={self.num_workers} must be >= 0")
+        if self.pv_distance_mm <= 0:
+            raise InputError(f"pv_distance_mm={self.pv_distance_mm} must be > 0")
+
+
+def _get_required(cfg: Any, key: str) -> Any:
+    try:
+        value = cfg[key] if hasattr(cfg, "__getitem__") else getattr(cfg, key)
+    except Exception as exc:  # omegaconf MissingMandatoryValue, KeyError, AttributeError
+        raise InputError(f"{key} is required: python infer.py ckpt_path=CKPT input=MANIFEST_OR_FOLDER out_dir=DIR") from exc
+    if value is None or str(value) in ("", "???"):
+        raise InputError(f"{key} is required: python infer.py ckpt_path=CKPT input=MANIFEST_OR_FOLDER out_dir=DIR")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return value
+
+
+class ScanDataset(torch.utils.data.Dataset):
+    """Layer 1 over a list of scans; an item is ``(index, PreparedScan | None, error | None)``.
+
+    A scan that cannot be loaded yields its error message instead of raising, so one bad file
+    never stops a DataLoader.
+    """
+
+    def __init__(self, scans: Sequence[Scan], predictor: Predictor) -> None:
+        self.scans = list(scans)
+        self.spec = predictor.preprocess_spec
+        self.label_spec = predictor.label_spec
+        self._transforms = None
+
+    def __len__(self) -> int:
+        return len(self.scans)
+
+    def __getitem__(self, index: int) -> tuple[int, PreparedScan | None, str | None]:
+        scan = self.scans[index]
+        if self._transforms is None:
+            self._transforms = preloaded_transforms(self.spec)
+        try:
+            check_scan(scan, self.label_spec, read_data=False)
+            prepared = prepare_scan(scan.t1, scan.flair, self.spec, label=scan.label, label_spec=self.label_spec,
+                                    transforms=self._transforms)
+            if prepared.reference is not None:
+                prepared.reference = self.label_spec.wmh_mask(prepared.reference)
+            return index, prepared, None
+        except WmhsegError as exc:
+            return index, None, str(exc)
+        except Exception as exc:  # an unexpected failure still names the scan's files
+            log.debug("unexpected error on %s", scan.flair, exc_info=True)
+            return index, None, f"{scan.flair}: {type(exc).__name__}: {exc}"
+
+
+def _identity(item: Any) -> Any:
+    return item
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def _prepared_stream(dataset: ScanDataset, num_workers: int) -> Iterator[tuple[int, PreparedScan | None, str | None]]:
+    if num_workers == 0 or len(dataset) <= 1:
+        for i in range(len(dataset)):
+            yield dataset[i]
+        return
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
+                                         collate_fn=_identity, worker_init_fn=_worker_init,
+                                         prefetch_factor=2, persistent_workers=False)
+    yield from loader
+
+
+def _crop_to(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cropped to the bounding box of their union plus 2 voxels (metrics unchanged)."""
+    union = a | b
+    if not union.any():
+        return a, b
+    box = []
+    for axis in range(3):
+        nz = np.flatnonzero(union.any(axis=tuple(x for x in range(3) if x != axis)))
+        box.append(slice(max(int(nz[0]) - 2, 0), int(nz[-1]) + 3))
+    return a[tuple(box)], b[tuple(box)]
+
+
+def process_prepared(predictor: Predictor, store: ResultStore, scan: Scan, prepared: PreparedScan, *,
+                     pv_distance_mm: float = 10.0) -> dict[str, Any]:
+    """Layers 2-3 and measures for one prepared scan: writes its mask and returns its ok-record."""
+    t0 = time.perf_counter()
+    working = predictor.predict(prepared.image)
+    t1 = time.perf_counter()
+    native = predictor.to_native(working, prepared.shape, prepared.affine)
+    write_mask(native.mask, prepared.flair, store.mask_path(scan), affine=prepared.affine)
+    t2 = time.perf_counter()
+    measures = wmh_measures(native.mask, prepared.affine, probability=native.probability,
+                            ventricles=native.ventricles, pv_distance_mm=pv_distance_mm)
+    if working.classes is not None:
+        measures.update(tissue_volumes(working.classes.numpy(), working.voxel_mm3))
+    else:
+        measures.update(icv_mm3=math.nan, brain_mm3=math.nan)
+    metrics = None
+    if prepared.reference is not None:
+        pred, ref = _crop_to(native.mask, prepared.reference)
+        metrics = segmentation_metrics(pred, ref, voxel_sizes(prepared.affine))
+        metrics["ref_wmh_mm3"] = int(ref.sum()) * measures["voxel_mm3"]
+        metrics["ref_n_lesions"] = label_lesions(ref)[1]
+    t3 = time.perf_counter()
+    timings = {"t_load_s": prepared.t_load_s, "t_preprocess_s": prepared.t_preprocess_s, "t_predict_s": t1 - t0,
+               "t_export_s": t2 - t1, "t_measure_s": t3 - t2}
+    timings["t_total_s"] = sum(timings.values())
+    timings = {k: round(v, 4) for k, v in timings.items()}
+    return store.ok_record(scan, measures, warnings=prepared.warnings, timings=timings, metrics=metrics)
+
+
+def run_scan(predictor: Predictor, store: ResultStore, scan: Scan, prepared: PreparedScan | None, error: str | None,
+             *, pv_distance_mm: float = 10.0) -> dict[str, Any]:
+    """One item of :class:`ScanDataset` -> its record (ok, or error naming the file and problem)."""
+    if prepared is not None:
+        try:
+            return process_prepared(predictor, store, scan, prepared, pv_distance_mm=pv_distance_mm)
+        except WmhsegError as exc:
+            error = str(exc)
+        except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. out of memory on one big scan
+            log.debug("prediction failed on %s", scan.flair, exc_info=True)
+            error = f"{scan.flair}: prediction failed ({type(exc).__name__}: {exc})"
+    log.warning("%s: %s", scan.describe(), error)
+    return error_record(scan, str(error))
+
+
+def _invalid_rows(scans: Sequence[Scan]) -> dict[int, str]:
+    """Rows whose IDs cannot name files, or whose file names collide with an earlier row."""
+    invalid: dict[int, str] = {}
+    seen: dict[str, int] = {}
+    for scan in scans:
+        reason = unsafe_reason(scan)
+        if reason is None and scan.key in seen:
+            reason = (f"subject {scan.subject_id!r} / session {scan.session_id!r} would write the same files "
+                      f"({scan.key}_*) as row {seen[scan.key]}")
+        if reason is not None:
+            invalid[scan.row] = f"row {scan.row}: {reason}"
+        else:
+            seen[scan.key] = scan.row
+    return invalid
+
+
+def _console_logging() -> bool:
+    """True when log records already reach the terminal (e.g. Hydra's console handler)."""
+    streams = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+    for logger in (log, logging.getLogger("wmhseg"), logging.getLogger()):
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in streams:
+                return log.isEnabledFor(logging.INFO)
+    return False
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _write_provenance(opts: RunOptions, cfg: Any, predictor: Predictor, n_scans: int) -> None:
+    meta = {k: v for k, v in predictor.meta.items() if k != "config"}
+    suffix = "" if opts.num_parts == 1 else f".part-{opts.part_id + 1}-of-{opts.num_parts}"
+    atomic_write_json(opts.out_dir / f"provenance{suffix}.json", {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": sys.argv, "host": platform.node(), "config": _plain(cfg),
+        "checkpoint": {"path": str(opts.ckpt_path.resolve()), "sha256_16": predictor.model_id, "meta": meta},
+        "predictor": predictor.describe(), "versions": _versions(), "torch_threads": torch.get_num_threads(),
+        "manifest": {"path": str(opts.input.resolve()), "n_scans": n_scans},
+        "part": {"num_parts": opts.num_parts, "part_id": opts.part_id},
+    })
+    if predictor.meta.get("config"):
+        atomic_write_text(opts.out_dir / "training_config.yaml", str(predictor.meta["config"]))
+
+
+def _write_agreement(out_dir: Path, records: list[dict[str, Any]]) -> None:
+    pairs = [(r["wmh_mm3"], (r.get("metrics") or {}).get("ref_wmh_mm3")) for r in records
+             if r.get("status") == "ok" and r.get("metrics")]
+    pred = np.array([p for p, _ in pairs], dtype=float)
+    ref = np.array([np.nan if q is None else q for _, q in pairs], dtype=float)
+    atomic_write_json(out_dir / "agreement.json", {"quantity": "wmh_mm3, network vs BISON label",
+                                                   **volume_agreement(pred, ref)})
+    if np.isfinite(pred + ref).sum() >= 2:
+        bland_altman_plot(pred, ref, out_dir / "bland_altman.png")
+
+
+def _process(predictor: Predictor, store: ResultStore, todo: list[Scan],
+             opts: RunOptions) -> tuple[int, int, list[float], list[dict[str, float]]]:
+    """Run the scans of ``todo``; return (n_ok, n_failed, per-scan wall times, stage timings of ok scans)."""
+    from tqdm.auto import tqdm
+
+    n_ok = n_failed = 0
+    walls: list[float] = []
+    stages: list[dict[str, float]] = []
+    dataset = ScanDataset(todo, predictor)
+    bar = tqdm(total=len(todo), desc="scans", unit="scan", disable=not opts.progress, file=sys.stderr)
+    last = time.perf_counter()
+    for index, prepared, error in _prepared_stream(dataset, opts.num_workers):
+        scan = todo[index]
+        record = run_scan(predictor, store, scan, prepared, error, pv_distance_mm=opts.pv_distance_mm)
+        if record["status"] == "error":
+            n_failed += 1
+        else:
+            n_ok += 1
+            stages.append({k: record[k] for k in TIMING_COLUMNS})
+        store.write(scan, record)
+        now = time.perf_counter()
+        walls.append(now - last)
+        last = now
+        bar.set_postfix(ok=n_ok, failed=n_failed)
+        bar.update(1)
+    bar.close()
+    return n_ok, n_failed, walls, stages
+
+
+def infer(cfg: Any) -> int:
+    """Segment the scans of ``cfg.input`` with ``cfg.ckpt_path`` and write everything under ``cfg.out_dir``.
+
+    Args:
+        cfg: the composed ``configs/infer.yaml`` (a DictConfig or any mapping): ``ckpt_path``,
+            ``input``, ``out_dir``, ``overwrite``, ``num_parts``, ``part_id``, ``num_workers``,
+            ``progress``, ``pv_distance_mm``, ``torch_threads``, ``strategy`` (``null``: one process;
+            ``ddp``/``ddp_spawn``: Lightning ``predict``, see :mod:`wmhseg.inference.distributed`),
+            ``accelerator``, ``devices``, ``num_nodes`` and ``inference``
+            (:class:`~wmhseg.inference.predictor.InferenceSettings`).
+
+    Returns:
+        The exit code: 0 all done, 1 some scan failed, 2 the run could not start.
+
+    Example:
+        >>> infer({"ckpt_path": "last.ckpt", "input": "manifest.csv", "out_dir": "out"})  # doctest: +SKIP
+        0
+    """
+    t_start = time.perf_counter()
+    try:
+        opts = RunOptions(cfg)
+        if opts.torch_threads:
+            torch.set_num_threads(int(opts.torch_threads))
+        scans = read_manifest(opts.input)
+        predictor = Predictor.from_checkpoint(opts.ckpt_path, **opts.inference)
+    except WmhsegError as exc:
+        log.error("%s", exc)
+        print(f"wmhseg infer: error: {exc}", file=sys.stderr)
+        return 2
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    _write_provenance(opts, cfg, predictor, len(scans))
+    store = ResultStore(opts.out_dir, predictor.model_id)
+    invalid = _invalid_rows(scans)
+    share = [s for i, s in enumerate(scans) if i % opts.num_parts == opts.part_id]
+    failed_invalid = [s for s in share if s.row in invalid]
+    for scan in failed_invalid:
+        log.warning("%s", invalid[scan.row])
+    candidates = [s for s in share if s.row not in invalid]
+    todo = [s for s in candidates if opts.overwrite or not store.is_done(s)]
+    n_skipped = len(candidates) - len(todo)
+    log.info("%d scans in %s; this run: %d to do, %d already done", len(scans), opts.input, len(todo), n_skipped)
+    if opts.strategy is None:
+        n_ok, n_failed, walls, stages = _process(predictor, store, todo, opts)
+    else:
+        from wmhseg.inference.distributed import predict_distributed
+
+        t0 = time.perf_counter()
+        is_main = predict_distributed(predictor, store, todo, strategy=str(opts.strategy),
+                                      accelerator=opts.accelerator, devices=opts.devices, num_nodes=opts.num_nodes,
+                                      num_workers=opts.num_workers, pv_distance_mm=opts.pv_distance_mm,
+                                      progress=opts.progress)
+        done = [store.read(s) or {"status": "error"} for s in todo]
+        stages = [{k: r[k] for k in TIMING_COLUMNS} for r in done if r["status"] == "ok"]
+        n_ok, n_failed = len(stages), len(done) - len(stages)
+        walls = [(time.perf_counter() - t0) / len(todo)] * len(todo) if todo else []
+        if not is_main:  # other ranks: their scans are on disk; rank 0 writes the tables
+            return 1 if n_failed + len(failed_invalid) else 0
+    n_failed += len(failed_invalid)
+
+    records = store.collect(scans, invalid)
+    tables = "waiting for the other parts" if records is None else "volumes.csv"
+    if records is not None:
+        with_metrics = any(s.label is not None for s in scans)
+        store.write_tables(records, with_metrics=with_metrics)
+        if with_metrics:
+            _write_agreement(opts.out_dir, records)
+            tables += ", metrics.csv, agreement.json"
+    per_scan = f"{np.mean(walls):.2f} s/scan wall" if walls else "no scan processed"
+    if stages:
+        per_scan += " (" + ", ".join(f"{k[2:-2]} {np.mean([t[k] for t in stages]):.2f}" for k in TIMING_COLUMNS[:-1]) + " s)"
+    summary = (f"wmhseg infer: {n_ok} ok, {n_failed} failed, {n_skipped} skipped (done before) of {len(share)} scans"
+               f"{'' if opts.num_parts == 1 else f' in part {opts.part_id + 1}/{opts.num_parts}'}; {per_scan}; "
+               f"total {time.perf_counter() - t_start:.1f} s; {opts.out_dir}: {tables}")
+    log.info("%s", summary)
+    if not _console_logging():
+        print(summary)
+    return 1 if n_failed else 0

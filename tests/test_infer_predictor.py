@@ -1,0 +1,131 @@
+"""The predictor: safe checkpoint loading, the three layers, whole-volume vs sliding window."""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from test_infer_helpers import make_checkpoint, write_case
+
+from wmhseg.errors import CheckpointError, InputError, ScanError
+from wmhseg.inference.loading import prepare_scan
+from wmhseg.inference.predictor import InferenceSettings, Predictor
+
+
+@pytest.fixture(scope="module")
+def binary_ckpt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "threshold.ckpt")
+
+
+@pytest.fixture(scope="module")
+def lps_case(tmp_path_factory):
+    return write_case(tmp_path_factory.mktemp("lps"), "lps", codes="LPS", origin=(3.3, -7.9, 12.1))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['WMHSEG_PWNED']}",))
+
+
+def test_checkpoint_with_malicious_pickle_is_refused(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("WMHSEG_PWNED", str(marker))
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "wmhseg": {"network": {}}, "payload": _Evil()}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        Predictor.from_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_incomplete_or_unsafe_checkpoints_are_refused(tmp_path, binary_ckpt):
+    ckpt = torch.load(binary_ckpt, weights_only=True)
+    no_meta = {k: v for k, v in ckpt.items() if k != "wmhseg"}
+    torch.save(no_meta, tmp_path / "no_meta.ckpt")
+    with pytest.raises(CheckpointError, match="no 'wmhseg' section"):
+        Predictor.from_checkpoint(tmp_path / "no_meta.ckpt")
+    bad_target = {**ckpt, "wmhseg": {**ckpt["wmhseg"], "network": {"_target_": "os.system", "command": "true"}}}
+    torch.save(bad_target, tmp_path / "target.ckpt")
+    with pytest.raises(CheckpointError, match="not allowed"):
+        Predictor.from_checkpoint(tmp_path / "target.ckpt")
+    wrong = {**ckpt, "state_dict": {"net.other.weight": torch.zeros(1)}}
+    torch.save(wrong, tmp_path / "weights.ckpt")
+    with pytest.raises(CheckpointError, match="weights"):
+        Predictor.from_checkpoint(tmp_path / "weights.ckpt")
+    with pytest.raises(CheckpointError, match="not found"):
+        Predictor.from_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_settings_are_validated():
+    with pytest.raises(InputError, match="did you mean 'fp32'"):
+        InferenceSettings(precision="fp33")
+    with pytest.raises(InputError, match="roi_size"):
+        InferenceSettings(roi_size=[96, 96])
+    with pytest.raises(InputError, match="tta_flips"):
+        InferenceSettings(tta_flips=[[3]])
+    with pytest.raises(InputError, match="unknown inference settings"):
+        InferenceSettings.from_dict({"roi": 3})
+    assert InferenceSettings(roi_size=64).roi_size == [64, 64, 64]
+
+
+def test_three_layers_recover_the_known_mask(binary_ckpt, lps_case):
+    predictor = Predictor.from_checkpoint(binary_ckpt, device="cpu", precision="fp32", roi_size=None)
+    assert predictor.roi_size is None and predictor.size_divisor == 1 and len(predictor.model_id) == 16
+    prepared = prepare_scan(lps_case["t1"], lps_case["flair"], predictor.preprocess_spec)
+    assert tuple(prepared.image.shape[1:]) != lps_case["shape"]  # cropped working grid
+    working = predictor.predict(prepared.image)
+    native = predictor.to_native(working, prepared.shape, prepared.affine)
+    truth = nib.load(lps_case["label"]).get_fdata() == 9
+    np.testing.assert_array_equal(native.mask, truth)
+    # the reference path (MONAI Gaussian sliding window on the training window) agrees
+    assert Predictor.from_checkpoint(binary_ckpt).roi_size == [48, 48, 48]  # default: the checkpoint's window
+    window = Predictor.from_checkpoint(binary_ckpt, device="cpu", precision="fp32", roi_size=[16, 16, 16],
+                                       tta_flips=[[0]])
+    native_w = window.to_native(window.predict(prepared.image), prepared.shape, prepared.affine)
+    np.testing.assert_array_equal(native_w.mask, truth)
+
+
+def test_whole_volume_pads_to_the_network_divisor(tmp_path):
+    from wmhseg.checkpoint import build_network
+    from wmhseg.data.preprocessing import PreprocessSpec
+    from wmhseg.labels import LabelSpec
+
+    net = build_network({"_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 2,
+                         "out_channels": 2, "channels": [4, 8, 8], "strides": [2, 2], "num_res_units": 1})
+    predictor = Predictor(net, PreprocessSpec(), LabelSpec(), size_divisor=4,
+                          settings=InferenceSettings(device="cpu", precision="bf16", roi_size=None))
+    from monai.data import MetaTensor
+
+    image = MetaTensor(torch.randn(2, 13, 10, 7), affine=torch.eye(4, dtype=torch.float64))
+    out = predictor.predict(image)
+    assert tuple(out.wmh.shape) == (13, 10, 7)
+    assert float(out.wmh.min()) >= 0 and float(out.wmh.max()) <= 1
+
+
+def test_bison_mode_gives_ventricles_and_tissue_classes(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "bison.ckpt", mode="bison")
+    case = write_case(tmp_path, "v", ventricles=True, codes="LAS")
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu", precision="fp32")
+    prepared = predictor.prepare(case["t1"], case["flair"], label=case["label"])
+    working = predictor.predict(prepared.image)
+    native = predictor.to_native(working, prepared.shape, prepared.affine)
+    label = nib.load(case["label"]).get_fdata()
+    np.testing.assert_array_equal(native.mask, label == 9)
+    np.testing.assert_array_equal(native.ventricles, label == 1)
+    assert int((working.classes > 0).sum()) == int((label > 0).sum())
+
+
+def test_unreadable_scans_raise_scan_errors_naming_the_file(tmp_path, lps_case):
+    from wmhseg.data.preprocessing import PreprocessSpec
+
+    truncated = tmp_path / "cut_FLAIR.nii.gz"
+    data = lps_case["flair"].read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ScanError, match="cut_FLAIR.nii.gz.*truncated or corrupt"):
+        prepare_scan(lps_case["t1"], truncated, PreprocessSpec())
+    flat = tmp_path / "flat_FLAIR.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 2), np.float32), np.eye(4)), flat)
+    with pytest.raises(ScanError, match="flat_FLAIR.nii.gz.*3-D"):
+        prepare_scan(lps_case["t1"], flat, PreprocessSpec())
