@@ -6,7 +6,18 @@ BIN         := $(VENV)/bin
 PY          := $(BIN)/python
 STAMP       := $(VENV)/.installed
 
-.PHONY: help install test lint demo demo-clean bench clean
+# The demo: train on synthetic scans, simulate a longitudinal ALS/control study of scans,
+# segment them, and run the study's statistics on the measured volumes.
+DEMO_DIR    ?= demo_out
+DEMO_ALS    ?= 16
+DEMO_CTRL   ?= 16
+DEMO_SEED   ?= 1
+CKPT        := $(DEMO_DIR)/train/checkpoints/last.ckpt
+STUDY       := $(DEMO_DIR)/study
+INFER_OUT   := $(DEMO_DIR)/infer
+REPORT      := $(DEMO_DIR)/report
+
+.PHONY: help install test lint demo demo-clean bench bench-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -27,6 +38,38 @@ test: $(STAMP)  ## run the test suite (CPU, tiny synthetic volumes)
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check src tests benchmarks train.py infer.py analyze.py
+
+demo: $(REPORT)/headline.json  ## train -> simulate a study -> infer -> analyze, on CPU (finished steps are reused)
+	@echo
+	@echo "Report: $(abspath $(REPORT))/report.md"
+	@echo "Headline estimates next to the values the study was simulated with:"
+	@$(PY) -m wmhseg.stats.compare $(REPORT)/headline.json $(STUDY)/truth.json
+
+$(CKPT): | $(STAMP)
+	@echo "== 1/4 training on synthetic brain-like scans ($(DEMO_DIR)/train)"
+	$(PY) train.py experiment=synthetic hydra.run.dir=$(DEMO_DIR)/train
+
+$(STUDY)/manifest.csv: | $(STAMP)
+	@echo "== 2/4 simulating a longitudinal study: $(DEMO_ALS) ALS, $(DEMO_CTRL) controls ($(STUDY))"
+	$(PY) -m wmhseg.synth study $(STUDY) --n-als $(DEMO_ALS) --n-control $(DEMO_CTRL) --seed $(DEMO_SEED) \
+		--anatomy procedural --shape 80 96 80 --spacing 2
+
+$(INFER_OUT)/volumes.csv: $(CKPT) $(STUDY)/manifest.csv
+	@echo "== 3/4 segmenting every scan ($(INFER_OUT))"
+	$(PY) infer.py ckpt_path=$(CKPT) input=$(STUDY)/manifest.csv out_dir=$(INFER_OUT)
+
+$(REPORT)/headline.json: $(INFER_OUT)/volumes.csv
+	@echo "== 4/4 longitudinal statistics ($(REPORT))"
+	$(PY) analyze.py volumes=$(INFER_OUT)/volumes.csv clinical=$(STUDY)/clinical.csv out_dir=$(REPORT)
+
+demo-clean:  ## remove the demo's outputs (the next `make demo` starts over)
+	rm -rf $(DEMO_DIR)
+
+bench: $(STAMP)  ## performance benchmarks, side by side with their baselines (not part of the tests)
+	$(PY) benchmarks/run.py
+
+bench-quick: $(STAMP)  ## the benchmarks in a shorter mode
+	$(PY) benchmarks/run.py --quick
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache
