@@ -1,0 +1,214 @@
+"""Goal 2: ``infer.py`` per scan (load + preprocess + predict + export) for a 1 mm brain.
+
+Synthetic 182 x 218 x 182 T1w/FLAIR pairs (``wmhseg.synth.images.write_scan``, MNI anatomy,
+gzipped NIfTI) are segmented two ways:
+
+* in process, scan by scan, through the runner's own layers (``prepare_scan`` then
+  ``process_prepared``): the stage split (load, preprocess, predict, export, measure);
+* ``python infer.py`` in a fresh process over a small manifest: wall time per scan (including
+  start-up, checkpoint loading and imports, amortised) and the process's peak RSS.
+
+Without ``--ckpt`` the network is the default U-Net with random weights whose foreground bias
+is shifted so that only a small fraction of the volume (about 1 %) is called WMH, so that the
+export and lesion measures cost about what they cost on real masks; it is saved as a wmhseg
+checkpoint for the command-line run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timing import PeakRSS, loadavg
+
+__all__ = ["run"]
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_S = 2.0
+TARGET_MEM_GIB = 4.0
+SHAPE = (182, 218, 182)
+STAGES = ("t_load_s", "t_preprocess_s", "t_predict_s", "t_export_s", "t_measure_s")
+
+
+def available() -> tuple[bool, str]:
+    """Whether the inference runner and the image synthesiser can be imported."""
+    try:
+        import wmhseg.inference.runner  # noqa: F401
+        import wmhseg.synth.images  # noqa: F401
+    except ImportError as exc:
+        return False, f"not available: {exc}"
+    return True, ""
+
+
+def _write_scans(folder: Path, n: int) -> Path:
+    """``n`` synthetic 1 mm MNI-sized scans and a manifest listing them."""
+    from wmhseg.synth.images import write_scan
+
+    lines = ["subject_id,session_id,t1,flair"]
+    for i in range(n):
+        paths = write_scan(folder, f"{i + 1:03d}", "01", wmh_volume_mm3=8000.0 + 4000.0 * i, seed=i,
+                           anatomy="mni", shape=SHAPE, spacing=(1.0, 1.0, 1.0))
+        lines.append(f"{i + 1:03d},01,{paths['t1']},{paths['flair']}")
+    manifest = folder / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return manifest
+
+
+def _random_checkpoint(path: Path, prepared_image: torch.Tensor) -> Path:
+    """Save the default U-Net (random weights, foreground bias calibrated on ``prepared_image``)."""
+    from bench_inference import DEFAULT_NET, default_unet
+
+    from wmhseg.checkpoint import FORMAT_VERSION, META_KEY
+    from wmhseg.data.preprocessing import PreprocessSpec
+    from wmhseg.labels import LabelSpec
+
+    net = default_unet()
+    x = torch.as_tensor(prepared_image).float()[None]
+    pads = []
+    for n in reversed(x.shape[2:]):
+        extra = (-n) % 16
+        pads += [extra // 2, extra - extra // 2]
+    with torch.inference_mode():
+        logits = net(torch.nn.functional.pad(x, pads))
+    diff = (logits[0, 1] - logits[0, 0]).flatten()
+    shift = float(torch.quantile(diff[:: max(1, diff.numel() // 2_000_000)], 0.995))
+    last = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d | torch.nn.ConvTranspose3d)][-1]
+    with torch.no_grad():
+        last.bias[1] -= shift
+    ckpt = {
+        "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+        META_KEY: {
+            "format_version": FORMAT_VERSION,
+            "wmhseg_version": "benchmark",
+            "network": dict(DEFAULT_NET),
+            "preprocessing": PreprocessSpec().to_dict(),
+            "labels": LabelSpec().to_dict(),
+            "inference": {"roi_size": [96, 96, 96], "sw_batch_size": 2, "overlap": 0.25, "mode": "gaussian",
+                          "threshold": 0.5},
+        },
+    }
+    torch.save(ckpt, path)
+    return path
+
+
+def _cli(ckpt: Path, manifest: Path, out_dir: Path, extra: list[str]) -> dict[str, Any]:
+    """Run ``infer.py`` in a fresh process; wall time, exit code and peak RSS (``wait4``)."""
+    cmd = [sys.executable, str(ROOT / "infer.py"), f"ckpt_path={ckpt}", f"input={manifest}", f"out_dir={out_dir}",
+           "progress=false", *extra]
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = proc.stdout.read() if proc.stdout is not None else ""
+    if proc.stdout is not None:
+        proc.stdout.close()
+    _, status, usage = os.wait4(proc.pid, 0)  # the child's own rusage: its peak RSS
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t
+    peak_mib = usage.ru_maxrss / 1024.0
+    stages: dict[str, float] = {}
+    volumes = out_dir / "volumes.csv"
+    if volumes.is_file():
+        import pandas as pd
+
+        table = pd.read_csv(volumes)
+        stages = {c: round(float(table[c].median()), 3) for c in table.columns if c.startswith("t_")}
+    return {"exit_code": proc.returncode, "wall_s": round(wall, 2), "peak_rss_mib": round(peak_mib, 1),
+            "median_stage_s": stages, "tail": out.strip().splitlines()[-3:] if proc.returncode else []}
+
+
+def run(*, quick: bool = False, ckpt: str | None = None) -> dict[str, Any]:
+    """Time the per-scan stages in process and the command line over a few scans."""
+    ok, reason = available()
+    if not ok:
+        return {"name": "infer_scan", "available": False, "reason": reason, "rows": []}
+    from wmhseg.data.preprocessing import PreprocessSpec
+    from wmhseg.inference.loading import prepare_scan
+    from wmhseg.inference.predictor import Predictor
+    from wmhseg.inference.records import ResultStore
+    from wmhseg.inference.runner import process_prepared
+    from wmhseg.manifest import read_manifest
+
+    n_scans = 1 if quick else 3
+    with tempfile.TemporaryDirectory(prefix="wmhseg-bench-infer-") as tmp_s:
+        tmp = Path(tmp_s)
+        t = time.perf_counter()
+        manifest = _write_scans(tmp / "scans", n_scans)
+        synth_s = time.perf_counter() - t
+        scans = read_manifest(manifest)
+        if ckpt is None:
+            first = prepare_scan(scans[0].t1, scans[0].flair, PreprocessSpec())
+            ckpt_path = _random_checkpoint(tmp / "random.ckpt", first.image)
+            weights = "random, foreground bias shifted to the 99.5th percentile of the logit difference"
+        else:
+            ckpt_path = Path(ckpt)
+            weights = str(ckpt)
+        predictor = Predictor.from_checkpoint(ckpt_path)
+        store = ResultStore(tmp / "inproc", predictor.model_id)
+        records, peaks = [], []
+        for scan in [scans[0], *scans]:  # the first scan warms up (allocator, oneDNN primitives)
+            with PeakRSS() as mem:
+                prepared = prepare_scan(scan.t1, scan.flair, predictor.preprocess_spec,
+                                        label_spec=predictor.label_spec)
+                rec = process_prepared(predictor, store, scan, prepared)
+            records.append(rec)
+            peaks.append(mem.peak_mib)
+        records = records[1:]
+        stage = {k: round(float(np.median([r[k] for r in records if k in r])), 3)
+                 for k in (*STAGES, "t_total_s") if any(k in r for r in records)}
+        fractions = [float(r.get("wmh_mm3", 0.0)) for r in records]
+        working_shape = list(prepared.image.shape[1:])
+        cli = None if quick else _cli(ckpt_path, manifest, tmp / "cli", [])
+        cli_w0 = None if quick else _cli(ckpt_path, manifest, tmp / "cli_w0", ["num_workers=0"])
+    total = stage.get("t_total_s", float("nan"))
+    in_proc_mib = max((p for p in peaks if p is not None), default=float("nan"))
+    if cli is not None:
+        mem_gib = cli["peak_rss_mib"] / 1024.0
+        cli_text = (f"{cli['wall_s'] / n_scans:.2f} s/scan incl. start-up; peak RSS {mem_gib:.2f} GiB"
+                    if cli["exit_code"] == 0 else f"exit code {cli['exit_code']}: {' '.join(cli['tail'])[:120]}")
+        cli_goal, met = f"2. python infer.py, {n_scans} scans", cli["exit_code"] == 0 and mem_gib < TARGET_MEM_GIB
+    else:
+        mem_gib = in_proc_mib / 1024.0
+        cli_text = f"in-process peak RSS {mem_gib:.2f} GiB (command line skipped in --quick)"
+        cli_goal, met = "2. infer peak memory", mem_gib < TARGET_MEM_GIB
+    rows = [{
+        "goal": "2. infer per scan, in process (load+prep+predict+export)",
+        "baseline": "-",
+        "candidate": f"{total:.2f} s (" + ", ".join(f"{k[2:-2]} {v:.2f}" for k, v in stage.items()
+                                                   if k != "t_total_s") + ")",
+        "ratio": None,
+        "target": f"< {TARGET_S:g} s",
+        "met": total < TARGET_S,
+    }, {
+        "goal": cli_goal,
+        "baseline": "-",
+        "candidate": cli_text,
+        "ratio": None,
+        "target": f"< {TARGET_MEM_GIB:g} GiB",
+        "met": met,
+    }]
+    return {
+        "name": "infer_scan",
+        "available": True,
+        "rows": rows,
+        "details": {
+            "scan_shape": list(SHAPE),
+            "working_shape": working_shape,
+            "n_scans": n_scans,
+            "weights": weights,
+            "predictor": predictor.describe(),
+            "synthesise_s": round(synth_s, 2),
+            "in_process_median_stage_s": stage,
+            "in_process_records_s": [{k: r.get(k) for k in (*STAGES, "t_total_s")} for r in records],
+            "in_process_peak_rss_mib": round(in_proc_mib, 1),
+            "predicted_wmh_mm3": fractions,
+            "cli": cli,
+            "cli_num_workers_0": cli_w0,
+            "loadavg": loadavg(),
+        },
+    }
