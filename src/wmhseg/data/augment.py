@@ -125,6 +125,26 @@ class _RandD(RandomizableTransform, MapTransform):
         RandomizableTransform.__init__(self, prob)
 
 
+class _RandIntensityD(_RandD):
+    """A random intensity transform: one draw per call (:meth:`_draw`), applied to every key."""
+
+    def _draw(self) -> Any:
+        return None
+
+    def _apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, data):
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        params = self._draw()
+        for k in self.key_iterator(d):
+            d[k] = self._apply(torch.as_tensor(d[k]).float(), params)
+        return d
+
+
 class RandAffined(_RandD):
     """Random rotation + isotropic scaling about the centre, output ``spatial_size`` (centre).
 
@@ -174,7 +194,7 @@ def _centre_crop(x, size):
     return x[:, start[0]:start[0] + size[0], start[1]:start[1] + size[1], start[2]:start[2] + size[2]]
 
 
-class RandBiasFieldd(_RandD):
+class RandBiasFieldd(_RandIntensityD):
     """Per-channel smooth multiplicative field exp(sum of random low-order polynomials).
 
     Applied to the intensities shifted to a zero minimum, so z-scored inputs work.
@@ -184,112 +204,85 @@ class RandBiasFieldd(_RandD):
         super().__init__(keys, prob)
         self.magnitude, self.coarse = float(magnitude), int(coarse)
 
-    def __call__(self, data):
-        d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
-            return d
-        for k in self.key_iterator(d):
-            x = torch.as_tensor(d[k]).float()
-            c = self.coarse
-            t = torch.linspace(-1, 1, c, device=x.device)
-            gx, gy, gz = torch.meshgrid(t, t, t, indexing="ij")
-            fields = []
-            for _ in range(x.shape[0]):
-                coef = torch.as_tensor(self.R.uniform(-1, 1, 9), dtype=torch.float32, device=x.device)
-                poly = (coef[0] * gx + coef[1] * gy + coef[2] * gz + coef[3] * gx * gy + coef[4] * gx * gz
-                        + coef[5] * gy * gz + coef[6] * (gx**2 - 0.33) + coef[7] * (gy**2 - 0.33) + coef[8] * (gz**2 - 0.33))
-                fields.append(poly / poly.abs().max().clamp_min(1e-6) * self.magnitude)
-            field = F.interpolate(torch.stack(fields)[None], size=x.shape[1:], mode="trilinear", align_corners=True)[0]
-            lo = x.flatten(1).amin(1).view(-1, 1, 1, 1)
-            d[k] = (x - lo) * torch.exp(field) + lo
-        return d
+    def _apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
+        c = self.coarse
+        t = torch.linspace(-1, 1, c, device=x.device)
+        gx, gy, gz = torch.meshgrid(t, t, t, indexing="ij")
+        fields = []
+        for _ in range(x.shape[0]):
+            coef = torch.as_tensor(self.R.uniform(-1, 1, 9), dtype=torch.float32, device=x.device)
+            poly = (coef[0] * gx + coef[1] * gy + coef[2] * gz + coef[3] * gx * gy + coef[4] * gx * gz
+                    + coef[5] * gy * gz + coef[6] * (gx**2 - 0.33) + coef[7] * (gy**2 - 0.33) + coef[8] * (gz**2 - 0.33))
+            fields.append(poly / poly.abs().max().clamp_min(1e-6) * self.magnitude)
+        field = F.interpolate(torch.stack(fields)[None], size=x.shape[1:], mode="trilinear", align_corners=True)[0]
+        lo = x.flatten(1).amin(1).view(-1, 1, 1, 1)
+        return (x - lo) * torch.exp(field) + lo
 
 
-class RandGammad(_RandD):
+class RandGammad(_RandIntensityD):
     """Per-channel gamma on the patch's own [min, max] range (the range is kept)."""
 
     def __init__(self, keys="image", prob: float = 0.3, log_gamma: float = 0.3):
         super().__init__(keys, prob)
         self.log_gamma = float(log_gamma)
 
-    def __call__(self, data):
-        d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
-            return d
-        for k in self.key_iterator(d):
-            x = torch.as_tensor(d[k]).float()
-            lo = x.flatten(1).amin(1).view(-1, 1, 1, 1)
-            span = (x.flatten(1).amax(1).view(-1, 1, 1, 1) - lo).clamp_min(1e-6)
-            gamma = torch.as_tensor(np.exp(self.R.uniform(-self.log_gamma, self.log_gamma, x.shape[0])),
-                                    dtype=torch.float32, device=x.device).view(-1, 1, 1, 1)
-            d[k] = ((x - lo) / span).pow(gamma) * span + lo
-        return d
+    def _apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
+        lo = x.flatten(1).amin(1).view(-1, 1, 1, 1)
+        span = (x.flatten(1).amax(1).view(-1, 1, 1, 1) - lo).clamp_min(1e-6)
+        gamma = torch.as_tensor(np.exp(self.R.uniform(-self.log_gamma, self.log_gamma, x.shape[0])),
+                                dtype=torch.float32, device=x.device).view(-1, 1, 1, 1)
+        return ((x - lo) / span).pow(gamma) * span + lo
 
 
-class RandScaleShiftd(_RandD):
+class RandScaleShiftd(_RandIntensityD):
     """Per-channel ``x * (1 + a) + b`` with ``a, b`` uniform in +-``amount``."""
 
     def __init__(self, keys="image", prob: float = 0.3, amount: float = 0.15):
         super().__init__(keys, prob)
         self.amount = float(amount)
 
-    def __call__(self, data):
-        d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
-            return d
-        for k in self.key_iterator(d):
-            x = torch.as_tensor(d[k]).float()
-            a, b = (torch.as_tensor(self.R.uniform(-self.amount, self.amount, x.shape[0]), dtype=torch.float32,
-                                    device=x.device) for _ in range(2))
-            d[k] = x * (1 + a).view(-1, 1, 1, 1) + b.view(-1, 1, 1, 1)
-        return d
+    def _apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
+        a, b = (torch.as_tensor(self.R.uniform(-self.amount, self.amount, x.shape[0]), dtype=torch.float32,
+                                device=x.device) for _ in range(2))
+        return x * (1 + a).view(-1, 1, 1, 1) + b.view(-1, 1, 1, 1)
 
 
-class RandNoised(_RandD):
+class RandNoised(_RandIntensityD):
     """Gaussian noise with a standard deviation drawn in (0, ``std``]."""
 
     def __init__(self, keys="image", prob: float = 0.2, std: float = 0.1):
         super().__init__(keys, prob)
         self.std = float(std)
 
-    def __call__(self, data):
-        d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
-            return d
-        sigma = float(self.R.uniform(0, self.std))
-        seed = int(self.R.randint(0, 2**31 - 1))
-        for k in self.key_iterator(d):
-            x = torch.as_tensor(d[k]).float()
-            gen = torch.Generator(device=x.device).manual_seed(seed)
-            d[k] = x + sigma * torch.randn(x.shape, generator=gen, device=x.device)
-        return d
+    def _draw(self) -> tuple[float, int]:
+        return float(self.R.uniform(0, self.std)), int(self.R.randint(0, 2**31 - 1))
+
+    def _apply(self, x: torch.Tensor, params: tuple[float, int]) -> torch.Tensor:
+        sigma, seed = params
+        gen = torch.Generator(device=x.device).manual_seed(seed)
+        return x + sigma * torch.randn(x.shape, generator=gen, device=x.device)
 
 
-class RandAnisotropyd(_RandD):
+class RandAnisotropyd(_RandIntensityD):
     """Thick-slice blur: down-sample one random axis by a factor in [1.5, ``max_factor``] and back."""
 
     def __init__(self, keys="image", prob: float = 0.2, max_factor: float = 4.0):
         super().__init__(keys, prob)
         self.max_factor = float(max_factor)
 
-    def __call__(self, data):
-        d = dict(data)
-        self.randomize(None)
-        if not self._do_transform or self.max_factor < 1.5:
-            return d
-        axis = int(self.R.randint(0, 3))
-        factor = float(self.R.uniform(1.5, self.max_factor))
-        for k in self.key_iterator(d):
-            x = torch.as_tensor(d[k]).float()
-            small = list(x.shape[1:])
-            small[axis] = max(2, int(round(small[axis] / factor)))
-            low = F.interpolate(x[None], size=small, mode="area")
-            d[k] = F.interpolate(low, size=x.shape[1:], mode="trilinear", align_corners=False)[0]
-        return d
+    def _draw(self) -> tuple[int, float] | None:
+        if self.max_factor < 1.5:
+            return None
+        return int(self.R.randint(0, 3)), float(self.R.uniform(1.5, self.max_factor))
+
+    def _apply(self, x: torch.Tensor, params: tuple[int, float] | None) -> torch.Tensor:
+        if params is None:
+            return x
+        axis, factor = params
+        small = list(x.shape[1:])
+        small[axis] = max(2, int(round(small[axis] / factor)))
+        low = F.interpolate(x[None], size=small, mode="area")
+        return F.interpolate(low, size=x.shape[1:], mode="trilinear", align_corners=False)[0]
 
 
 class TorchioIntensityd(MapTransform):

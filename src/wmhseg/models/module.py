@@ -113,6 +113,11 @@ def _nanmean(values: list[float]) -> float:
     return float(sum(finite) / len(finite)) if finite else float("nan")
 
 
+def _tensor(x: Any) -> torch.Tensor:
+    """A plain tensor (MetaTensor metadata tracking only slows the network and window loop down)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
 def _spacing(image: torch.Tensor, fallback: tuple[float, float, float]) -> tuple[float, ...]:
     """Voxel size (mm) from a MetaTensor's affine, else ``fallback``."""
     affine = getattr(image, "affine", None)
@@ -148,6 +153,13 @@ class WMHSegModule(L.LightningModule):
     probabilities > threshold``; per scan, :func:`wmhseg.metrics.segmentation_metrics` gives Dice,
     HD95 (mm), AVD (%), lesion recall and F1, logged as ``val/<name>`` means over all validation
     scans of all ranks (each scan counted once; NaNs, e.g. HD95 of an empty mask, left out).
+
+    Example:
+        >>> net_config = {"_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 2,
+        ...               "out_channels": 2, "channels": [8, 16], "strides": [2]}
+        >>> module = WMHSegModule(net_config=net_config, inference={"roi_size": [32, 32, 32]})
+        >>> module(torch.zeros(1, 2, 32, 32, 32)).shape
+        torch.Size([1, 2, 32, 32, 32])
     """
 
     def __init__(
@@ -205,8 +217,8 @@ class WMHSegModule(L.LightningModule):
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         image, target = batch["image"], batch["label"]
-        logits = self(torch.as_tensor(image))
-        loss = self.loss(logits.float(), torch.as_tensor(target).long())
+        logits = self(_tensor(image))
+        loss = self.loss(logits.float(), _tensor(target).long())
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
                  batch_size=image.shape[0], sync_dist=True)
         return loss
@@ -221,7 +233,7 @@ class WMHSegModule(L.LightningModule):
         """Whole-volume logits (float32) by Gaussian-weighted sliding window."""
         s = self.inference_settings
         return sliding_window_inference(
-            torch.as_tensor(image), roi_size=s["roi_size"], sw_batch_size=s["sw_batch_size"],
+            _tensor(image), roi_size=s["roi_size"], sw_batch_size=s["sw_batch_size"],
             predictor=lambda x: self.net(x).float(), overlap=s["overlap"], mode=s["mode"],
         )
 
@@ -233,7 +245,7 @@ class WMHSegModule(L.LightningModule):
         if image.shape[0] != 1:
             raise InputError(f"validation batches must hold one whole volume each, got batch size {image.shape[0]}")
         logits = self.sliding_window_logits(image)
-        target_t = torch.as_tensor(target).long()
+        target_t = _tensor(target).long()
         loss = float(self.loss(logits, target_t))
         pred = (self.wmh_probability(logits)[0] > self.inference_settings["threshold"]).cpu().numpy()
         ref = np.isin(target_t[0, 0].cpu().numpy(), self.label_spec.wmh_channels)

@@ -40,7 +40,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from wmhseg.io import atomic_write_csv, atomic_write_json
+from wmhseg.stats.tables import CLINICAL_COLUMNS
 
 __all__ = [
     "CohortParams",
@@ -61,17 +63,6 @@ __all__ = [
 ]
 
 VOLUME_COLUMNS = ("subject_id", "session_id", "wmh_mm3", "n_lesions", "status", "error")
-CLINICAL_COLUMNS = (
-    "subject_id",
-    "session_id",
-    "group",
-    "age",
-    "sex",
-    "years_since_baseline",
-    "alsfrs_r",
-    "survival_months",
-    "event",
-)
 HEADLINE_KEYS = (
     "wmh_progression_als_vs_control",
     "wmh_progression_short_vs_long",
@@ -384,16 +375,6 @@ def simulate_cohort(params: CohortParams | None = None) -> Cohort:
     return Cohort(volumes=volumes, clinical=clinical, truth=truth, subjects=subjects, params=p)
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_cohort(cohort: Cohort, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``volumes.csv``, ``clinical.csv`` and ``truth.json`` into ``out_dir`` atomically.
 
@@ -410,11 +391,9 @@ def write_cohort(cohort: Cohort, out_dir: str | os.PathLike) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"volumes": out / "volumes.csv", "clinical": out / "clinical.csv", "truth": out / "truth.json"}
-    _atomic_write(paths["volumes"], lambda t: cohort.volumes.to_csv(t, index=False))
-    _atomic_write(paths["clinical"], lambda t: cohort.clinical.to_csv(t, index=False))
-    truth: dict[str, Any] = dict(cohort.truth)
-    text = json.dumps(truth, indent=2) + "\n"
-    _atomic_write(paths["truth"], lambda t: t.write_text(text, encoding="utf-8"))
+    atomic_write_csv(paths["volumes"], cohort.volumes)
+    atomic_write_csv(paths["clinical"], cohort.clinical)
+    atomic_write_json(paths["truth"], cohort.truth)
     return paths
 
 
