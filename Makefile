@@ -33,8 +33,10 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)  ## create .venv and install wmhseg with its dependencies ($(TORCH_SPEC) first)
 
+# Idle OpenMP threads sleep rather than spin: spinning collapses small 3-D convolutions when the
+# test processes (DDP ranks, loader workers) share the cores.
 test: $(STAMP)  ## run the test suite (CPU, tiny synthetic volumes)
-	$(PY) -m pytest -q tests
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q tests
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check src tests benchmarks train.py infer.py analyze.py

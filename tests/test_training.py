@@ -6,7 +6,6 @@ import csv
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -49,17 +48,15 @@ def _csv_metric(out_dir: Path, name: str) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> tuple[Path, float]:
+def smoke_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smoke")
-    start = time.perf_counter()
     _train_py("experiment=smoke", f"hydra.run.dir={out}")
-    return out, time.perf_counter() - start
+    return out
 
 
 def test_smoke_experiment_trains_end_to_end(smoke_run):
-    out, seconds = smoke_run
+    out = smoke_run
     summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["wall_s"] < 120, f"experiment=smoke trained for {summary['wall_s']} s ({seconds:.0f} s in all)"
     last = out / "checkpoints" / "last.ckpt"
     best = sorted((out / "checkpoints").glob("epoch*-dice*.ckpt"))
     assert last.is_file() and len(best) == 1
@@ -78,7 +75,7 @@ def test_smoke_experiment_trains_end_to_end(smoke_run):
 
 
 def test_resume_continues_the_step_count(smoke_run, tmp_path):
-    out, _ = smoke_run
+    out = smoke_run
     last = out / "checkpoints" / "last.ckpt"
     saved = load_checkpoint(last)
     cfg = _compose(tmp_path, f"ckpt_path={last}", f"data.data_dir={out / 'data'}", "trainer.max_epochs=7",
@@ -96,8 +93,8 @@ def test_bad_resume_checkpoints_are_named(smoke_run, tmp_path):
     cfg = _compose(tmp_path, f"ckpt_path={tmp_path / 'nope.ckpt'}")
     with pytest.raises(InputError, match="nope.ckpt"):
         train(cfg)
-    last = smoke_run[0] / "checkpoints" / "last.ckpt"
-    cfg = _compose(tmp_path, f"ckpt_path={last}", "model.net.channels=[8,16,64]", f"data.data_dir={smoke_run[0] / 'data'}")
+    last = smoke_run / "checkpoints" / "last.ckpt"
+    cfg = _compose(tmp_path, f"ckpt_path={last}", "model.net.channels=[8,16,64]", f"data.data_dir={smoke_run / 'data'}")
     with pytest.raises(InputError, match=r"different network config \(differs in \['channels'\]\)"):
         train(cfg)
 
