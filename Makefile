@@ -67,11 +67,14 @@ $(REPORT)/headline.json: $(INFER_OUT)/volumes.csv
 demo-clean:  ## remove the demo's outputs (the next `make demo` starts over)
 	rm -rf $(DEMO_DIR)
 
+# the accuracy section judges the demo's trained network when `make demo` has made one
+BENCH_CKPT  = $(if $(wildcard $(CKPT)),--ckpt $(CKPT))
+
 bench: $(STAMP)  ## performance benchmarks, side by side with their baselines (not part of the tests)
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py $(BENCH_CKPT)
 
 bench-quick: $(STAMP)  ## the benchmarks in a shorter mode
-	$(PY) benchmarks/run.py --quick
+	$(PY) benchmarks/run.py --quick $(BENCH_CKPT)
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache

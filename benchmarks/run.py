@@ -2,13 +2,15 @@
 
     python benchmarks/run.py                 # full run (about 10 minutes on 2 idle cores)
     python benchmarks/run.py --quick         # fewer repeats and variants (under 2 minutes idle)
-    python benchmarks/run.py --ckpt last.ckpt --sections inference
+    python benchmarks/run.py --ckpt last.ckpt --sections accuracy
     python benchmarks/run.py --device cuda   # the same benchmark on a GPU
 
 Sections (each skipped with its reason when the code it measures is missing):
 
 * ``inference``  - goal 1 (and 4 on a GPU): the network on one whole 1 mm brain, fast paths vs
   MONAI's default sliding window (:mod:`bench_inference`);
+* ``accuracy``   - goal 1's accuracy: a trained checkpoint's fast-path masks vs the fp32 sliding
+  window's on held-out synthetic scans (:mod:`bench_accuracy`; needs ``--ckpt``);
 * ``infer_scan`` - goal 2: infer per scan, stage split and peak memory (:mod:`bench_infer_scan`);
 * ``train_data`` - goal 3: cached training pipeline vs a naive uncached one (:mod:`bench_train_data`);
 * ``analysis``   - goal 5: the full analysis of a 439-subject cohort (:mod:`bench_analysis`).
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("inference", "infer_scan", "train_data", "analysis")
+SECTIONS = ("inference", "accuracy", "infer_scan", "train_data", "analysis")
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
 
@@ -41,11 +43,15 @@ def _section_runner(name: str, args: argparse.Namespace, device: str) -> Callabl
     if name == "inference":
         import bench_inference
 
-        return lambda: bench_inference.run(quick=args.quick, device=device, ckpt=args.ckpt)
+        return lambda: bench_inference.run(quick=args.quick, device=device)
+    if name == "accuracy":
+        import bench_accuracy
+
+        return lambda: bench_accuracy.run(ckpt=args.ckpt, quick=args.quick, device=device)
     if name == "infer_scan":
         import bench_infer_scan
 
-        return lambda: bench_infer_scan.run(quick=args.quick, ckpt=args.ckpt)
+        return lambda: bench_infer_scan.run(quick=args.quick)
     if name == "train_data":
         import bench_train_data
 
@@ -115,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
-    parser.add_argument("--ckpt", default=None, help="a trained wmhseg checkpoint (judges accuracy)")
+    parser.add_argument("--ckpt", default=None,
+                        help="a trained wmhseg checkpoint for the accuracy section (e.g. demo_out/train/checkpoints/last.ckpt)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the whole run")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for latest.json and latest.md")
     parser.add_argument("--no-readme", action="store_true", help="do not refresh the README table")

@@ -80,11 +80,33 @@ def test_three_layers_recover_the_known_mask(binary_ckpt, lps_case):
     truth = nib.load(lps_case["label"]).get_fdata() == 9
     np.testing.assert_array_equal(native.mask, truth)
     # the reference path (MONAI Gaussian sliding window on the training window) agrees
-    assert Predictor.from_checkpoint(binary_ckpt).roi_size == [48, 48, 48]  # default: the checkpoint's window
+    assert Predictor.from_checkpoint(binary_ckpt).roi_size is None  # default: one pass (no instance norm)
+    assert Predictor.from_checkpoint(binary_ckpt, roi_size="checkpoint").roi_size == [48, 48, 48]
     window = Predictor.from_checkpoint(binary_ckpt, device="cpu", precision="fp32", roi_size=[16, 16, 16],
                                        tta_flips=[[0]])
     native_w = window.to_native(window.predict(prepared.image), prepared.shape, prepared.affine)
     np.testing.assert_array_equal(native_w.mask, truth)
+
+
+@pytest.mark.parametrize(("norm", "one_pass"), [
+    ("BATCH", True),
+    (("INSTANCE", {"track_running_stats": True}), True),  # fixed statistics at inference
+    ("INSTANCE", False),
+    (("GROUP", {"num_groups": 2}), False),
+])
+def test_auto_takes_one_pass_only_where_the_window_cannot_matter(norm, one_pass):
+    from wmhseg.checkpoint import build_network
+    from wmhseg.data.preprocessing import PreprocessSpec
+    from wmhseg.inference.predictor import context_free
+    from wmhseg.labels import LabelSpec
+
+    net = build_network({"_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 2,
+                         "out_channels": 2, "channels": [4, 8], "strides": [2], "num_res_units": 1, "norm": norm})
+    assert context_free(net) is one_pass
+    predictor = Predictor(net, PreprocessSpec(), LabelSpec(), checkpoint_inference={"roi_size": [16, 16, 16]},
+                          settings=InferenceSettings(device="cpu"))
+    assert predictor.roi_size == (None if one_pass else [16, 16, 16])
+    assert predictor.describe()["roi_size"] == predictor.roi_size
 
 
 def test_whole_volume_pads_to_the_network_divisor(tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
@@ -36,6 +37,7 @@ __all__ = [
     "check_resume_compatible",
     "checkpoint_paths",
     "instantiate_callbacks",
+    "trainer_config",
     "instantiate_loggers",
     "config_to_yaml",
 ]
@@ -208,6 +210,22 @@ def _data_specs(datamodule: Any) -> tuple[LabelSpec, dict[str, Any]]:
     return datamodule.label_spec, datamodule.preprocess_spec.to_dict()
 
 
+def trainer_config(trainer_cfg: DictConfig) -> DictConfig:
+    """The ``trainer`` config, with ``sync_batchnorm`` off for CPU processes.
+
+    torch synchronises batch-norm statistics across GPU processes only (``SyncBatchNorm`` raises
+    on CPU tensors), so DDP over CPU processes (gloo) normalises each rank's batch on its own.
+    """
+    cfg = trainer_cfg.copy()
+    accelerator = str(cfg.get("accelerator") or "auto")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if cfg.get("sync_batchnorm") and on_cpu:
+        log.warning("trainer.sync_batchnorm=true needs GPU processes; each CPU process normalises its own batch")
+        with open_dict(cfg):
+            cfg.sync_batchnorm = False
+    return cfg
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (or, with ``train=false``, validate) a model as ``cfg`` says.
 
@@ -242,7 +260,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if ckpt_path is not None:
         check_resume_compatible(ckpt_path, model)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(trainer_config(cfg.trainer), callbacks=callbacks, logger=loggers or False)
 
     if cfg.get("train", True):
         log.info("Training; outputs in %s", cfg.paths.output_dir)

@@ -1,0 +1,161 @@
+"""Goal 1, accuracy: does the fast path give the masks of MONAI's default sliding window?
+
+A trained checkpoint (``--ckpt``) segments held-out synthetic scans (``wmhseg.synth``, the
+procedural anatomy over a 160 x 192 x 160 mm field of view at the checkpoint's working voxel
+size, WMH of 2-25 cm^3, seeds no training run uses) through :class:`wmhseg.inference.Predictor`,
+the code ``infer.py`` runs, with each inference setting:
+
+====================  ==============================================================
+``sw_monai_default``  reference: MONAI ``sliding_window_inference`` defaults (overlap 0.25,
+                      sw_batch_size 1, Gaussian), fp32, with its 96^3 window scaled to the
+                      same 96 mm at the working voxel size (48^3 at 2 mm), so a head
+                      takes as many windows as at 1 mm
+``sw_checkpoint``     the checkpoint's own window, overlap and batch (``roi_size: checkpoint``)
+``one_pass``          the whole head-cropped volume in one pass (``roi_size: null``), fp32
+``one_pass_bf16``     the same under bf16 autocast, where the device runs bf16 natively
+``auto``              what ``infer.py`` does by default (``roi_size: auto``)
+====================  ==============================================================
+
+For each: seconds of ``predict`` per scan (median), the Dice of its native-grid masks against
+the reference's (pooled over the scans, and the lowest per scan) and against the true labels.
+The goal: Dice >= 0.995 against the fp32 reference.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timing import device_sync, loadavg, ratio
+
+__all__ = ["run", "FOV_MM", "DICE_TARGET"]
+
+FOV_MM = (160.0, 192.0, 160.0)
+DICE_TARGET = 0.995
+REFERENCE = "sw_monai_default"
+_MONAI_DEFAULT = {"overlap": 0.25, "sw_batch_size": 1, "blend_mode": "gaussian"}
+_MONAI_WINDOW_MM = 96.0  # MONAI's default 96^3 window at 1 mm
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    denom = int(a.sum()) + int(b.sum())
+    return 1.0 if denom == 0 else 2.0 * int(np.logical_and(a, b).sum()) / denom
+
+
+def _reference_window(spacing: list[float], divisor: int) -> list[int]:
+    """MONAI's default window (96 mm at 1 mm) at ``spacing``, rounded to a multiple of ``divisor``."""
+    return [max(divisor, int(round(_MONAI_WINDOW_MM / s / divisor)) * divisor) for s in spacing]
+
+
+def _variants(device: str, fast_bf16: bool, window: list[int]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {
+        REFERENCE: {**_MONAI_DEFAULT, "roi_size": window, "precision": "fp32"},
+        "sw_checkpoint": {"roi_size": "checkpoint", "precision": "fp32"},
+        "one_pass": {"roi_size": None, "precision": "fp32"},
+    }
+    if fast_bf16:
+        out["one_pass_bf16"] = {"roi_size": None, "precision": "bf16"}
+    out["auto"] = {}
+    return {k: {"device": device, **v} for k, v in out.items()}
+
+
+def run(*, ckpt: str | None, quick: bool = False, device: str = "cpu") -> dict[str, Any]:
+    """Segment held-out synthetic scans with each inference setting; rows for the summary table."""
+    if not ckpt:
+        return {"name": "accuracy", "available": False, "rows": [],
+                "reason": "needs a trained checkpoint: --ckpt (e.g. make demo's demo_out/train/checkpoints/last.ckpt)"}
+    from timing import bf16_fast
+
+    from wmhseg.inference import Predictor
+    from wmhseg.synth.images import write_scan
+
+    fast_bf16, _ = bf16_fast(torch.device(device))
+    probe = Predictor.from_checkpoint(ckpt, device=device)
+    spacing = [float(s) for s in probe.preprocess_spec.spacing]
+    window = _reference_window(spacing, probe.size_divisor)
+    predictors = {name: Predictor.from_checkpoint(ckpt, **kw)
+                  for name, kw in _variants(device, fast_bf16, window).items()}
+    shape = [int(round(f / s)) for f, s in zip(FOV_MM, spacing, strict=True)]
+    n_scans = 2 if quick else 6
+    volumes = np.linspace(2000.0, 25000.0, n_scans)
+    seconds: dict[str, list[float]] = {k: [] for k in predictors}
+    masks: dict[str, list[np.ndarray]] = {k: [] for k in predictors}
+    truths: list[np.ndarray] = []
+    load_before = loadavg()
+    with tempfile.TemporaryDirectory(prefix="wmhseg-acc-") as tmp:
+        for i, vol in enumerate(volumes):
+            paths = write_scan(tmp, f"acc{i}", "1", wmh_volume_mm3=float(vol), seed=90_001 + i, shape=shape,
+                               spacing=spacing, anatomy="procedural", rotation_deg=5.0)
+            label = np.asarray(__import__("nibabel").load(str(paths["label"])).dataobj)
+            truths.append(label == 9)
+            prepared = predictors[REFERENCE].prepare(paths["t1"], paths["flair"])
+            names = list(predictors)
+            order = names[i % len(names):] + names[: i % len(names)]  # rotate: load hits all alike
+            for name in order:
+                pred = predictors[name]
+                if i == 0:
+                    pred.predict(prepared.image)  # warm-up (oneDNN primitive caches)
+                device_sync(device)
+                t = time.perf_counter()
+                working = pred.predict(prepared.image)
+                device_sync(device)
+                seconds[name].append(time.perf_counter() - t)
+                masks[name].append(pred.to_native(working, prepared.shape, prepared.affine).mask)
+    load_after = loadavg()
+
+    ref_masks = masks[REFERENCE]
+    base = statistics.median(seconds[REFERENCE])
+    variants: dict[str, Any] = {}
+    for name, pred in predictors.items():
+        per_scan = [_dice(r, m) for r, m in zip(ref_masks, masks[name], strict=True)]
+        pooled = _dice(np.concatenate([r.ravel() for r in ref_masks]), np.concatenate([m.ravel() for m in masks[name]]))
+        truth = _dice(np.concatenate([t.ravel() for t in truths]), np.concatenate([m.ravel() for m in masks[name]]))
+        variants[name] = {
+            "settings": pred.describe(),
+            "predict_median_s": round(statistics.median(seconds[name]), 3),
+            "speedup_vs_reference": round(ratio(base, statistics.median(seconds[name])), 2),
+            "dice_vs_reference": round(pooled, 5),
+            "dice_vs_reference_min_scan": round(min(per_scan), 5),
+            "dice_vs_truth": round(truth, 4),
+        }
+    fast = "one_pass_bf16" if "one_pass_bf16" in variants else "one_pass"
+    auto = variants["auto"]
+    rows = [{
+        "goal": "1. accuracy, trained network (held-out synthetic scans)",
+        "baseline": f"MONAI sliding window ({window[0]}^3) fp32: Dice vs truth {variants[REFERENCE]['dice_vs_truth']:.3f}, "
+                    f"{variants[REFERENCE]['predict_median_s']:.2f} s",
+        "candidate": f"{fast}: Dice vs baseline {variants[fast]['dice_vs_reference']:.4f} "
+                     f"(lowest scan {variants[fast]['dice_vs_reference_min_scan']:.4f}), "
+                     f"{variants[fast]['predict_median_s']:.2f} s",
+        "ratio": variants[fast]["speedup_vs_reference"],
+        "target": f"Dice >= {DICE_TARGET}",
+        "met": variants[fast]["dice_vs_reference"] >= DICE_TARGET,
+    }, {
+        "goal": "1. infer.py default (roi_size: auto)",
+        "baseline": f"MONAI sliding window ({window[0]}^3) fp32",
+        "candidate": f"{'one pass' if auto['settings']['roi_size'] is None else 'sliding window'}, "
+                     f"{auto['settings']['precision']}: Dice vs baseline {auto['dice_vs_reference']:.4f}",
+        "ratio": auto["speedup_vs_reference"],
+        "target": f"Dice >= {DICE_TARGET}",
+        "met": auto["dice_vs_reference"] >= DICE_TARGET,
+    }]
+    return {
+        "name": "accuracy",
+        "available": True,
+        "rows": rows,
+        "details": {
+            "checkpoint": str(Path(ckpt)),
+            "scans": n_scans,
+            "shape": shape,
+            "spacing_mm": spacing,
+            "reference_window": window,
+            "true_wmh_mm3": [round(float(v)) for v in volumes],
+            "variants": variants,
+            "loadavg_during": [load_before, load_after],
+        },
+    }
