@@ -11,6 +11,9 @@ several ways, timed interleaved in one process:
 ``whole_fp32``            one pass over the whole volume zero-padded to a multiple of 16
 ``crop_fp32``             crop to the head's bounding box (+4 voxels, as preprocessing
                           does), pad to a multiple of 16, one pass, paste back
+``crop_fp32_wmhseg``      ``crop_fp32`` with the network as ``infer.py`` runs it: batch norm
+                          folded into the convolutions and, on CPU, ``channels_last_3d``
+                          (:mod:`wmhseg.inference.optimize`)
 ``crop_fp32_cl3d``        ``crop_fp32`` with weights and input in ``channels_last_3d``
 ``crop_fp32_1thread``     ``crop_fp32`` with ``torch.set_num_threads(1)``
 ``crop_fp32_compile``     ``crop_fp32`` through ``torch.compile`` (compile time apart)
@@ -157,6 +160,8 @@ def _make_paths(net: torch.nn.Module, x: torch.Tensor, box: tuple[slice, ...], *
     """The candidate callables; each returns foreground-class logits ``(2, X, Y, Z)`` on the full grid."""
     from monai.inferers import sliding_window_inference
 
+    from wmhseg.inference.optimize import inference_network
+
     dtypes = {"fp32": None, "bf16": torch.bfloat16}
     paths: dict[str, Callable[[], torch.Tensor]] = {}
     extra: dict[str, float] = {}
@@ -198,6 +203,10 @@ def _make_paths(net: torch.nn.Module, x: torch.Tensor, box: tuple[slice, ...], *
         dt = dtypes[prec]
         paths[f"whole_{prec}"] = whole(f"whole_{prec}", net, dt, crop=False)
         paths[f"crop_{prec}"] = whole(f"crop_{prec}", net, dt, crop=True)
+        # the network as infer.py runs it: batch norm folded, channels-last on CPU
+        cl = device.type == "cpu"
+        rewritten, _ = inference_network(net, device, channels_last=cl)
+        paths[f"crop_{prec}_wmhseg"] = whole(f"crop_{prec}_wmhseg", rewritten, dt, crop=True, channels_last=cl)
         net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last_3d)
         paths[f"crop_{prec}_cl3d"] = whole(f"crop_{prec}_cl3d", net_cl, dt, crop=True, channels_last=True)
         if quick:

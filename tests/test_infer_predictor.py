@@ -65,6 +65,8 @@ def test_settings_are_validated():
         InferenceSettings(roi_size=[96, 96])
     with pytest.raises(InputError, match="tta_flips"):
         InferenceSettings(tta_flips=[[3]])
+    with pytest.raises(InputError, match="channels_last"):
+        InferenceSettings(channels_last="yes")
     with pytest.raises(InputError, match="unknown inference settings"):
         InferenceSettings.from_dict({"roi": 3})
     assert InferenceSettings(roi_size=64).roi_size == [64, 64, 64]
@@ -107,6 +109,68 @@ def test_auto_takes_one_pass_only_where_the_window_cannot_matter(norm, one_pass)
                           settings=InferenceSettings(device="cpu"))
     assert predictor.roi_size == (None if one_pass else [16, 16, 16])
     assert predictor.describe()["roi_size"] == predictor.roi_size
+
+
+def test_folding_batch_norm_keeps_the_output_and_the_original_network():
+    from wmhseg.checkpoint import build_network
+    from wmhseg.inference.optimize import fold_batch_norm
+
+    torch.manual_seed(0)
+    net = build_network({"_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 2,
+                         "out_channels": 2, "channels": [4, 8, 8], "strides": [2, 2], "num_res_units": 1,
+                         "norm": "BATCH"})
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    for m in norms:  # trained-looking statistics and affine parameters
+        m.running_mean.uniform_(-1, 1)
+        m.running_var.uniform_(0.5, 2)
+        m.weight.data.uniform_(0.5, 1.5)
+        m.bias.data.uniform_(-0.5, 0.5)
+    net.eval()
+    x = torch.randn(1, 2, 16, 16, 16)
+    with torch.inference_mode():
+        reference = net(x)
+        folded, count = fold_batch_norm(net)
+        out = folded(x)
+    # every conv/transposed conv of the U-Net is followed by its batch norm except the output layer
+    assert count == len(norms) and count > 0
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm3d) for m in net.modules()) == len(norms)  # original untouched
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-4)
+    instance = build_network({"_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 2,
+                              "out_channels": 2, "channels": [4, 8], "strides": [2], "num_res_units": 1})
+    assert fold_batch_norm(instance) == (instance, 0)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_rewritten_network_gives_the_raw_networks_probabilities(channels_last):
+    """Folding and channels-last change the speed, not the output: both paths against raw MONAI."""
+    from monai.data import MetaTensor
+    from monai.inferers import sliding_window_inference
+
+    from wmhseg.checkpoint import build_network
+    from wmhseg.data.preprocessing import PreprocessSpec
+    from wmhseg.labels import LabelSpec
+
+    torch.manual_seed(1)
+    net = build_network({"_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 2,
+                         "out_channels": 2, "channels": [4, 8, 8], "strides": [2, 2], "num_res_units": 1,
+                         "norm": "BATCH"})
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    net.eval()
+    x = torch.randn(1, 2, 24, 20, 16)
+    image = MetaTensor(x[0], affine=torch.eye(4, dtype=torch.float64))
+    with torch.inference_mode():
+        whole_ref = torch.softmax(net(x), 1)[0]
+        window_ref = torch.softmax(sliding_window_inference(x, (16, 16, 16), 2, net, overlap=0.25, mode="gaussian"), 1)[0]
+    for roi, reference in ((None, whole_ref), ([16, 16, 16], window_ref)):
+        predictor = Predictor(net, PreprocessSpec(), LabelSpec(), size_divisor=4, settings=InferenceSettings(
+            device="cpu", precision="fp32", roi_size=roi, sw_batch_size=2, overlap=0.25, channels_last=channels_last))
+        assert predictor.folded_norms > 0 and predictor.channels_last is channels_last
+        torch.testing.assert_close(predictor.probabilities(image), reference, rtol=1e-4, atol=1e-5)
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in net.modules())  # the caller's network is unchanged
 
 
 def test_whole_volume_pads_to_the_network_divisor(tmp_path):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
+from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset, get_track_meta, set_track_meta
 from monai.transforms import Compose, DeleteItemsd, MapTransform, RandCropByPosNegLabeld, SpatialPadd
 
 from wmhseg.data.augment import AugmentSpec, augment_transforms, crop_margin_for
@@ -32,6 +32,7 @@ __all__ = [
     "LabelToTargetd",
     "SamplingIndicesd",
     "ToPlaind",
+    "WithoutMeta",
     "train_transforms",
     "val_transforms",
     "make_dataset",
@@ -111,6 +112,24 @@ class ToPlaind(MapTransform):
         return d
 
 
+class WithoutMeta(Compose):
+    """A ``Compose`` whose transforms run with MONAI's metadata tracking off.
+
+    Training patches need no affine or transform history, and tracking them (a MetaTensor per
+    intermediate result, a record per crop and flip) costs more than the crops and flips
+    themselves on small patches. Being a ``Compose`` (randomizable), it also marks where a
+    cached dataset stops caching, and seeds reach its transforms as usual.
+    """
+
+    def __call__(self, input_, *args, **kwargs):
+        previous = get_track_meta()
+        set_track_meta(False)
+        try:
+            return super().__call__(input_, *args, **kwargs)
+        finally:
+            set_track_meta(previous)
+
+
 class _Finalised(MapTransform):
     """Plain, contiguous float32 image and int64 label tensors (no metadata) for collation.
 
@@ -173,13 +192,15 @@ def train_transforms(
         SpatialPadd(["image", "label"], spatial_size=crop, mode=("edge", "constant")),
         SamplingIndicesd(label_spec, seed=seed),
         ToPlaind(["image", "label"]),
-        RandCropByPosNegLabeld(["image", "label"], label_key="label", spatial_size=crop, pos=pos_fraction,
-                               neg=1.0 - pos_fraction, num_samples=int(samples_per_volume),
-                               fg_indices_key=FG_KEY, bg_indices_key=BG_KEY),
-        DeleteItemsd([FG_KEY, BG_KEY]),
-        *(augment_transforms(augment_spec, patch) if augment else []),
-        LabelToTargetd(label_spec),
-        _Finalised(["image", "label"]),
+        WithoutMeta([
+            RandCropByPosNegLabeld(["image", "label"], label_key="label", spatial_size=crop, pos=pos_fraction,
+                                   neg=1.0 - pos_fraction, num_samples=int(samples_per_volume),
+                                   fg_indices_key=FG_KEY, bg_indices_key=BG_KEY),
+            DeleteItemsd([FG_KEY, BG_KEY]),
+            *(augment_transforms(augment_spec, patch) if augment else []),
+            LabelToTargetd(label_spec),
+            _Finalised(["image", "label"]),
+        ]),
     ]
     return Compose(steps)
 

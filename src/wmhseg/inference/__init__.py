@@ -2,6 +2,7 @@
 
 - :mod:`~wmhseg.inference.loading`: read, check and preprocess a scan (layer 1);
 - :mod:`~wmhseg.inference.predictor`: :class:`Predictor` (prediction on the working grid, native export);
+- :mod:`~wmhseg.inference.optimize`: output-preserving network rewrites (batch norm folding, channels-last);
 - :mod:`~wmhseg.inference.export`: resampling through affines and atomic mask writing;
 - :mod:`~wmhseg.inference.measures`: per-scan volumes, lesion counts, periventricular/deep split;
 - :mod:`~wmhseg.inference.agreement`: ICC and Bland-Altman against the teacher's labels;

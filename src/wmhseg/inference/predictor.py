@@ -41,6 +41,7 @@ from wmhseg.data.preprocessing import PreprocessSpec
 from wmhseg.errors import CheckpointError, InputError
 from wmhseg.inference.export import resample_to_grid
 from wmhseg.inference.loading import PreparedScan, prepare_scan
+from wmhseg.inference.optimize import inference_network
 from wmhseg.labels import LabelSpec
 
 __all__ = [
@@ -89,6 +90,8 @@ class InferenceSettings:
             probabilities are averaged with the unflipped prediction.
         threshold: WMH probability above which a voxel is WMH.
         size_divisor: whole-volume padding multiple; ``None`` derives it from the network's strides.
+        channels_last: run the network in ``torch.channels_last_3d`` memory format; ``"auto"``:
+            on CPU (oneDNN's fast kernels; about 1.6x on a whole head), not on GPU.
     """
 
     device: str = "auto"
@@ -100,6 +103,7 @@ class InferenceSettings:
     tta_flips: list[list[int]] = field(default_factory=list)
     threshold: float | None = None
     size_divisor: int | None = None
+    channels_last: Any = "auto"
 
     def __post_init__(self) -> None:
         self.precision = _choose(str(self.precision), PRECISIONS, "precision")
@@ -125,6 +129,8 @@ class InferenceSettings:
             raise InputError(f"threshold={self.threshold!r} must satisfy 0 < threshold < 1")
         if self.size_divisor is not None and int(self.size_divisor) < 1:
             raise InputError(f"size_divisor={self.size_divisor!r} must be >= 1")
+        if self.channels_last not in ("auto", True, False):
+            raise InputError(f"channels_last={self.channels_last!r} must be auto, true or false")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> InferenceSettings:
@@ -242,7 +248,9 @@ class Predictor:
         self.blend_mode = s.blend_mode or ck.get("mode", "gaussian")
         self.threshold = float(s.threshold or ck.get("threshold", 0.5))
         self.size_divisor = int(s.size_divisor or size_divisor)
-        self.network = network.to(self.device).eval()
+        self.channels_last = (self.device.type == "cpu" if s.channels_last == "auto" else bool(s.channels_last))
+        # output-preserving rewrites of a copy: batch norm folded, channels-last on CPU
+        self.network, self.folded_norms = inference_network(network, self.device, channels_last=self.channels_last)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, **overrides: Any) -> Predictor:
@@ -291,6 +299,9 @@ class Predictor:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.precision])
 
+    def _memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
+
     def _logits_whole(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[2:]
         div = self.size_divisor
@@ -298,7 +309,7 @@ class Predictor:
         for n in reversed(size):  # F.pad wants the last axis first
             extra = (-n) % div
             pads += [extra // 2, extra - extra // 2]
-        y = self.network(F.pad(x, pads) if any(pads) else x)
+        y = self.network(self._memory_format(F.pad(x, pads) if any(pads) else x))
         crop = tuple(slice(pads[2 * (2 - i)], pads[2 * (2 - i)] + size[i]) for i in range(3))
         return y[(slice(None), slice(None), *crop)].float()
 
@@ -306,7 +317,8 @@ class Predictor:
         from monai.inferers import sliding_window_inference
 
         return sliding_window_inference(x, roi_size=self.roi_size or [96, 96, 96], sw_batch_size=self.sw_batch_size,
-                                        predictor=lambda p: self.network(p).float(), overlap=self.overlap,
+                                        predictor=lambda p: self.network(self._memory_format(p)).float(),
+                                        overlap=self.overlap,
                                         mode=self.blend_mode)
 
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:
@@ -356,4 +368,5 @@ class Predictor:
         return {"device": str(self.device), "precision": self.precision, "roi_size": self.roi_size,
                 "sw_batch_size": self.sw_batch_size, "overlap": self.overlap, "blend_mode": self.blend_mode,
                 "tta_flips": self.settings.tta_flips, "threshold": self.threshold, "size_divisor": self.size_divisor,
+                "folded_batch_norms": self.folded_norms, "channels_last": self.channels_last,
                 "model_id": self.model_id}
