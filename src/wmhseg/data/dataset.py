@@ -1,10 +1,10 @@
 """Training and validation datasets: cached deterministic preprocessing, then random patches.
 
 The deterministic part of each pipeline (loading, resampling, cropping, normalisation, padding,
-sampling indices) runs once per scan and is cached (``cache="memory"``: MONAI ``CacheDataset``;
-``"disk"``: ``PersistentDataset``; ``"none"``: recomputed every time). Cached items hold plain
-tensors and raw BISON label values; the training target (:meth:`LabelSpec.to_target`) is made
-per patch. The random part crops a patch first and augments only the patch.
+sampling indices, the training target :meth:`LabelSpec.to_target` as uint8) runs once per scan
+and is cached (``cache="memory"``: MONAI ``CacheDataset``; ``"disk"``: ``PersistentDataset``;
+``"none"``: recomputed every time). Cached items hold plain tensors. The random part crops a
+patch first and augments only the patch, with MONAI's metadata tracking off.
 """
 
 from __future__ import annotations
@@ -50,17 +50,18 @@ def scan_items(scans: Sequence[Scan]) -> list[dict[str, Any]]:
 
 
 class LabelToTargetd(MapTransform):
-    """Raw BISON values -> the network's integer target (``LabelSpec.to_target``), int64."""
+    """Raw BISON values -> the network's integer target (``LabelSpec.to_target``), as ``dtype``
+    (int64, or uint8 to cache whole volumes in a quarter of the memory of float labels)."""
 
-    def __init__(self, label_spec: LabelSpec, keys="label"):
+    def __init__(self, label_spec: LabelSpec, keys="label", dtype: torch.dtype = torch.int64):
         super().__init__(keys)
-        self.label_spec = label_spec
+        self.label_spec, self.dtype = label_spec, dtype
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for k in self.key_iterator(d):
             x = d[k]
-            target = torch.from_numpy(self.label_spec.to_target(np.asarray(torch.as_tensor(x).cpu())))
+            target = torch.from_numpy(self.label_spec.to_target(np.asarray(torch.as_tensor(x).cpu()))).to(self.dtype)
             d[k] = MetaTensor(target, meta=x.meta) if isinstance(x, MetaTensor) else target
         return d
 
@@ -191,6 +192,7 @@ def train_transforms(
     steps += [
         SpatialPadd(["image", "label"], spatial_size=crop, mode=("edge", "constant")),
         SamplingIndicesd(label_spec, seed=seed),
+        LabelToTargetd(label_spec, dtype=torch.uint8),
         ToPlaind(["image", "label"]),
         WithoutMeta([
             RandCropByPosNegLabeld(["image", "label"], label_key="label", spatial_size=crop, pos=pos_fraction,
@@ -198,7 +200,6 @@ def train_transforms(
                                    fg_indices_key=FG_KEY, bg_indices_key=BG_KEY),
             DeleteItemsd([FG_KEY, BG_KEY]),
             *(augment_transforms(augment_spec, patch) if augment else []),
-            LabelToTargetd(label_spec),
             _Finalised(["image", "label"]),
         ]),
     ]
