@@ -1,6 +1,6 @@
 """Run the wmhseg performance benchmarks and write the results table.
 
-    python benchmarks/run.py                 # full run (about 10 minutes on 2 idle cores)
+    python benchmarks/run.py                 # full run (about 6 minutes on 2 idle cores)
     python benchmarks/run.py --quick         # fewer repeats and variants (under 2 minutes idle)
     python benchmarks/run.py --ckpt last.ckpt --sections accuracy
     python benchmarks/run.py --device cuda   # the same benchmark on a GPU
