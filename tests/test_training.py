@@ -137,7 +137,7 @@ def test_overfits_one_scan(tmp_path):
     truth = np.asarray(nib.load(data / rows[0]["label"]).dataobj) == 9
     dice = [2.0 * (a & b).sum() / (a.sum() + b.sum())
             for a, b in ((masks[0], masks[1]), (masks[0], truth), (masks[1], truth))]
-    assert dice[0] > 0.97, dice  # 0.984: they differ where the 16^3 windows' borders see zero padding
+    assert dice[0] > 0.97, dice  # about 0.98: they differ where the 16^3 windows' borders see zero padding
     assert dice[1] > 0.8 and dice[1] > dice[2] - 0.02, dice  # and one pass is as close to the truth
 
 

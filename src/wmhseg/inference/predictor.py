@@ -84,7 +84,8 @@ class InferenceSettings:
             volume in one pass (padded to ``size_divisor``). One pass is several times faster, and
             with batch norm it gives the sliding window's masks. Instance/group/layer norm compute
             statistics over whatever they are given, so one pass over the whole head then changes
-            the output (on a synthetic-data UNet with instance norm: Dice 0.88 against the window).
+            the output (an instance-norm U-Net on synthetic scans: Dice against the truth 0.73 in
+            one pass, 0.81 with its window).
         sw_batch_size, overlap, blend_mode: sliding-window batch, overlap and blending.
         tta_flips: test-time flips, each a list of spatial axes (0-2) to flip, e.g. ``[[0]]``;
             probabilities are averaged with the unflipped prediction.
