@@ -42,11 +42,6 @@ _MONAI_DEFAULT = {"overlap": 0.25, "sw_batch_size": 1, "blend_mode": "gaussian"}
 _MONAI_WINDOW_MM = 96.0  # MONAI's default 96^3 window at 1 mm
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    denom = int(a.sum()) + int(b.sum())
-    return 1.0 if denom == 0 else 2.0 * int(np.logical_and(a, b).sum()) / denom
-
-
 def _reference_window(spacing: list[float], divisor: int) -> list[int]:
     """MONAI's default window (96 mm at 1 mm) at ``spacing``, rounded to a multiple of ``divisor``."""
     return [max(divisor, int(round(_MONAI_WINDOW_MM / s / divisor)) * divisor) for s in spacing]
@@ -69,9 +64,11 @@ def run(*, ckpt: str | None, quick: bool = False, device: str = "cpu") -> dict[s
     if not ckpt:
         return {"name": "accuracy", "available": False, "rows": [],
                 "reason": "needs a trained checkpoint: --ckpt (e.g. make demo's demo_out/train/checkpoints/last.ckpt)"}
+    import nibabel as nib
     from timing import bf16_fast
 
     from wmhseg.inference import Predictor
+    from wmhseg.metrics import dice
     from wmhseg.synth.images import write_scan
 
     fast_bf16, _ = bf16_fast(torch.device(device))
@@ -91,7 +88,7 @@ def run(*, ckpt: str | None, quick: bool = False, device: str = "cpu") -> dict[s
         for i, vol in enumerate(volumes):
             paths = write_scan(tmp, f"acc{i}", "1", wmh_volume_mm3=float(vol), seed=90_001 + i, shape=shape,
                                spacing=spacing, anatomy="procedural", rotation_deg=5.0)
-            label = np.asarray(__import__("nibabel").load(str(paths["label"])).dataobj)
+            label = np.asarray(nib.load(str(paths["label"])).dataobj)
             truths.append(label == 9)
             prepared = predictors[REFERENCE].prepare(paths["t1"], paths["flair"])
             names = list(predictors)
@@ -108,23 +105,21 @@ def run(*, ckpt: str | None, quick: bool = False, device: str = "cpu") -> dict[s
                 masks[name].append(pred.to_native(working, prepared.shape, prepared.affine).mask)
     load_after = loadavg()
 
-    ref_masks = masks[REFERENCE]
+    # every scan's voxels in one array per variant: Dice pooled over the scans
+    pooled = {name: np.concatenate([m.ravel() for m in ms]) for name, ms in masks.items()}
+    truth = np.concatenate([t.ravel() for t in truths])
     base = statistics.median(seconds[REFERENCE])
     variants: dict[str, Any] = {}
     for name, pred in predictors.items():
-        per_scan = [_dice(r, m) for r, m in zip(ref_masks, masks[name], strict=True)]
-        pooled = _dice(np.concatenate([r.ravel() for r in ref_masks]), np.concatenate([m.ravel() for m in masks[name]]))
-        truth = _dice(np.concatenate([t.ravel() for t in truths]), np.concatenate([m.ravel() for m in masks[name]]))
-        window_dice = _dice(np.concatenate([r.ravel() for r in masks["sw_checkpoint"]]),
-                            np.concatenate([m.ravel() for m in masks[name]]))
+        per_scan = [dice(m, r) for r, m in zip(masks[REFERENCE], masks[name], strict=True)]
         variants[name] = {
             "settings": pred.describe(),
             "predict_median_s": round(statistics.median(seconds[name]), 3),
             "speedup_vs_reference": round(ratio(base, statistics.median(seconds[name])), 2),
-            "dice_vs_reference": round(pooled, 5),
+            "dice_vs_reference": round(dice(pooled[name], pooled[REFERENCE]), 5),
             "dice_vs_reference_min_scan": round(min(per_scan), 5),
-            "dice_vs_truth": round(truth, 4),
-            "dice_vs_checkpoint_window": round(window_dice, 5),
+            "dice_vs_truth": round(dice(pooled[name], truth), 4),
+            "dice_vs_checkpoint_window": round(dice(pooled[name], pooled["sw_checkpoint"]), 5),
         }
     fast = "one_pass_bf16" if "one_pass_bf16" in variants else "one_pass"
     auto = variants["auto"]

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from wmhseg.stats.dataset import classify_survival
+from wmhseg.stats.models import HEADLINE_KEYS
 from wmhseg.synth.cohort import (
     CLINICAL_COLUMNS,
-    HEADLINE_KEYS,
     VOLUME_COLUMNS,
     CohortParams,
     simulate_cohort,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
+from test_stats_models import MODELS_CSV_HEAD
 
 from wmhseg.stats import AnalysisSettings, SettingsError, TableError, analyze
 from wmhseg.stats.models import HEADLINE_KEYS
@@ -44,19 +45,7 @@ def test_analyze_writes_every_output(tables, tmp_path):
     assert list(headline) == list(HEADLINE_KEYS) and summary["headline"] == headline
     assert all(set(v) == FIELDS for v in headline.values())
     models = pd.read_csv(out / "models.csv")
-    assert list(models.columns[:11]) == [
-        "model",
-        "term",
-        "estimate",
-        "std_err",
-        "ci_low",
-        "ci_high",
-        "p_value",
-        "n_subjects",
-        "n_obs",
-        "converged",
-        "optimizer",
-    ]
+    assert list(models.columns[:len(MODELS_CSV_HEAD)]) == MODELS_CSV_HEAD
     figures = sorted(p.name for p in (out / "figures").iterdir())
     assert figures == [
         "alsfrs_vs_wmh.png",

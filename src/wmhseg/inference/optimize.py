@@ -33,8 +33,7 @@ def fold_batch_norm(network: torch.nn.Module, *, inplace: bool = False) -> tuple
         ``(network, n_folded)``: a folded copy (or ``network`` itself, changed, when ``inplace``);
         ``network`` itself, untouched, when nothing could be folded.
     """
-    pairs = [m for m in network.modules() if _foldable(m)]
-    if not pairs:
+    if not any(_foldable(m) for m in network.modules()):
         return network, 0
     folded = (network if inplace else copy.deepcopy(network)).eval()
     count = 0

@@ -58,17 +58,10 @@ __all__ = [
     "write_cohort",
     "VOLUME_COLUMNS",
     "CLINICAL_COLUMNS",
-    "HEADLINE_KEYS",
     "params_dict",
 ]
 
 VOLUME_COLUMNS = ("subject_id", "session_id", "wmh_mm3", "n_lesions", "status", "error")
-HEADLINE_KEYS = (
-    "wmh_progression_als_vs_control",
-    "wmh_progression_short_vs_long",
-    "alsfrs_per_500mm3_wmh",
-    "alsfrs_wmh_slope_short_vs_long",
-)
 _PROBABILITIES = (
     "p_male_als",
     "p_male_control",
