@@ -199,3 +199,24 @@ def test_gzip_fixture_files_are_complete(tiny_dataset: Path) -> None:
     scan = read_manifest(tiny_dataset)[0]
     with gzip.open(scan.flair) as fh:
         assert len(fh.read()) >= 32**3 * 4
+
+
+def test_binary_mask_given_as_label_map_is_refused_with_the_hint(tiny_dataset: Path, tmp_path: Path) -> None:
+    """{0, 1} is a binary WMH mask: in BISON 1 means ventricles, so training would see no WMH at all."""
+    scan = _copy_scan(tiny_dataset, tmp_path)
+    img = nib.load(scan.label)
+    binary = (np.asarray(img.dataobj) == 9).astype(np.uint8)
+    assert set(np.unique(binary)) == {0, 1}
+    nib.save(nib.Nifti1Image(binary, img.affine), str(scan.label))
+    with pytest.raises(ManifestError, match=r"only the values 0 and 1.*data.labels.wmh_values=\[1\]"):
+        validate_scans([scan], LabelSpec(), read_data=True)
+    validate_scans([scan], LabelSpec(wmh_values=(1,)), read_data=True)  # what the hint says to do
+
+
+def test_the_same_file_as_t1_and_flair_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
+    scan = _copy_scan(tiny_dataset, tmp_path)
+    link = tmp_path / "link_T1w.nii.gz"
+    link.symlink_to(scan.flair)
+    for t1 in (scan.flair, link):
+        with pytest.raises(ScanError, match="the same file is given as T1 and as FLAIR"):
+            check_scan(Scan("001", "01", t1, scan.flair, None, row=1))

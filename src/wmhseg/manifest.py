@@ -9,10 +9,11 @@ Two input forms are accepted:
   ``*_FLAIR.nii[.gz]`` and at most one label map named ``*_label.nii[.gz]`` or
   ``*_dseg.nii[.gz]``. A subject without ``ses-*`` folders gets the session id ``"1"``. Rows
   are numbered from 1 in sorted (subject, session) order. When a visit has several candidates
-  of a kind (``acq-2D`` and ``acq-3D`` FLAIRs), ``bids_filters`` chooses: a mapping from kind
-  (``t1``, ``flair``, ``label``) to BIDS entities, e.g. ``{"flair": {"acq": "3D"}}``, keeps the
-  files whose name has ``_acq-3D_`` (a ``null`` value keeps those without the entity). The one
-  file left is used; none or several left is an error for that visit.
+  of a kind (``acq-2D`` and ``acq-3D`` FLAIRs), ``bids_filters`` chooses among them: a mapping
+  from kind (``t1``, ``flair``, ``label``) to BIDS entities, e.g. ``{"flair": {"acq": "3D"}}``,
+  keeps the candidates whose name has ``_acq-3D_`` (a ``null`` value keeps those without the
+  entity). The one file left is used; none or several left is an error for that visit. A visit
+  with a single candidate uses it, whatever the filters say.
 
 An incomplete visit (no ``anat`` folder, no T1 or FLAIR, an empty cell, candidates that
 ``bids_filters`` does not settle) does not stop the cohort: its :class:`Scan` carries the reason
@@ -201,7 +202,8 @@ def _pick(folder: Path, kind: str, filters: dict[str, str | None]) -> tuple[Path
     found = sorted(p for p in folder.iterdir() if p.is_file() and pattern.search(p.name))
     if not found:
         return None, None if kind == "label" else f"{folder}: no {kind} file (expected a name ending in {pattern.pattern})"
-    kept = [p for p in found if all(_entities(p.name).get(k) == v for k, v in filters.items())]
+    kept = found if len(found) == 1 else [p for p in found
+                                          if all(_entities(p.name).get(k) == v for k, v in filters.items())]
     if len(kept) == 1:
         return kept[0].resolve(), None
     names = ", ".join(p.name for p in found)

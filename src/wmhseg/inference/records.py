@@ -128,6 +128,11 @@ def error_record(scan: Scan, message: str, *, model_id: str = "", timings: dict[
             "error": message, "model_id": model_id, "inputs": _inputs(scan), **(timings or {})}
 
 
+def _integers(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Count columns as pandas' nullable ``Int64``: written ``3``, not ``3.0``, even beside failed rows."""
+    return frame.astype({c: "Int64" for c in columns})
+
+
 class ResultStore:
     """Reads and writes the per-scan records under ``out_dir`` and assembles the tables.
 
@@ -223,6 +228,7 @@ class ResultStore:
         vol = pd.DataFrame([{c: r.get(c) for c in VOLUME_COLUMNS} for r in records], columns=list(VOLUME_COLUMNS))
         for col in ("subject_id", "session_id", "status", "error", "warnings", "pv_rule", "mask", "model_id"):
             vol[col] = vol[col].fillna("").astype(str)
+        vol = _integers(vol, ("n_lesions", "wmh_voxels", "row"))
         paths = {"volumes": atomic_write_csv(self.out_dir / "volumes.csv", vol)}
         if with_metrics:
             rows = []
@@ -238,5 +244,6 @@ class ResultStore:
             met = pd.DataFrame(rows, columns=list(METRICS_COLUMNS))
             for col in ("subject_id", "session_id", "status", "error"):
                 met[col] = met[col].fillna("").astype(str)
+            met = _integers(met, ("n_lesions", "ref_n_lesions", "row"))
             paths["metrics"] = atomic_write_csv(self.out_dir / "metrics.csv", met)
         return paths
