@@ -268,15 +268,15 @@ class Predictor:
         settings = InferenceSettings.from_dict(overrides)
         ckpt = load_checkpoint(path)
         meta = read_meta(ckpt, source=path)
+        network = build_network(meta["network"], source=f"{path}: network")
         net_config = dict(meta["network"])
-        network = build_network(net_config)
         try:
             network.load_state_dict(_match_state_dict(ckpt["state_dict"], network, str(path)))
             preprocess_spec = PreprocessSpec.from_dict(meta["preprocessing"])
             label_spec = LabelSpec.from_dict(meta["labels"])
         except CheckpointError:
             raise
-        except (RuntimeError, InputError, TypeError) as exc:
+        except (RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{path}: {exc}") from exc
         return cls(network, preprocess_spec, label_spec, settings=settings,
                    checkpoint_inference=meta.get("inference") or {}, size_divisor=_strides_divisor(net_config),
