@@ -47,6 +47,9 @@ from wmhseg.inference.records import TIMING_COLUMNS, ResultStore, error_record, 
 from wmhseg.io import atomic_write_json, atomic_write_text
 from wmhseg.manifest import Scan, check_scan, read_manifest
 from wmhseg.metrics import label_lesions, segmentation_metrics
+from wmhseg.qc import CONVENTIONS as QC_CONVENTIONS
+from wmhseg.qc import write_qc
+from wmhseg.qc.flags import cohort_flags, scan_checks
 
 __all__ = ["infer", "RunOptions", "ScanDataset", "process_prepared", "run_scan"]
 
@@ -72,6 +75,8 @@ class RunOptions:
         self.num_workers = int(get("num_workers", 1))
         self.progress = bool(get("progress", True))
         self.pv_distance_mm = float(get("pv_distance_mm", 10.0))
+        self.qc = bool(get("qc", True))
+        self.qc_convention = str(get("qc_convention", "radiological"))
         self.torch_threads = get("torch_threads", None)
         self.strategy = get("strategy", None) or None
         self.accelerator = str(get("accelerator", "auto"))
@@ -86,6 +91,8 @@ class RunOptions:
             raise InputError(f"num_workers={self.num_workers} must be >= 0")
         if self.pv_distance_mm <= 0:
             raise InputError(f"pv_distance_mm={self.pv_distance_mm} must be > 0")
+        if self.qc_convention not in QC_CONVENTIONS:
+            raise InputError(f"qc_convention={self.qc_convention!r} is not one of {QC_CONVENTIONS}")
 
 
 def _get_required(cfg: Any, key: str) -> Any:
@@ -189,6 +196,7 @@ def process_prepared(predictor: Predictor, store: ResultStore, scan: Scan, prepa
         measures.update(tissue_volumes(working.classes.numpy(), working.voxel_mm3))
     else:
         measures.update(icv_mm3=math.nan, brain_mm3=math.nan)
+    measures.update(scan_checks(prepared.image, working.affine, working.wmh, working.classes, predictor.threshold))
     metrics = None
     if prepared.reference is not None:
         pred, ref = _crop_to(native.mask, prepared.reference)
@@ -361,8 +369,14 @@ def infer(cfg: Any) -> int:
     records = store.collect(scans, invalid)
     tables = "waiting for the other parts" if records is None else "volumes.csv"
     if records is not None:
+        for record, flags in zip(records, cohort_flags(records), strict=True):
+            record["qc_flags"] = flags
         with_metrics = any(s.label is not None for s in scans)
         store.write_tables(records, with_metrics=with_metrics)
+        if opts.qc:
+            t_qc = time.perf_counter()
+            write_qc(opts.out_dir, records, convention=opts.qc_convention)
+            tables += f", qc/index.html ({time.perf_counter() - t_qc:.1f} s)"
         if with_metrics:
             _write_agreement(opts.out_dir, records)
             tables += ", metrics.csv, agreement.json"

@@ -46,6 +46,7 @@ MODELS_COLUMNS = [
     "term",
     "estimate",
     "std_err",
+    "df",
     "ci_low",
     "ci_high",
     "p_value",
@@ -53,6 +54,7 @@ MODELS_COLUMNS = [
     "n_obs",
     "converged",
     "optimizer",
+    "method",
     "kind",
     "formula",
     "hazard_ratio",
@@ -141,6 +143,7 @@ def _row(fit: MixedFit, kind: str, term: str, e: Estimate, note: str = "") -> pd
                 "term": term,
                 "estimate": e.estimate,
                 "std_err": e.std_err,
+                "df": e.df,
                 "ci_low": e.ci_low,
                 "ci_high": e.ci_high,
                 "p_value": e.p_value,
@@ -148,6 +151,7 @@ def _row(fit: MixedFit, kind: str, term: str, e: Estimate, note: str = "") -> pd
                 "n_obs": e.n_obs,
                 "converged": fit.converged,
                 "optimizer": fit.optimizer,
+                "method": e.method,
                 "kind": kind,
                 "formula": fit.formula,
                 "note": note,
@@ -223,7 +227,9 @@ def _run(vol, clin, settings: AnalysisSettings, sources: dict[str, str], t0: flo
         clinical_source=sources["clinical"],
     )
     t1 = time.perf_counter()
-    fits, headline = fit_study_models(study, random_slope=settings.random_slope, alpha=settings.alpha)
+    fits, headline = fit_study_models(
+        study, random_slope=settings.random_slope, alpha=settings.alpha, method=settings.inference
+    )
     t2 = time.perf_counter()
     survival = run_survival(study, alpha=settings.alpha)
     t3 = time.perf_counter()

@@ -97,6 +97,7 @@ def _fit(
     re_formula: str | None,
     alpha: float,
     shortage: str | None,
+    method: str = "satterthwaite",
 ) -> MixedFit:
     data = data.copy()
     for col in data.columns:
@@ -109,15 +110,16 @@ def _fit(
         shortage = f"too few observations ({len(data)}) for {n_subj} participants"
     if shortage is not None:
         return MixedFit(
-            name, formula, re_formula, n_subj, len(data), error=shortage, alpha=alpha, messages=notes
+            name, formula, re_formula, n_subj, len(data), error=shortage, alpha=alpha, messages=notes,
+            method=method,
         )
-    fit = fit_mixed(name, formula, data, re_formula=re_formula, alpha=alpha)
+    fit = fit_mixed(name, formula, data, re_formula=re_formula, alpha=alpha, method=method)
     fit.messages[:0] = notes
     return fit
 
 
 def fit_study_models(
-    study: StudyData, *, random_slope: bool = False, alpha: float = 0.05
+    study: StudyData, *, random_slope: bool = False, alpha: float = 0.05, method: str = "satterthwaite"
 ) -> tuple[dict[str, MixedFit], dict[str, Estimate]]:
     """Fit the four headline models and extract the headline estimates.
 
@@ -125,6 +127,7 @@ def fit_study_models(
         study: the analysis data set from :func:`~wmhseg.stats.dataset.build_dataset`.
         random_slope: add a random slope for time to models 1 and 2.
         alpha: 1 - confidence level of the intervals.
+        method: ``satterthwaite`` (default) or ``wald``.
 
     Returns:
         ``(fits, headline)``: fits keyed by model name, estimates keyed by
@@ -190,6 +193,7 @@ def fit_study_models(
             re_formula,
             alpha,
             spec.shortage,
+            method,
         )
         fits[fit.name] = fit
         headline[spec.key] = fit.contrast(spec.weights, spec.scale)

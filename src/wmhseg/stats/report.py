@@ -41,11 +41,17 @@ def format_p(p: float) -> str:
 
 def _ci(e: Estimate, digits: int, alpha: float) -> str:
     level = round(100 * (1 - alpha), 1)
-    return f"SE {e.std_err:,.{digits}f}; {level:g}% CI {e.ci_low:,.{digits}f} to {e.ci_high:,.{digits}f}; {format_p(e.p_value)}"
+    test = f"t test, Satterthwaite df {e.df:.1f}" if e.df is not None else "Wald z test"
+    return (
+        f"SE {e.std_err:,.{digits}f}; {level:g}% CI {e.ci_low:,.{digits}f} to {e.ci_high:,.{digits}f}; "
+        f"{format_p(e.p_value)}, {test}"
+    )
 
 
 def _verdict(e: Estimate, alpha: float) -> str:
-    return "significant" if np.isfinite(e.p_value) and e.p_value < alpha else "not significant"
+    if not np.isfinite(e.p_value):
+        return "its p-value could not be computed"
+    return "significant" if e.p_value < alpha else "not significant"
 
 
 def headline_sentences(result: AnalysisResult) -> dict[str, str]:
@@ -59,7 +65,13 @@ def headline_sentences(result: AnalysisResult) -> dict[str, str]:
     def unavailable(key: str) -> str | None:
         fit = fits[MODEL_NAMES[key]]
         if not np.isfinite(h[key].estimate):
-            return f"Not estimated: {fit.error or 'the model gave no estimate'}."
+            return f"{key}: could not be estimated, because {fit.error or 'the model gave no estimate'}."
+        if not np.isfinite(h[key].std_err) or not np.isfinite(h[key].p_value):
+            why = "the model did not converge" if not fit.converged else "its variance is not positive"
+            return (
+                f"{key}: estimate {h[key].estimate:,.3g}, but its standard error and p-value could not be "
+                f"estimated ({why}; {'; '.join(fit.attempts) or 'no optimizer ran'})."
+            )
         return None
 
     e = h["wmh_progression_als_vs_control"]
@@ -286,8 +298,14 @@ def _models_section(doc: _Doc, result: AnalysisResult) -> None:
         for fit in result.fits.values()
         for m in ([fit.error] if fit.error else []) + fit.messages
     ]
+    tests = (
+        "t tests and intervals with Satterthwaite degrees of freedom (as lmerTest)"
+        if result.settings.inference == "satterthwaite"
+        else "Wald z tests and normal intervals"
+    )
     doc.p(
-        "All models are REML linear mixed models (statsmodels MixedLM) with Wald z tests; every term is in models.csv."
+        "All models are REML linear mixed models fitted by statsmodels MixedLM; fixed-effect standard errors are "
+        f"lme4's, sigma² (X'V⁻¹X)⁻¹ at the REML estimate, with {tests}; every term is in models.csv."
     )
     if notes:
         doc.p("Fitting notes and warnings:")
