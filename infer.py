@@ -16,12 +16,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from wmhseg.inference.runner import infer
-
 
 @hydra.main(config_path="configs", config_name="infer", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Run inference as ``cfg`` says and exit with its code."""
+    # imported here, so that --help and a bad command line answer without loading torch and MONAI
+    from wmhseg.inference.runner import infer
+
     sys.exit(infer(cfg))
 
 

@@ -15,6 +15,9 @@ several ways, timed interleaved in one process:
                           folded into the convolutions and, on CPU, ``channels_last_3d``
                           (:mod:`wmhseg.inference.optimize`)
 ``crop_fp32_cl3d``        ``crop_fp32`` with weights and input in ``channels_last_3d``
+``crop_fp32_openvino``    ``crop_fp32_wmhseg``'s folded network converted to OpenVINO and run by
+                          its CPU plugin in f32 (``inference.backend: openvino``), when
+                          ``openvino`` is installed; conversion time apart
 ``crop_fp32_1thread``     ``crop_fp32`` with ``torch.set_num_threads(1)``
 ``crop_fp32_compile``     ``crop_fp32`` through ``torch.compile`` (compile time apart)
 ``sw128_b2_fp32``         sliding window roi 128^3, sw_batch_size 2, Gaussian
@@ -207,6 +210,8 @@ def _make_paths(net: torch.nn.Module, x: torch.Tensor, box: tuple[slice, ...], *
         cl = device.type == "cpu"
         rewritten, _ = inference_network(net, device, channels_last=cl)
         paths[f"crop_{prec}_wmhseg"] = whole(f"crop_{prec}_wmhseg", rewritten, dt, crop=True, channels_last=cl)
+        if device.type == "cpu" and prec == "fp32":
+            _openvino_path(rewritten, whole, paths, extra)
         net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last_3d)
         paths[f"crop_{prec}_cl3d"] = whole(f"crop_{prec}_cl3d", net_cl, dt, crop=True, channels_last=True)
         if quick:
@@ -225,6 +230,22 @@ def _make_paths(net: torch.nn.Module, x: torch.Tensor, box: tuple[slice, ...], *
             except Exception as exc:  # a compiler failure drops the variant, with the reason
                 extra[f"{name}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     return paths, extra
+
+
+def _openvino_path(rewritten: torch.nn.Module, whole: Callable[..., Callable[[], torch.Tensor]],
+                   paths: dict[str, Callable[[], torch.Tensor]], extra: dict[str, Any]) -> None:
+    """Add ``crop_fp32_openvino`` (the folded network through OpenVINO), or say why not."""
+    from wmhseg.inference.backends import OpenVinoNetwork, openvino_available
+
+    if not openvino_available():
+        extra["crop_fp32_openvino_skipped"] = "openvino is not installed (pip install 'wmhseg[openvino]')"
+        return
+    import openvino
+
+    seconds, model = time_once(lambda: OpenVinoNetwork(rewritten, precision="fp32"), torch.device("cpu"))
+    extra["crop_fp32_openvino_convert_s"] = round(seconds, 2)
+    extra["openvino_version"] = openvino.__version__
+    paths["crop_fp32_openvino"] = whole("crop_fp32_openvino", model, None, crop=True)
 
 
 def bf16_probe(device: torch.device, n: int = 512) -> dict[str, float]:
@@ -337,6 +358,14 @@ def run(*, quick: bool = False, device: str | torch.device = "cpu") -> dict[str,
         "target": f">= {SPEED_TARGET:g}x",
         "met": speed >= SPEED_TARGET,
     }]
+    if "crop_fp32_openvino" in variants:
+        torch_s, ov = variants["crop_fp32_wmhseg"]["median_s"], variants["crop_fp32_openvino"]
+        rows.append({"goal": "1. network backend on CPU (inference.backend)",
+                     "baseline": f"torch, as infer.py runs it: {torch_s:.3f} s",
+                     "candidate": f"openvino fp32: {ov['median_s']:.3f} s (max prob. diff vs torch "
+                                  f"{_agreement(outputs['crop_fp32_wmhseg'], outputs['crop_fp32_openvino'])['max_abs_prob_diff']})",
+                     "ratio": round(ratio(torch_s, ov["median_s"]), 2), "target": "faster, same masks",
+                     "met": ov["median_s"] < torch_s})
     if device.type == "cuda":
         rows.append({"goal": "4. GPU throughput", "baseline": f"sliding window: {60 / base:.0f} vol/min",
                      "candidate": f"{best}: {60 / variants[best]['median_s']:.0f} vol/min",
