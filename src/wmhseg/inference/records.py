@@ -37,12 +37,17 @@ __all__ = [
     "ResultStore",
 ]
 
+# with an `xfm`: the stereotaxic WMH volume and |det| of the transform (wmh_mm3 is then native)
+STEREOTAXIC_COLUMNS = ("wmh_stx_mm3", "stx_scale")
+# T1-to-FLAIR alignment (wmhseg.registration.Alignment.record)
+REGISTRATION_COLUMNS = ("t1_registration", "t1_align_mi_before", "t1_align_mi_after", "t1_shift_mm",
+                        "t1_transform", "t_register_s")
 TIMING_COLUMNS = ("t_load_s", "t_preprocess_s", "t_predict_s", "t_export_s", "t_measure_s", "t_total_s")
 VOLUME_COLUMNS = (
     "subject_id", "session_id", "wmh_mm3", "n_lesions", "status", "error", "warnings",
     "wmh_periventricular_mm3", "wmh_deep_mm3", "pv_rule", "icv_mm3", "brain_mm3", "mean_lesion_prob",
     "wmh_voxels", "voxel_x_mm", "voxel_y_mm", "voxel_z_mm", "voxel_mm3", "mask", "model_id", "row",
-    *TIMING_COLUMNS,
+    *TIMING_COLUMNS, *STEREOTAXIC_COLUMNS, *REGISTRATION_COLUMNS,
 )
 METRICS_COLUMNS = (
     "subject_id", "session_id", "status", "error", *METRIC_NAMES, "wmh_mm3", "ref_wmh_mm3", "n_lesions",
@@ -66,7 +71,8 @@ def unsafe_reason(scan: Scan) -> str | None:
 
 
 def _inputs(scan: Scan) -> dict[str, str | None]:
-    return {"t1": str(scan.t1), "flair": str(scan.flair), "label": str(scan.label) if scan.label else None}
+    return {"t1": str(scan.t1), "flair": str(scan.flair), "label": str(scan.label) if scan.label else None,
+            "xfm": str(scan.xfm) if scan.xfm else None}
 
 
 def error_record(scan: Scan, message: str, *, model_id: str = "", timings: dict[str, float] | None = None) -> dict[str, Any]:
@@ -145,7 +151,8 @@ class ResultStore:
     def write_tables(self, records: list[dict[str, Any]], *, with_metrics: bool) -> dict[str, Path]:
         """Write ``volumes.csv`` (and ``metrics.csv``) atomically; return their paths."""
         vol = pd.DataFrame([{c: r.get(c) for c in VOLUME_COLUMNS} for r in records], columns=list(VOLUME_COLUMNS))
-        for col in ("subject_id", "session_id", "status", "error", "warnings", "pv_rule", "mask", "model_id"):
+        for col in ("subject_id", "session_id", "status", "error", "warnings", "pv_rule", "mask", "model_id",
+                    "t1_registration", "t1_transform"):
             vol[col] = vol[col].fillna("").astype(str)
         paths = {"volumes": atomic_write_csv(self.out_dir / "volumes.csv", vol)}
         if with_metrics:
