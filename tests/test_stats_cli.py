@@ -17,7 +17,7 @@ from wmhseg.stats.models import HEADLINE_KEYS
 from wmhseg.synth.cohort import CohortParams, simulate_cohort, write_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
-FIELDS = {"estimate", "std_err", "ci_low", "ci_high", "p_value", "n_subjects", "n_obs"}
+FIELDS = {"estimate", "std_err", "df", "ci_low", "ci_high", "p_value", "n_subjects", "n_obs", "method"}
 
 
 @pytest.fixture(scope="module")

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
+from scipy import stats
 from statsmodels.regression.mixed_linear_model import MixedLM
 
 from wmhseg.stats import AnalysisSettings, run_analysis
 from wmhseg.stats.dataset import build_dataset
 from wmhseg.stats.mixed import fit_mixed, reml_relative_cov
 from wmhseg.stats.models import HEADLINE_KEYS, MODEL_NAMES, fit_study_models
+from wmhseg.stats.reml import t_inference
+from wmhseg.stats.structure import mixture_p
 from wmhseg.stats.tables import check_clinical, check_volumes
 from wmhseg.synth.cohort import CohortParams, simulate_cohort
 
 # models.csv's leading columns, as DESIGN.md fixes them (spelled out here, not taken from the code)
-MODELS_CSV_HEAD = ["model", "term", "estimate", "std_err", "ci_low", "ci_high", "p_value", "n_subjects", "n_obs",
-                   "converged", "optimizer"]
+MODELS_CSV_HEAD = ["model", "term", "estimate", "std_err", "df", "ci_low", "ci_high", "p_value", "n_subjects", "n_obs",
+                   "converged", "optimizer", "method"]
 
 def study_of(cohort, **kwargs):
     return build_dataset(check_volumes(cohort.volumes), check_clinical(cohort.clinical), **kwargs)
@@ -41,7 +45,9 @@ def test_full_cohort_recovers_every_headline(full):
     for key, truth in cohort.truth.items():
         h = headline[key]
         assert h["ci_low"] <= truth <= h["ci_high"], (key, h, truth)
-        assert set(h) == {"estimate", "std_err", "ci_low", "ci_high", "p_value", "n_subjects", "n_obs"}
+        assert set(h) == {"estimate", "std_err", "df", "ci_low", "ci_high", "p_value", "n_subjects", "n_obs",
+                          "method"}
+        assert h["method"] == "satterthwaite" and h["df"] > 10
         assert isinstance(h["n_subjects"], int) and isinstance(h["estimate"], float)
     assert headline["wmh_progression_als_vs_control"]["p_value"] < 1e-4
     assert headline["wmh_progression_short_vs_long"]["p_value"] < 1e-4
@@ -51,27 +57,51 @@ def test_full_cohort_recovers_every_headline(full):
     assert all(f.converged for f in result.fits.values())
 
 
+def dense_fixed_cov(fit):
+    """sigma^2 (X'V^-1 X)^-1 with V = I + Z Psi Z' / sigma^2 built as a dense matrix."""
+    model = fit.result.model
+    x, groups = model.exog, np.asarray(model.groups)
+    z = np.asarray(model.exog_re)
+    sigma2 = fit.variances["var(residual)"]
+    psi = np.array([[fit.variances["var(subject intercept)"]]])
+    same = groups[:, None] == groups[None, :]
+    v = np.eye(len(x)) * sigma2 + same * (z @ psi @ z.T)
+    return np.linalg.inv(x.T @ np.linalg.solve(v, x))
+
+
 def test_headline_numbers_match_the_fitted_terms(full):
+    """Estimates, SEs and intervals follow from lme4's covariance, computed here with dense matrices."""
     _, result = full
     m2 = result.fits[MODEL_NAMES["wmh_progression_short_vs_long"]]
-    res = m2.result
     names = list(m2.params.index)
     w = np.zeros(len(names))
     w[names.index("years_since_baseline:cohort[T.short]")] = 1.0
     w[names.index("years_since_baseline:cohort[T.long]")] = -1.0
-    cov = np.asarray(res.cov_params())[: len(names), : len(names)]
+    cov = dense_fixed_cov(m2)
     h = result.headline["wmh_progression_short_vs_long"]
-    assert np.isclose(h.estimate, w @ np.asarray(res.fe_params))
-    assert np.isclose(h.std_err, np.sqrt(w @ cov @ w))
-    assert np.isclose(h.ci_high - h.estimate, 1.959964 * h.std_err, rtol=1e-5)
+    assert np.isclose(h.estimate, w @ m2.params.to_numpy())
+    assert np.isclose(h.std_err, np.sqrt(w @ cov @ w), rtol=1e-8)
+    assert np.isclose(h.ci_high - h.estimate, stats.t.ppf(0.975, h.df) * h.std_err, rtol=1e-10)
+    assert np.isclose(h.p_value, 2 * stats.t.sf(abs(h.estimate / h.std_err), h.df), rtol=1e-10)
+    np.testing.assert_allclose(m2.params.to_numpy(), m2.result.fe_params.to_numpy(), rtol=1e-4)
     m3 = result.fits[MODEL_NAMES["alsfrs_per_500mm3_wmh"]]
     h3 = result.headline["alsfrs_per_500mm3_wmh"]
     i = list(m3.params.index).index("wmh_mm3")
-    assert np.isclose(h3.estimate, 500 * m3.result.fe_params.iloc[i])
-    assert np.isclose(h3.std_err, 500 * m3.result.bse_fe.iloc[i])
-    assert np.isclose(h3.p_value, m3.result.pvalues.iloc[i])
+    assert np.isclose(h3.estimate, 500 * m3.params.iloc[i])
+    assert np.isclose(h3.std_err, 500 * np.sqrt(dense_fixed_cov(m3)[i, i]), rtol=1e-8)
     m4 = result.fits[MODEL_NAMES["alsfrs_wmh_slope_short_vs_long"]]
     assert "wmh_mm3:survival_group[T.short]" in m4.params.index
+
+
+def test_wald_option_gives_normal_intervals_and_no_df(full):
+    cohort, result = full
+    wald = run_analysis(cohort.volumes, cohort.clinical, AnalysisSettings(figures=False, inference="wald"))
+    for key in HEADLINE_KEYS:
+        h, s = wald.headline[key], result.headline[key]
+        assert h.method == "wald" and h.df is None and h.to_dict()["df"] is None
+        assert h.std_err == pytest.approx(s.std_err, rel=1e-9)
+        assert h.ci_high - h.estimate == pytest.approx(stats.norm.ppf(0.975) * h.std_err, rel=1e-10)
+        assert h.p_value <= s.p_value  # the normal is lighter-tailed than any t
 
 
 def test_models_table_lists_every_term(full):
@@ -88,7 +118,7 @@ def test_models_table_lists_every_term(full):
         "sex[T.M]",
     } <= set(m1["term"])
     assert {"var(subject intercept)", "var(residual)"} <= set(m1["term"])
-    assert set(table["kind"]) == {"fixed", "variance", "contrast", "headline", "cox"}
+    assert set(table["kind"]) == {"fixed", "variance", "contrast", "headline", "cox", "lrt"}
     heads = table[table["kind"] == "headline"].set_index("term")
     assert np.isclose(
         heads.loc["alsfrs_per_500mm3_wmh", "estimate"], result.headline["alsfrs_per_500mm3_wmh"].estimate
@@ -107,7 +137,6 @@ def test_fast_start_matches_statsmodels_reml(re_formula):
     fit = fit_mixed("m", formula, study.scans, re_formula=re_formula)
     assert fit.converged and fit.attempts == ["lbfgs: converged"]
     np.testing.assert_allclose(fit.params.to_numpy(), ref.fe_params.to_numpy(), rtol=1e-3, atol=1e-2)
-    np.testing.assert_allclose(np.sqrt(np.diag(fit.cov)), ref.bse_fe.to_numpy(), rtol=1e-3)
 
 
 def test_null_cohorts_have_nominal_false_positive_rate():
@@ -232,3 +261,40 @@ def test_covariates_setting():
     empty = build_dataset(check_volumes(cohort.volumes), check_clinical(cohort.clinical), covariates=())
     fits, _ = fit_study_models(empty)
     assert fits[MODEL_NAMES["alsfrs_per_500mm3_wmh"]].formula == "alsfrs_r ~ wmh_mm3"
+
+
+def test_satterthwaite_df_of_a_balanced_design_is_the_anova_df():
+    """Balanced random-intercept design: a between-subject slope has exactly n_subjects - 2 df and a
+    within-subject slope (n_obs - n_subjects - 1) df, the classical split-plot ANOVA denominators."""
+    rng = np.random.default_rng(0)
+    n_subj, m = 24, 4
+    subject = np.repeat(np.arange(n_subj), m)
+    x_between = rng.normal(size=n_subj)[subject]
+    x_within = np.tile(np.arange(m, dtype=float), n_subj)
+    y = 1 + 0.5 * x_between + 0.2 * x_within + 2.0 * rng.normal(size=n_subj)[subject] + rng.normal(size=n_subj * m)
+    data = pd.DataFrame({"y": y, "xb": x_between, "xw": x_within, "subject_id": subject.astype(str)})
+    fit = fit_mixed("balanced", "y ~ xb + xw", data)
+    assert fit.estimate("xb").df == pytest.approx(n_subj - 2, rel=1e-4)
+    assert fit.estimate("xw").df == pytest.approx(n_subj * m - n_subj - 1, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("t", "df", "p_r"),  # 2 * pt(-t, df) and 2 * pnorm(-t) from R 4.2
+    [(30.0, 100.0, 8.3803325586883361e-52), (45.0, 500.0, 5.9854693168859122e-178), (30.0, None, 9.8134278542963744e-198)],
+)
+def test_tiny_p_values_do_not_underflow(t, df, p_r):
+    low, high, p = t_inference(t, 1.0, df, 0.05)
+    assert p == pytest.approx(p_r, rel=1e-9)
+    assert t_inference(80.0, 1.0, None, 0.05)[2] > 0.0  # below double precision: the smallest positive double
+
+
+def test_t_interval_matches_r_quantile():
+    low, high, _ = t_inference(1.0, 2.0, 7.5, 0.05)
+    assert high - 1.0 == pytest.approx(2 * 2.3330396268649736, rel=1e-12)  # qt(0.975, 7.5) in R
+
+
+def test_mixture_p_value():
+    assert mixture_p(0.0) == 1.0
+    # 0.5 P(chi2_1 > 3.84) + 0.5 P(chi2_2 > 3.84): the 50:50 mixture's 5% point is 5.14, not 3.84
+    assert mixture_p(5.1384) == pytest.approx(0.05, abs=1e-4)
+    assert mixture_p(3.8415) == pytest.approx(0.5 * 0.05 + 0.5 * np.exp(-3.8415 / 2), rel=1e-4)

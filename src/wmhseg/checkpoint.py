@@ -14,8 +14,10 @@ A Lightning checkpoint written by :class:`wmhseg.models.module.WMHSegModule` hol
     }
 
 Everything in it is made of str/int/float/bool/list/dict, so the file loads with
-``torch.load(weights_only=True)``: no pickled code is ever executed. Networks are built only
-from an allow-list of module prefixes, so a checkpoint cannot name an arbitrary callable.
+``torch.load(weights_only=True)``: no pickled code is ever executed. Nothing in it is ever given
+to Hydra's ``instantiate``: the network is built by :func:`wmhseg.networks.build_network` from a
+fixed registry of MONAI classes and plain, signature-checked arguments, so a checkpoint cannot
+name or call any other function.
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ from typing import Any
 import torch
 
 from wmhseg.errors import CheckpointError
+from wmhseg.networks import build_network
 
 __all__ = [
     "META_KEY",
     "FORMAT_VERSION",
-    "ALLOWED_NETWORK_PREFIXES",
     "load_checkpoint",
     "read_meta",
     "build_network",
@@ -42,7 +44,6 @@ __all__ = [
 
 META_KEY = "wmhseg"
 FORMAT_VERSION = 1
-ALLOWED_NETWORK_PREFIXES = ("monai.networks.nets.",)
 _REQUIRED = ("network", "preprocessing", "labels")
 
 
@@ -88,28 +89,8 @@ def read_meta(ckpt: dict[str, Any], *, source: str | os.PathLike = "checkpoint")
     if missing:
         raise CheckpointError(f"{source}: the '{META_KEY}' section lacks {missing}")
     version = meta.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{source}: format_version {version!r} is not an integer")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{source}: checkpoint format {version} is newer than this wmhseg ({FORMAT_VERSION})")
     return meta
-
-
-def build_network(config: dict[str, Any]) -> torch.nn.Module:
-    """Instantiate a network from a ``_target_`` config restricted to MONAI's networks.
-
-    Args:
-        config: ``{"_target_": "monai.networks.nets.UNet", **kwargs}`` with plain-type values.
-
-    Raises:
-        CheckpointError: the target is outside ``ALLOWED_NETWORK_PREFIXES`` or cannot be built.
-    """
-    from hydra.utils import instantiate
-
-    target = str(config.get("_target_", ""))
-    if not target.startswith(ALLOWED_NETWORK_PREFIXES):
-        raise CheckpointError(
-            f"network _target_ {target!r} is not allowed; it must start with one of {ALLOWED_NETWORK_PREFIXES}"
-        )
-    try:
-        return instantiate(dict(config), _convert_="all")
-    except Exception as exc:
-        raise CheckpointError(f"cannot build network {target!r}: {exc}") from exc

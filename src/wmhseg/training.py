@@ -103,7 +103,7 @@ def build_module(cfg: DictConfig, label_spec: LabelSpec, preprocessing: Mapping[
     """The LightningModule with its network, loss, optimizer and scheduler built from ``cfg.model``."""
     model_cfg = cfg.model
     net_config = network_config(model_cfg.net, label_spec)
-    net = build_network(net_config)
+    net = build_network(net_config, source="model.net")
     inference = to_plain(model_cfg.get("inference") or {}, "model.inference")
     if "roi_size" in inference:
         check_patch_size(inference["roi_size"], net_config, "model.inference.roi_size")

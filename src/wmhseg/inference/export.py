@@ -7,6 +7,16 @@ reached through the affines alone: a native voxel ``v`` sits at working-grid vox
 working grid) and thresholded afterwards, so the mask follows the smooth probability rather
 than a blocky nearest-neighbour copy.
 
+Partial volume. A native voxel larger than a working voxel along some axis (a 3 mm slice over a
+1 mm working grid) takes the *mean* over its footprint, not the value at its centre: the
+footprint is supersampled at the midpoints of ``ceil(native size / working size)`` equal parts
+per axis (:func:`footprint_factors`). The mask then keeps the volume the network segmented on
+its own grid (:func:`partial_volume_mask`): the footprint mean of the working-grid mask is the
+WMH fraction of each native voxel, and the native mask is the voxels of highest fraction, as
+many as the fractions add up to. Thresholding a thick voxel's value at 0.5 instead loses every
+lesion that fills less than half of a slice: on a 0.9 x 0.9 x 3 mm grid a perfect network's
+volume fell 5-18 % short that way.
+
 When the mapping is a pure axis permutation/flip with an integer shift (the usual case for a
 1 mm scan whose working grid is the same grid re-oriented and cropped), values are copied
 voxel for voxel, exactly and fast.
@@ -25,7 +35,8 @@ import torch.nn.functional as F
 
 from wmhseg.io import atomic_save_nifti
 
-__all__ = ["voxel_mapping", "resample_to_grid", "write_mask", "voxel_sizes"]
+__all__ = ["voxel_mapping", "footprint_factors", "resample_to_grid", "partial_volume_mask", "write_mask",
+           "voxel_sizes"]
 
 _INTEGER_TOL = 1e-4
 _SLAB = 24  # native slices sampled at once by the general path (bounds the sampling grid's memory)
@@ -49,6 +60,27 @@ def voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size in mm along each array axis (column norms of the affine's 3x3 part)."""
     a = np.asarray(affine, np.float64)[:3, :3]
     return tuple(float(v) for v in np.sqrt((a**2).sum(axis=0)))  # type: ignore[return-value]
+
+
+def footprint_factors(mapping: np.ndarray) -> tuple[int, int, int]:
+    """Samples per destination axis that cover a destination voxel's footprint on the source grid.
+
+    A destination axis spanning ``L`` source voxels (the column norm of ``mapping``) gets
+    ``ceil(L)`` samples (1 when the destination voxel is not larger than the source voxel).
+
+    Example:
+        >>> footprint_factors(voxel_mapping(np.eye(4), np.diag([0.9, 0.9, 3.0, 1.0])))
+        (1, 1, 3)
+    """
+    lengths = np.sqrt((np.asarray(mapping, np.float64)[:3, :3] ** 2).sum(axis=0))
+    return tuple(max(1, int(np.ceil(n - _INTEGER_TOL))) for n in lengths)  # type: ignore[return-value]
+
+
+def _footprint_offsets(mapping: np.ndarray, factors: Sequence[int]) -> torch.Tensor:
+    """``(K, 3)`` source-voxel offsets of the midpoints of a destination voxel's sub-voxels."""
+    parts = [(np.arange(k) + 0.5) / k - 0.5 for k in factors]
+    sub = np.stack(np.meshgrid(*parts, indexing="ij"), -1).reshape(-1, 3)  # destination voxel units
+    return torch.as_tensor(sub @ np.asarray(mapping, np.float64)[:3, :3].T, dtype=torch.float64)
 
 
 def _as_permutation(mapping: np.ndarray) -> tuple[list[int], list[int], list[int]] | None:
@@ -114,6 +146,7 @@ def resample_to_grid(
     *,
     mode: str = "bilinear",
     fill: float = 0.0,
+    footprint: bool = True,
 ) -> torch.Tensor:
     """Resample channel-first data from its grid onto another grid through the affines.
 
@@ -124,6 +157,9 @@ def resample_to_grid(
         dst_affine: the destination grid's voxel-to-world affine (4x4), any orientation.
         mode: ``"bilinear"`` (trilinear interpolation) or ``"nearest"``.
         fill: value of destination voxels outside the source grid.
+        footprint: average over each destination voxel's footprint where it is larger than a
+            source voxel (:func:`footprint_factors`); ``False`` samples the centre only. Use
+            ``False`` with ``mode="nearest"`` for labels.
 
     Returns:
         float32 tensor ``(C, X', Y', Z')`` on the CPU.
@@ -152,6 +188,7 @@ def resample_to_grid(
     if box is None:
         return out
     m = torch.as_tensor(mapping, dtype=torch.float64)
+    offsets = _footprint_offsets(mapping, footprint_factors(mapping) if footprint else (1, 1, 1))
     sizes = torch.tensor(src.shape[1:], dtype=torch.float64)
     # grid_sample with align_corners=True: -1 and +1 are the centres of the first and last voxel
     scale = torch.where(sizes > 1, 2.0 / (sizes - 1).clamp(min=1), torch.zeros(3, dtype=torch.float64))
@@ -164,14 +201,49 @@ def resample_to_grid(
         stop = min(start + _SLAB, box[0].stop)
         ii = torch.arange(start, stop, dtype=torch.float64)
         coords = planes[:, None] + m[:3, 0, None, None, None] * ii[None, :, None, None]  # (3, nx, ny, nz)
-        norm = coords * scale[:, None, None, None] - 1.0
-        grid = norm.flip(0).permute(1, 2, 3, 0).unsqueeze(0).to(torch.float32)  # (1, nx, ny, nz, [z, y, x])
-        vals = F.grid_sample(src5, grid, mode=mode, padding_mode="zeros", align_corners=True)[0]
+        vals = torch.zeros((src.shape[0], *coords.shape[1:]), dtype=torch.float32)
+        for delta in offsets:
+            norm = (coords + delta[:, None, None, None]) * scale[:, None, None, None] - 1.0
+            grid = norm.flip(0).permute(1, 2, 3, 0).unsqueeze(0).to(torch.float32)  # (1, nx, ny, nz, [z, y, x])
+            vals += F.grid_sample(src5, grid, mode=mode, padding_mode="zeros", align_corners=True)[0]
+        vals /= len(offsets)
         if fill != 0.0:
             inside = ((coords > -0.5) & (coords < sizes[:, None, None, None] - 0.5)).all(0)
             vals = torch.where(inside, vals, torch.full_like(vals, fill))
         out[:, start:stop, box[1], box[2]] = vals
     return out
+
+
+def partial_volume_mask(fraction: np.ndarray | torch.Tensor, order: np.ndarray | torch.Tensor | None = None
+                        ) -> np.ndarray:
+    """The binary mask whose volume is the sum of the voxels' WMH fractions.
+
+    The ``round(sum(fraction))`` voxels of highest fraction are kept (ties broken by ``order``,
+    e.g. the mean probability, then by index), so the mask measures the segmented volume to
+    within half a voxel whatever the voxel shape. A 0/1 ``fraction`` (native grid = working
+    grid) is returned unchanged.
+
+    Args:
+        fraction: WMH fraction per voxel, in [0, 1] (any shape).
+        order: optional tie-break score of the same shape.
+
+    Example:
+        >>> partial_volume_mask(np.array([0.9, 0.4, 0.4, 0.3, 0.0])).astype(int).tolist()
+        [1, 1, 0, 0, 0]
+    """
+    frac = np.asarray(fraction.cpu().numpy() if isinstance(fraction, torch.Tensor) else fraction, np.float64)
+    flat = np.clip(frac.reshape(-1), 0.0, 1.0)
+    n = int(round(float(flat.sum())))
+    mask = np.zeros(flat.size, dtype=bool)
+    candidates = np.flatnonzero(flat > 0)
+    if n > 0 and candidates.size:
+        keys = [flat[candidates]]
+        if order is not None:
+            tie = np.asarray(order.cpu().numpy() if isinstance(order, torch.Tensor) else order, np.float64)
+            keys.insert(0, tie.reshape(-1)[candidates])
+        ranked = candidates[np.lexsort(keys)[::-1]]  # highest fraction first (last key is primary)
+        mask[ranked[:n]] = True
+    return mask.reshape(frac.shape)
 
 
 def write_mask(mask: np.ndarray | torch.Tensor, reference: str | os.PathLike | nib.Nifti1Header,

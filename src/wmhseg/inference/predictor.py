@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from wmhseg.checkpoint import build_network, file_sha256, load_checkpoint, read_meta
 from wmhseg.data.preprocessing import PreprocessSpec
 from wmhseg.errors import CheckpointError, InputError
-from wmhseg.inference.export import resample_to_grid
+from wmhseg.inference.export import partial_volume_mask, resample_to_grid
 from wmhseg.inference.loading import PreparedScan, prepare_scan
 from wmhseg.inference.optimize import inference_network
 from wmhseg.labels import LabelSpec
@@ -268,15 +268,15 @@ class Predictor:
         settings = InferenceSettings.from_dict(overrides)
         ckpt = load_checkpoint(path)
         meta = read_meta(ckpt, source=path)
+        network = build_network(meta["network"], source=f"{path}: network")
         net_config = dict(meta["network"])
-        network = build_network(net_config)
         try:
             network.load_state_dict(_match_state_dict(ckpt["state_dict"], network, str(path)))
             preprocess_spec = PreprocessSpec.from_dict(meta["preprocessing"])
             label_spec = LabelSpec.from_dict(meta["labels"])
         except CheckpointError:
             raise
-        except (RuntimeError, InputError, TypeError) as exc:
+        except (RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{path}: {exc}") from exc
         return cls(network, preprocess_spec, label_spec, settings=settings,
                    checkpoint_inference=meta.get("inference") or {}, size_divisor=_strides_divisor(net_config),
@@ -357,12 +357,15 @@ class Predictor:
     # ---------------------------------------------------------------- layer 3
     def to_native(self, prediction: WorkingPrediction, native_shape: Sequence[int],
                   native_affine: np.ndarray) -> NativePrediction:
-        """Layer 3: resample the working-grid probabilities onto the native grid and threshold."""
-        channels = [prediction.wmh] + ([prediction.ventricles] if prediction.ventricles is not None else [])
+        """Layer 3: threshold on the working grid, then resample onto the native grid keeping the
+        segmented volume (:func:`~wmhseg.inference.export.partial_volume_mask`); the probability
+        is each native voxel's footprint mean."""
+        decided = (prediction.wmh > self.threshold).float()
+        channels = [prediction.wmh, decided] + ([prediction.ventricles] if prediction.ventricles is not None else [])
         native = resample_to_grid(torch.stack(channels), prediction.affine, native_shape, native_affine)
         prob = native[0].numpy()
-        vent = native[1].numpy() > 0.5 if prediction.ventricles is not None else None
-        return NativePrediction(mask=prob > self.threshold, probability=prob, ventricles=vent)
+        vent = native[2].numpy() > 0.5 if prediction.ventricles is not None else None
+        return NativePrediction(mask=partial_volume_mask(native[1], order=prob), probability=prob, ventricles=vent)
 
     def describe(self) -> dict[str, Any]:
         """The effective settings, for provenance."""

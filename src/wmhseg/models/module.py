@@ -203,7 +203,7 @@ class WMHSegModule(L.LightningModule):
                 "scheduler_monitor": scheduler_monitor,
             }
         )
-        self.net = net if net is not None else build_network(net_config)
+        self.net = net if net is not None else build_network(net_config, source="net_config")
         self.loss = loss if loss is not None else DiceCELoss(to_onehot_y=True, softmax=True)
         self.optimizer_factory = optimizer or functools.partial(torch.optim.AdamW, lr=1e-3)
         self.scheduler_factory = scheduler

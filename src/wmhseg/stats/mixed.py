@@ -1,11 +1,17 @@
-"""Linear mixed-effects fits (statsmodels MixedLM, REML) with estimates, contrasts and
+"""Linear mixed-effects fits (statsmodels MixedLM, REML) with lme4's inference, contrasts and
 convergence bookkeeping.
 
 :func:`fit_mixed` fits one model with a random intercept per participant (optionally a random
 slope). The relative random-effects covariance is first found by a fast vectorised REML profile
-(:func:`reml_relative_cov`), and MixedLM starts from it; MixedLM's own optimizer still decides
-convergence. An optimizer that fails or does not converge is followed by the next
+(:func:`~wmhseg.stats.reml.reml_relative_cov`), and MixedLM starts from it; MixedLM's own optimizer
+still decides convergence. An optimizer that fails or does not converge is followed by the next
 in :data:`OPTIMIZERS`; every attempt and every warning is kept in the result, never hidden.
+
+Inference is lme4's and lmerTest's, not MixedLM's: at MixedLM's REML estimate the fixed effects
+are the GLS estimates, their covariance is ``sigma^2 (X'V^-1 X)^-1`` (MixedLM inverts the joint
+information of fixed and variance parameters instead), and each term or contrast gets
+Satterthwaite degrees of freedom with t-based p-values and intervals (``method="satterthwaite"``),
+or normal ones (``method="wald"``, ``df`` None). See :mod:`wmhseg.stats.reml`.
 
 Term names are statsmodels' with the ``C(x, Treatment(...))`` wrapper removed, e.g.
 ``years_since_baseline:group[T.ALS]``.
@@ -21,9 +27,24 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
 
-__all__ = ["OPTIMIZERS", "Estimate", "MixedFit", "fit_mixed", "clean_term", "reml_relative_cov"]
+from wmhseg.stats.reml import (
+    RemlProblem,
+    Satterthwaite,
+    polish,
+    reml_relative_cov,
+    t_inference,
+    theta_from_cov,
+)
+
+__all__ = [
+    "OPTIMIZERS",
+    "Estimate",
+    "MixedFit",
+    "fit_mixed",
+    "clean_term",
+    "reml_relative_cov",
+]
 
 OPTIMIZERS = ("lbfgs", "bfgs", "powell", "nm")
 _WRAPPED = re.compile(r"C\((\w+)(?:,\s*Treatment\([^()]*\))?\)")
@@ -36,36 +57,38 @@ def clean_term(name: str) -> str:
 
 @dataclass(frozen=True)
 class Estimate:
-    """One reported number with its uncertainty (the fields of a ``headline.json`` entry)."""
+    """One reported number with its uncertainty (the fields of a ``headline.json`` entry).
+
+    ``df`` is the Satterthwaite degrees of freedom (None for ``method="wald"``).
+    """
 
     estimate: float
     std_err: float
+    df: float | None
     ci_low: float
     ci_high: float
     p_value: float
     n_subjects: int
     n_obs: int
+    method: str = "satterthwaite"
 
     @classmethod
-    def from_normal(cls, est: float, se: float, alpha: float, n_subjects: int, n_obs: int) -> Estimate:
-        """Wald estimate: ``est +- z * se`` and a two-sided normal p-value."""
-        z = stats.norm.ppf(1.0 - alpha / 2.0)
-        if np.isfinite(se) and se > 0:
-            p = float(2.0 * stats.norm.sf(abs(est / se)))
-        else:
-            p = float("nan")
-        return cls(
-            float(est), float(se), float(est - z * se), float(est + z * se), p, int(n_subjects), int(n_obs)
-        )
+    def from_t(
+        cls, est: float, se: float, df: float | None, alpha: float, n_subjects: int, n_obs: int
+    ) -> Estimate:
+        """``est +- q * se`` with ``q`` from t(df) (the normal when ``df`` is None), two-sided p."""
+        low, high, p = t_inference(est, se, df, alpha)
+        method = "wald" if df is None else "satterthwaite"
+        return cls(float(est), float(se), df, low, high, p, int(n_subjects), int(n_obs), method)
 
     @classmethod
-    def unavailable(cls, n_subjects: int = 0, n_obs: int = 0) -> Estimate:
+    def unavailable(cls, n_subjects: int = 0, n_obs: int = 0, method: str = "satterthwaite") -> Estimate:
         nan = float("nan")
-        return cls(nan, nan, nan, nan, nan, int(n_subjects), int(n_obs))
+        return cls(nan, nan, None, nan, nan, nan, int(n_subjects), int(n_obs), method)
 
-    def to_dict(self) -> dict[str, float | int | None]:
+    def to_dict(self) -> dict[str, float | int | str | None]:
         """Plain JSON-ready values; NaN becomes ``None``."""
-        out: dict[str, float | int | None] = {}
+        out: dict[str, float | int | str | None] = {}
         for key, value in self.__dict__.items():
             if isinstance(value, float) and not np.isfinite(value):
                 out[key] = None
@@ -89,6 +112,10 @@ class MixedFit:
         messages: warnings raised while fitting (boundary estimates, retries ...).
         error: why the model could not be fitted (then ``params`` is empty).
         alpha: 1 - confidence level of the intervals.
+        method: ``satterthwaite`` (t with Satterthwaite df) or ``wald`` (normal).
+        inference: lme4's covariance and what Satterthwaite's df need (None when not fitted).
+        reml_deviance: the REML deviance at the estimate (lme4's ``REMLcrit``).
+        singular: a random-effect variance (or correlation) is on its boundary.
         result: the statsmodels results object (for predictions).
     """
 
@@ -106,6 +133,10 @@ class MixedFit:
     messages: list[str] = field(default_factory=list)
     error: str | None = None
     alpha: float = 0.05
+    method: str = "satterthwaite"
+    inference: Satterthwaite | None = None
+    reml_deviance: float = float("nan")
+    singular: bool = False
     result: Any = None
 
     @property
@@ -114,7 +145,7 @@ class MixedFit:
         return self.error is None and len(self.params) > 0
 
     def contrast(self, weights: Mapping[str, float], scale: float = 1.0) -> Estimate:
-        """Linear combination ``scale * sum(w * beta)`` with SE from the covariance matrix.
+        """Linear combination ``scale * sum(w * beta)``: lme4's SE, Satterthwaite df (or Wald).
 
         Args:
             weights: clean term name -> weight, e.g. ``{"a": 1, "b": -1}`` for a - b.
@@ -123,8 +154,8 @@ class MixedFit:
         Raises:
             KeyError: a term is not in the model.
         """
-        if not self.ok:
-            return Estimate.unavailable(self.n_subjects, self.n_obs)
+        if not self.ok or self.inference is None:
+            return Estimate.unavailable(self.n_subjects, self.n_obs, self.method)
         unknown = [t for t in weights if t not in self.params.index]
         if unknown:
             raise KeyError(f"{self.name}: no term {unknown[0]!r}; terms are {list(self.params.index)}")
@@ -134,7 +165,10 @@ class MixedFit:
         est = float(w @ self.params) * scale
         var = float(w @ self.cov.loc[w.index, w.index].to_numpy() @ w)
         se = float(np.sqrt(var)) * abs(scale) if var >= 0 else float("nan")
-        return Estimate.from_normal(est, se, self.alpha, self.n_subjects, self.n_obs)
+        df = self.inference.df(w.to_numpy()) if self.method == "satterthwaite" else None
+        if df is not None and not np.isfinite(df):
+            return Estimate.unavailable(self.n_subjects, self.n_obs, self.method)
+        return Estimate.from_t(est, se, df, self.alpha, self.n_subjects, self.n_obs)
 
     def estimate(self, term: str, scale: float = 1.0) -> Estimate:
         """One fixed-effect term, optionally rescaled."""
@@ -162,84 +196,7 @@ class MixedFit:
 
 
 def _fields(e: Estimate) -> dict[str, float]:
-    return {k: getattr(e, k) for k in ("estimate", "std_err", "ci_low", "ci_high", "p_value")}
-
-
-def reml_relative_cov(
-    endog: np.ndarray, exog: np.ndarray, exog_re: np.ndarray, groups: np.ndarray
-) -> np.ndarray:
-    """REML estimate of ``cov(random effects) / var(residual)`` (a ``q x q`` matrix).
-
-    With ``Psi = L L'`` and per participant ``A_i = I + L' Z_i' Z_i L``, Woodbury's identity gives
-    ``V_i^-1 = I - Z_i L A_i^-1 L' Z_i'`` and ``log|V_i| = log|A_i|``, so the restricted likelihood
-    needs only per-participant sums (``Z'Z``, ``Z'X``, ``Z'y``) and batched ``q x q`` solves. It is
-    maximised over the Cholesky factor ``L`` (over ``log Psi`` when ``q == 1``).
-
-    Args:
-        endog: outcome (n); exog: fixed-effects design (n x p); exog_re: random-effects design
-            (n x q); groups: participant label per row.
-
-    Example:
-        >>> rng = np.random.default_rng(0); g = np.repeat(np.arange(300), 3)
-        >>> y = 2 * rng.normal(size=300)[g] + rng.normal(size=900)
-        >>> psi = reml_relative_cov(y, np.ones((900, 1)), np.ones((900, 1)), g)  # about [[4]]
-    """
-    codes, _ = pd.factorize(np.asarray(groups))
-    y = np.asarray(endog, dtype=float)
-    x = np.asarray(exog, dtype=float)
-    z = np.asarray(exog_re, dtype=float).reshape(len(y), -1)
-    n, p = x.shape
-    q = z.shape[1]
-    n_groups = int(codes.max()) + 1
-
-    def group_sums(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Per participant: sum over rows of the outer products a_r b_r' (G x qa x qb)."""
-        out = np.empty((n_groups, a.shape[1], b.shape[1]))
-        for i in range(a.shape[1]):
-            for j in range(b.shape[1]):
-                out[:, i, j] = np.bincount(codes, a[:, i] * b[:, j], minlength=n_groups)
-        return out
-
-    zz = group_sums(z, z)
-    zxy = group_sums(z, np.column_stack([x, y]))
-    xy = np.column_stack([x, y])
-    full = xy.T @ xy
-    tril = np.tril_indices(q)
-    eye = np.eye(q)
-
-    def neg_loglike(theta: np.ndarray) -> float:
-        lower = np.zeros((q, q))
-        lower[tril] = theta
-        a = eye + np.einsum("ji,gjk,kl->gil", lower, zz, lower)
-        b = np.einsum("ji,gjk->gik", lower, zxy)
-        sign, logdet_a = np.linalg.slogdet(a)
-        if np.any(sign <= 0):
-            return np.inf
-        quad = full - np.einsum("gki,gkj->ij", b, np.linalg.solve(a, b))
-        xtvx, xtvy, ytvy = quad[:p, :p], quad[:p, p], quad[p, p]
-        try:
-            beta = np.linalg.solve(xtvx, xtvy)
-        except np.linalg.LinAlgError:
-            return np.inf
-        resid = ytvy - beta @ xtvy
-        sign_x, logdet_x = np.linalg.slogdet(xtvx)
-        if sign_x <= 0 or resid <= 0:
-            return np.inf
-        return 0.5 * (logdet_a.sum() + logdet_x + (n - p) * np.log(resid))
-
-    if q == 1:
-        res = optimize.minimize_scalar(
-            lambda log_psi: neg_loglike(np.array([np.exp(0.5 * log_psi)])),
-            bounds=(-14.0, 14.0),
-            method="bounded",
-            options={"xatol": 1e-6},
-        )
-        return np.array([[np.exp(res.x)]]) if np.isfinite(res.fun) else np.eye(1)
-    start = eye[tril]
-    res = optimize.minimize(neg_loglike, start, method="L-BFGS-B")
-    lower = np.zeros((q, q))
-    lower[tril] = res.x if np.isfinite(res.fun) else start
-    return lower @ lower.T
+    return {k: getattr(e, k) for k in ("estimate", "std_err", "df", "ci_low", "ci_high", "p_value", "method")}
 
 
 def _texts(caught: list[warnings.WarningMessage], kinds: tuple[type[Warning], ...]) -> list[str]:
@@ -264,6 +221,7 @@ def fit_mixed(
     groups: str = "subject_id",
     re_formula: str | None = None,
     alpha: float = 0.05,
+    method: str = "satterthwaite",
     optimizers: Sequence[str] = OPTIMIZERS,
 ) -> MixedFit:
     """Fit ``formula`` by REML with a random intercept per ``groups`` value.
@@ -276,6 +234,7 @@ def fit_mixed(
         re_formula: random-effects formula (e.g. ``"~years_since_baseline"`` for a random slope);
             None for a random intercept.
         alpha: 1 - confidence level.
+        method: ``satterthwaite`` or ``wald`` (how p-values and intervals are computed).
         optimizers: tried in order until one converges.
 
     Returns:
@@ -290,7 +249,7 @@ def fit_mixed(
     from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
     n_subjects = int(data[groups].nunique())
-    out = MixedFit(name, formula, re_formula, n_subjects, len(data), alpha=alpha)
+    out = MixedFit(name, formula, re_formula, n_subjects, len(data), alpha=alpha, method=method)
     try:
         model = smf.mixedlm(formula, data, groups=data[groups].to_numpy(), re_formula=re_formula)
     except Exception as exc:  # formula or design errors from patsy/formulaic
@@ -317,7 +276,6 @@ def fit_mixed(
                 res = model.fit(reml=True, method=method, start_params=start)
                 fe = np.asarray(res.fe_params, dtype=float)
                 bse = np.asarray(res.bse_fe, dtype=float)
-                cov = np.asarray(res.cov_params(), dtype=float)[: model.k_fe, : model.k_fe]
             except (np.linalg.LinAlgError, ValueError, FloatingPointError, ZeroDivisionError) as exc:
                 out.attempts.append(f"{method}: failed ({' '.join(str(exc).split())})")
                 continue
@@ -325,27 +283,54 @@ def fit_mixed(
         out.attempts.append(f"{method}: {'converged' if good else 'did not converge'}")
         out.messages.extend(f"{method}: {m}" for m in dict.fromkeys(_texts(caught, kinds)))
         if kept is None or good:
-            kept = (method, res, good, fe, cov)
+            kept = (method, res, good)
         if good:
             break
     if kept is None:
         out.error = "every optimizer failed: " + "; ".join(out.attempts)
         return out
-    method, res, good, fe, cov = kept
+    method, res, good = kept
     out.optimizer, out.converged, out.result = method, good, res
-    out.params = pd.Series(fe, index=names)
-    out.cov = pd.DataFrame(cov, index=names, columns=names)
-    cov_re = pd.DataFrame(res.cov_re)
-    re_names = ["intercept" if i == 0 else clean_term(str(n)) for i, n in enumerate(cov_re.index)]
-    values = cov_re.to_numpy(dtype=float)
-    for i, re_name in enumerate(re_names):
-        out.variances[f"var(subject {re_name})"] = float(values[i, i])
-    for i in range(len(re_names)):
-        for j in range(i):
-            out.variances[f"cov(subject {re_names[j]}, {re_names[i]})"] = float(values[i, j])
-    out.variances["var(residual)"] = float(res.scale)
+    try:
+        _attach_inference(out, model, res, names)
+    except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
+        out.error = f"lme4's fixed-effect covariance could not be computed: {' '.join(str(exc).split())}"
+        out.converged = False
+        return out
     if not good:
         out.messages.append(
             f"no optimizer converged; the estimates shown come from {method}, the first attempt that gave estimates"
         )
     return out
+
+
+def _attach_inference(out: MixedFit, model: Any, res: Any, names: list[str]) -> None:
+    """lme4's estimates, covariance and Satterthwaite pieces at MixedLM's REML estimate.
+
+    MixedLM's optimum is polished on the profiled REML deviance (Newton steps, kept only when the
+    deviance falls) so that estimates agree with lme4's to about 1e-7.
+    """
+    problem = RemlProblem(model.endog, model.exog, model.exog_re, model.groups)
+    theta = polish(problem, theta_from_cov(np.asarray(res.cov_re, dtype=float) / float(res.scale)))
+    inf = Satterthwaite.at(problem, np.r_[theta, problem.sigma(theta)])
+    out.inference = inf
+    out.reml_deviance = problem.profiled_deviance(theta)
+    out.params = pd.Series(inf.beta, index=names)
+    out.cov = pd.DataFrame(inf.cov, index=names, columns=names)
+    low = problem.lower(theta)
+    sigma2 = float(inf.varpar[-1]) ** 2
+    values = sigma2 * low @ low.T
+    re_names = ["intercept" if i == 0 else clean_term(str(n)) for i, n in enumerate(pd.DataFrame(res.cov_re).index)]
+    for i, re_name in enumerate(re_names):
+        out.variances[f"var(subject {re_name})"] = float(values[i, i])
+    for i in range(len(re_names)):
+        for j in range(i):
+            out.variances[f"cov(subject {re_names[j]}, {re_names[i]})"] = float(values[i, j])
+    out.variances["var(residual)"] = sigma2
+    diag = np.abs(np.diag(low))
+    out.singular = bool(np.any(diag < 1e-4 * max(diag.max(), 1e-12)) or np.any(diag < 1e-8))
+    if out.singular:
+        out.messages.append(
+            "singular fit: a random-effect variance is estimated at (or next to) zero; "
+            "the model is over-parametrised for these data"
+        )

@@ -28,7 +28,7 @@ import pandas as pd
 from wmhseg.stats.dataset import StudyData
 from wmhseg.stats.mixed import Estimate, MixedFit, fit_mixed
 
-__all__ = ["HEADLINE_KEYS", "MODEL_NAMES", "PER_WMH", "fit_study_models", "covariate_terms"]
+__all__ = ["HEADLINE_KEYS", "MODEL_NAMES", "PER_WMH", "fit_study_models", "fit_spec", "headline_specs", "covariate_terms"]
 
 HEADLINE_KEYS = (
     "wmh_progression_als_vs_control",
@@ -97,6 +97,7 @@ def _fit(
     re_formula: str | None,
     alpha: float,
     shortage: str | None,
+    method: str = "satterthwaite",
 ) -> MixedFit:
     data = data.copy()
     for col in data.columns:
@@ -109,26 +110,22 @@ def _fit(
         shortage = f"too few observations ({len(data)}) for {n_subj} participants"
     if shortage is not None:
         return MixedFit(
-            name, formula, re_formula, n_subj, len(data), error=shortage, alpha=alpha, messages=notes
+            name, formula, re_formula, n_subj, len(data), error=shortage, alpha=alpha, messages=notes,
+            method=method,
         )
-    fit = fit_mixed(name, formula, data, re_formula=re_formula, alpha=alpha)
+    fit = fit_mixed(name, formula, data, re_formula=re_formula, alpha=alpha, method=method)
     fit.messages[:0] = notes
     return fit
 
 
-def fit_study_models(
-    study: StudyData, *, random_slope: bool = False, alpha: float = 0.05
-) -> tuple[dict[str, MixedFit], dict[str, Estimate]]:
-    """Fit the four headline models and extract the headline estimates.
+def headline_specs(study: StudyData, outcome_column: str = "wmh_mm3", per_unit: float = PER_WMH) -> list[_Spec]:
+    """The four headline models' data and designs.
 
     Args:
-        study: the analysis data set from :func:`~wmhseg.stats.dataset.build_dataset`.
-        random_slope: add a random slope for time to models 1 and 2.
-        alpha: 1 - confidence level of the intervals.
-
-    Returns:
-        ``(fits, headline)``: fits keyed by model name, estimates keyed by
-        :data:`HEADLINE_KEYS` (NaN values when a model could not be fitted).
+        study: the analysis data set.
+        outcome_column: the WMH column (``wmh_mm3``, or a transformed copy added to ``study.scans``
+            for a sensitivity analysis): the outcome of models 1-2 and the predictor of models 3-4.
+        per_unit: models 3-4 report their WMH slope per this many units of that column.
     """
     scans = study.scans
     survivors = scans[scans["cohort"].notna()]
@@ -140,7 +137,7 @@ def fit_study_models(
     specs = [
         _Spec(
             "wmh_progression_als_vs_control",
-            "wmh_mm3",
+            outcome_column,
             f"{TIME} * C(group, Treatment('control'))",
             scans,
             True,
@@ -149,7 +146,7 @@ def fit_study_models(
         ),
         _Spec(
             "wmh_progression_short_vs_long",
-            "wmh_mm3",
+            outcome_column,
             f"{TIME} * C(cohort, Treatment('control'))",
             survivors,
             True,
@@ -159,38 +156,70 @@ def fit_study_models(
         _Spec(
             "alsfrs_per_500mm3_wmh",
             "alsfrs_r",
-            "wmh_mm3",
+            outcome_column,
             als_frs,
             False,
             frs_shortage,
-            {"wmh_mm3": 1.0},
-            PER_WMH,
+            {outcome_column: 1.0},
+            per_unit,
         ),
         _Spec(
             "alsfrs_wmh_slope_short_vs_long",
             "alsfrs_r",
-            "wmh_mm3 * C(survival_group, Treatment('long'))",
+            f"{outcome_column} * C(survival_group, Treatment('long'))",
             als_frs_groups,
             False,
             _shortage(als_frs_groups, "survival_group", ["long", "short"], "participants with ALSFRS-R"),
-            {"wmh_mm3:survival_group[T.short]": 1.0},
-            PER_WMH,
+            {f"{outcome_column}:survival_group[T.short]": 1.0},
+            per_unit,
         ),
     ]
+    return specs
+
+
+def fit_spec(
+    spec: _Spec,
+    study: StudyData,
+    *,
+    re_formula: str | None = None,
+    alpha: float = 0.05,
+    method: str = "satterthwaite",
+    name: str | None = None,
+) -> tuple[MixedFit, Estimate]:
+    """Fit one headline model and take its headline estimate."""
+    fit = _fit(
+        name or MODEL_NAMES[spec.key],
+        spec.outcome,
+        spec.design,
+        spec.data,
+        study.covariates,
+        re_formula,
+        alpha,
+        spec.shortage,
+        method,
+    )
+    return fit, fit.contrast(spec.weights, spec.scale)
+
+
+def fit_study_models(
+    study: StudyData, *, random_slope: bool = False, alpha: float = 0.05, method: str = "satterthwaite"
+) -> tuple[dict[str, MixedFit], dict[str, Estimate]]:
+    """Fit the four headline models and extract the headline estimates.
+
+    Args:
+        study: the analysis data set from :func:`~wmhseg.stats.dataset.build_dataset`.
+        random_slope: add a random slope for time to models 1 and 2.
+        alpha: 1 - confidence level of the intervals.
+        method: ``satterthwaite`` (default) or ``wald``.
+
+    Returns:
+        ``(fits, headline)``: fits keyed by model name, estimates keyed by
+        :data:`HEADLINE_KEYS` (NaN values when a model could not be fitted).
+    """
     fits: dict[str, MixedFit] = {}
     headline: dict[str, Estimate] = {}
-    for spec in specs:
+    for spec in headline_specs(study):
         re_formula = f"~{TIME}" if (random_slope and spec.time_model) else None
-        fit = _fit(
-            MODEL_NAMES[spec.key],
-            spec.outcome,
-            spec.design,
-            spec.data,
-            study.covariates,
-            re_formula,
-            alpha,
-            spec.shortage,
-        )
+        fit, headline[spec.key] = fit_spec(spec, study, re_formula=re_formula, alpha=alpha, method=method)
         fits[fit.name] = fit
-        headline[spec.key] = fit.contrast(spec.weights, spec.scale)
     return fits, headline

@@ -10,9 +10,10 @@ from typing import Any
 
 from wmhseg.errors import InputError
 
-__all__ = ["SettingsError", "AnalysisSettings", "REPORT_FORMATS", "FIGURE_FORMATS"]
+__all__ = ["SettingsError", "AnalysisSettings", "REPORT_FORMATS", "FIGURE_FORMATS", "INFERENCE_METHODS"]
 
 REPORT_FORMATS = ("md", "html")
+INFERENCE_METHODS = ("satterthwaite", "wald")
 FIGURE_FORMATS = ("png", "svg", "pdf")
 _BUILTIN_COVARIATES = ("age", "sex")
 
@@ -38,9 +39,15 @@ class AnalysisSettings:
         cutoff_months: survival-group cut-off in months (> 0).
         covariates: covariates of every model; ``age`` (age at baseline) and ``sex`` are built
             in, other names must be clinical-table columns. May be empty.
-        random_slope: add a random slope for time to the WMH models (models 1 and 2).
+        random_slope: give the WMH models (models 1 and 2) a random slope for time in the
+            headline (the random-slope fit is always run and reported beside it).
+        inference: ``satterthwaite`` (t tests and intervals with Satterthwaite degrees of
+            freedom, as lmerTest) or ``wald`` (normal; ``df`` null).
         alpha: 1 - confidence level of every interval, and the significance level the report
             uses (0 < alpha < 1).
+        landmark_months: landmark of the survival analysis of WMH progression (> 0).
+        bootstrap_samples: resamples for the interval of the C-index difference (0 = none).
+        seed: seed of the bootstrap.
         figures: draw figures.
         figure_format: ``png``, ``svg`` or ``pdf``; ``figure_dpi``: resolution of PNGs.
         report_format: ``md`` or ``html``.
@@ -53,7 +60,11 @@ class AnalysisSettings:
     cutoff_months: float = 24.0
     covariates: tuple[str, ...] = ("age", "sex")
     random_slope: bool = False
+    inference: str = "satterthwaite"
     alpha: float = 0.05
+    landmark_months: float = 12.0
+    bootstrap_samples: int = 200
+    seed: int = 0
     figures: bool = True
     figure_format: str = "png"
     figure_dpi: int = 110
@@ -107,6 +118,18 @@ class AnalysisSettings:
         object.__setattr__(
             self, "report_format", _choice("report_format", self.report_format, REPORT_FORMATS)
         )
+        object.__setattr__(self, "inference", _choice("inference", self.inference, INFERENCE_METHODS))
+        try:
+            landmark = float(self.landmark_months)
+        except (TypeError, ValueError):
+            landmark = math.nan
+        if not math.isfinite(landmark) or landmark <= 0:
+            raise SettingsError(f"landmark_months={self.landmark_months!r}: must be a positive number of months")
+        object.__setattr__(self, "landmark_months", landmark)
+        for name, low in (("bootstrap_samples", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise SettingsError(f"{name}={value!r}: must be an integer >= {low}")
         if (
             not isinstance(self.figure_dpi, int)
             or isinstance(self.figure_dpi, bool)
