@@ -121,6 +121,8 @@ class AnalysisResult:
         for col in MODELS_COLUMNS:
             if col not in table.columns:
                 table[col] = pd.NA
+        for col in ("n_subjects", "n_obs"):
+            table[col] = pd.array(pd.to_numeric(table[col]), dtype="Float64").astype("Int64")
         return table[MODELS_COLUMNS]
 
 
@@ -337,6 +339,17 @@ def write_outputs(result: AnalysisResult, out_dir: str | os.PathLike) -> dict[st
     return paths
 
 
+def left_out_line(study: StudyData, path: str | os.PathLike) -> str:
+    """One line with the counts of rows left out after the joins, and where they are listed."""
+    left = study.left_out
+    if not len(left):
+        return "left out: no rows"
+    by_table = left.groupby("table").size()
+    parts = [f"{n} {table} rows" for table, n in by_table.items()]  # "3 volumes rows, 40 clinical rows"
+    everywhere = int((left["left_out_of"] == "all analyses").sum())
+    return f"left out: {', '.join(parts)} ({everywhere} of all analyses, the rest of some); listed in {path}"
+
+
 def _config_dict(cfg: Any) -> dict[str, Any]:
     try:
         from omegaconf import DictConfig, OmegaConf
@@ -367,7 +380,8 @@ def analyze(cfg: Mapping[str, Any]) -> dict[str, Any]:
             ``out_dir``, and any :class:`AnalysisSettings` field.
 
     Returns:
-        ``{"headline": <headline.json content>, "outputs": {name: path}, "seconds": {...}}``.
+        ``{"left_out": <one line>, "headline": <headline.json content>, "outputs": {name: path},
+        "seconds": {...}}``.
 
     Raises:
         SettingsError: a setting is missing or invalid.
@@ -389,6 +403,7 @@ def analyze(cfg: Mapping[str, Any]) -> dict[str, Any]:
     paths = write_outputs(result, conf["out_dir"])
     log.info("analysis written to %s in %.2f s", conf["out_dir"], sum(result.seconds.values()))
     return {
+        "left_out": left_out_line(result.study, paths["left_out"]),
         "headline": result.headline_dict(),
         "outputs": {k: str(v) for k, v in paths.items()},
         "seconds": dict(result.seconds),

@@ -66,7 +66,8 @@ class VolumeTable:
     """A checked volume table.
 
     Attributes:
-        scans: rows with ``status == 'ok'``: ``subject_id, session_id, wmh_mm3, n_lesions, line``.
+        scans: rows with ``status == 'ok'``: ``subject_id, session_id, wmh_mm3, n_lesions, line``
+            (``n_lesions`` is a nullable integer column, ``Int64``).
         failed: the other rows (``subject_id, session_id, status, error, line``), left out of
             every analysis.
         source: the table's name in messages (its path when read from a file).
@@ -248,10 +249,13 @@ def check_volumes(frame: pd.DataFrame, *, source: str = "volume table") -> Volum
     negative = np.flatnonzero(ok & (wmh < 0))
     if negative.size:
         raise TableError(f"{source}: column wmh_mm3 is negative on {lines(negative)}")
+    n_lesions = pd.array([pd.NA] * len(frame), dtype="Int64")
     if "n_lesions" in frame.columns:
-        n_lesions = _numeric(frame, "n_lesions", source, required=False, low=0)
-    else:
-        n_lesions = np.full(len(frame), np.nan)
+        counts = _numeric(frame, "n_lesions", source, required=False, low=0)
+        fractional = np.flatnonzero(np.isfinite(counts) & (counts != np.round(counts)))
+        if fractional.size:
+            raise TableError(f"{source}: column n_lesions is not a whole number on {lines(fractional)}")
+        n_lesions = pd.array(np.where(np.isfinite(counts), counts, np.nan), dtype="Float64").astype("Int64")
     error = (
         frame["error"].astype(str).str.strip() if "error" in frame.columns else pd.Series([""] * len(frame))
     )
