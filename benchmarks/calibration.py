@@ -60,9 +60,10 @@ def clopper_pearson(k: int, n: int) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def run(seeds: int, n_als: int, n_control: int) -> dict:
+def run(seeds: int, n_als: int, n_control: int, scenarios: list[str]) -> dict:
     results: dict = {}
-    for name, changes in SCENARIOS.items():
+    for name in scenarios:
+        changes = SCENARIOS[name]
         tallies = {s: {k: [0, 0] for k in KEYS} for s in STRUCTURES}
         start = time.perf_counter()
         for seed in range(seeds):
@@ -92,10 +93,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=200)
     parser.add_argument("--n-als", type=int, default=60)
     parser.add_argument("--n-control", type=int, default=50)
+    parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "calibration.json")
     args = parser.parse_args()
     np.seterr(all="ignore")
-    result = run(args.seeds, args.n_als, args.n_control)
+    result = run(args.seeds, args.n_als, args.n_control, args.scenarios)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written {args.out}")

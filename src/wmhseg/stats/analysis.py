@@ -36,6 +36,7 @@ from wmhseg.stats.cox import CoxFit
 from wmhseg.stats.dataset import StudyData, build_dataset
 from wmhseg.stats.mixed import Estimate, MixedFit
 from wmhseg.stats.models import HEADLINE_KEYS, MODEL_NAMES, PER_WMH, TIME, fit_study_models
+from wmhseg.stats.sensitivity import Sensitivity, run_sensitivity
 from wmhseg.stats.settings import AnalysisSettings, SettingsError
 from wmhseg.stats.structure import SlopeCheck, check_random_slopes
 from wmhseg.stats.survival import SurvivalResult, run_survival
@@ -78,6 +79,7 @@ class AnalysisResult:
         study: the joined data set with its ledger of left-out rows.
         fits: the four mixed models; ``headline``: their headline estimates.
         slopes: random intercept vs random slope for models 1 and 2 (both fits, REML LRT).
+        sensitivity: the headlines under alternative analyses, flagged where a conclusion changes.
         survival: per-patient summaries, Kaplan-Meier splits and the Cox model.
         seconds: wall time of each stage; ``provenance``: versions and settings for the report.
     """
@@ -89,6 +91,7 @@ class AnalysisResult:
     headline: dict[str, Estimate]
     survival: SurvivalResult
     slopes: dict[str, SlopeCheck] = field(default_factory=dict)
+    sensitivity: list[Sensitivity] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)
 
@@ -115,6 +118,10 @@ class AnalysisResult:
                                  "p_value": check.p_value, "kind": "lrt", "converged": check.slope.converged,
                                  "note": check.error or note}])
             parts.append(lrt)
+        for sens in self.sensitivity:
+            flag = "CONCLUSION CHANGES" if sens.changed else "same conclusion"
+            note = f"{sens.analysis} ({sens.unit}): {sens.alternative} vs headline {sens.headline}: {flag}"
+            parts.append(_row(sens.fit, "sensitivity", sens.key, sens.estimate, note=note))
         for name, cox in self.survival.cox_models().items():
             parts.append(_cox_rows(name, cox, self.settings.alpha))
         table = pd.concat(parts, ignore_index=True)
@@ -243,6 +250,7 @@ def _run(vol, clin, settings: AnalysisSettings, sources: dict[str, str], t0: flo
     slopes = check_random_slopes(
         study, fits, headline, random_slope=settings.random_slope, alpha=settings.alpha, method=settings.inference
     )
+    sensitivity = run_sensitivity(study, headline, alpha=settings.alpha, method=settings.inference)
     t2 = time.perf_counter()
     survival = run_survival(
         study,
@@ -267,6 +275,7 @@ def _run(vol, clin, settings: AnalysisSettings, sources: dict[str, str], t0: flo
         headline=headline,
         survival=survival,
         slopes=slopes,
+        sensitivity=sensitivity,
         seconds=seconds,
         provenance=_provenance(settings, sources, seconds),
     )

@@ -217,7 +217,8 @@ def check_volumes(frame: pd.DataFrame, *, source: str = "volume table") -> Volum
     """Check a volume table (as written by ``infer.py``) and keep the usable scans.
 
     Required columns: ``subject_id, session_id, wmh_mm3``; ``status`` (rows other than ``ok``
-    are left out and listed), ``n_lesions`` and ``error`` are optional.
+    are left out and listed), ``n_lesions``, ``icv_mm3`` (intracranial volume) and ``error`` are
+    optional.
 
     Args:
         frame: the table, typically from :func:`read_table`.
@@ -260,9 +261,10 @@ def check_volumes(frame: pd.DataFrame, *, source: str = "volume table") -> Volum
         frame["error"].astype(str).str.strip() if "error" in frame.columns else pd.Series([""] * len(frame))
     )
     line = np.arange(len(frame)) + 2
-    scans = pd.DataFrame(
-        {"subject_id": subj, "session_id": sess, "wmh_mm3": wmh, "n_lesions": n_lesions, "line": line}
-    )[ok].reset_index(drop=True)
+    columns = {"subject_id": subj, "session_id": sess, "wmh_mm3": wmh, "n_lesions": n_lesions, "line": line}
+    if "icv_mm3" in frame.columns:
+        columns["icv_mm3"] = _numeric(frame, "icv_mm3", source, required=False, low=0)
+    scans = pd.DataFrame(columns)[ok].reset_index(drop=True)
     failed = pd.DataFrame(
         {"subject_id": subj, "session_id": sess, "status": status, "error": error.to_numpy(), "line": line}
     )[~ok].reset_index(drop=True)
