@@ -25,6 +25,7 @@ def main(cfg: DictConfig) -> None:
     from wmhseg.stats.analysis import analyze
 
     summary = guard("analyze.py", analyze, cfg)
+    print(summary["left_out"])
     print(f"report: {summary['outputs']['report']}")
 
 
