@@ -166,8 +166,9 @@ class MixedFit:
         var = float(w @ self.cov.loc[w.index, w.index].to_numpy() @ w)
         se = float(np.sqrt(var)) * abs(scale) if var >= 0 else float("nan")
         df = self.inference.df(w.to_numpy()) if self.method == "satterthwaite" else None
-        if df is not None and not np.isfinite(df):
-            return Estimate.unavailable(self.n_subjects, self.n_obs, self.method)
+        if df is not None and not np.isfinite(df):  # the estimate stands; its test does not
+            nan = float("nan")
+            return Estimate(est, se, None, nan, nan, nan, self.n_subjects, self.n_obs, self.method)
         return Estimate.from_t(est, se, df, self.alpha, self.n_subjects, self.n_obs)
 
     def estimate(self, term: str, scale: float = 1.0) -> Estimate:

@@ -67,7 +67,13 @@ def headline_sentences(result: AnalysisResult) -> dict[str, str]:
         if not np.isfinite(h[key].estimate):
             return f"{key}: could not be estimated, because {fit.error or 'the model gave no estimate'}."
         if not np.isfinite(h[key].std_err) or not np.isfinite(h[key].p_value):
-            why = "the model did not converge" if not fit.converged else "its variance is not positive"
+            why = (
+                "the model did not converge"
+                if not fit.converged
+                else "its variance is not positive"
+                if not np.isfinite(h[key].std_err)
+                else "the Satterthwaite degrees of freedom could not be computed (a singular fit?)"
+            )
             return (
                 f"{key}: estimate {h[key].estimate:,.3g}, but its standard error and p-value could not be "
                 f"estimated ({why}; {'; '.join(fit.attempts) or 'no optimizer ran'})."
@@ -301,6 +307,13 @@ def _survival_section(doc: _Doc, result: AnalysisResult) -> None:
             f"({round(100 * (1 - a), 1):g}% bootstrap interval {_fmt(pv.c_difference_ci_low)} to "
             f"{_fmt(pv.c_difference_ci_high)}, {pv.bootstrap_samples} resamples of patients, seed {pv.seed})."
         )
+        auc = [
+            f"{months} months: {_fmt(v['auc_clinical'] or float('nan'))} clinical, "
+            f"{_fmt(v['auc_clinical_wmh'] or float('nan'))} with WMH"
+            for months, v in (pv.time_dependent_auc or {}).items()
+        ]
+        if auc:
+            doc.p("Time-dependent AUC (cumulative/dynamic, IPCW): " + "; ".join(auc) + ".")
 
 
 def _verdict_p(p: float, alpha: float) -> str:
