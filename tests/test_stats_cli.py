@@ -133,6 +133,10 @@ def test_cli_end_to_end(tables, tmp_path):
     proc = run_cli(f"volumes={tables['volumes']}", f"clinical={tables['clinical']}", f"out_dir={out}")
     assert proc.returncode == 0, proc.stderr
     assert f"report: {out / 'report.md'}" in proc.stdout
+    # one console line counts the rows left out after the joins (the failed scan) and says where they are
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("left out:"))
+    left = pd.read_csv(out / "left_out.csv")
+    assert f"{(left['table'] == 'volumes').sum()} volumes rows" in line and str(out / "left_out.csv") in line
     assert (out / "headline.json").exists() and (out / ".hydra" / "config.yaml").exists()
     assert not (ROOT / "outputs").exists() or not any((ROOT / "outputs").rglob("analyze.log"))
 
@@ -155,7 +159,7 @@ def test_cli_bad_table_exits_2_with_one_line(tables, tmp_path):
 
 def test_stats_and_cohort_never_import_torch():
     code = (
-        "import sys, wmhseg.stats, wmhseg.stats.figures, wmhseg.stats.report, wmhseg.synth.cohort\n"
+        "import sys, wmhseg.cli, wmhseg.stats, wmhseg.stats.figures, wmhseg.stats.report, wmhseg.synth.cohort\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'monai', 'lightning', 'torchio'})\n"
         "print(heavy); sys.exit(1 if heavy else 0)\n"
     )
@@ -166,4 +170,5 @@ def test_stats_and_cohort_never_import_torch():
 def test_cli_without_out_dir_exits_2(tables):
     proc = run_cli(f"volumes={tables['volumes']}", f"clinical={tables['clinical']}")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "analyze.py: error: missing required setting out_dir (give out_dir=DIR)"
+    assert proc.stderr.strip() == ("analyze.py: error: missing required setting out_dir; usage: python analyze.py "
+                                   "volumes=CSV clinical=CSV out_dir=DIR [setting=value ...]")

@@ -11,7 +11,8 @@ Outputs under ``out_dir`` (see DESIGN.md for the fixed part):
 
 A scan that fails gets ``status=error`` and a message naming the file and the problem; the
 others go on. The return value is the exit code: 0 when every scan of this run's share is done,
-1 when any failed, 2 when the run could not start (bad checkpoint, manifest or setting).
+1 when any failed; a run that cannot start (bad checkpoint, manifest or setting) raises
+:class:`~wmhseg.errors.InputError` (infer.py prints it in one line and exits 2).
 
 Loading and preprocessing run in DataLoader workers (``num_workers``) while the network predicts.
 A cohort can be split into ``num_parts`` jobs (``part_id`` = 0 .. num_parts-1; scan ``i`` goes
@@ -50,6 +51,7 @@ from wmhseg.metrics import label_lesions, segmentation_metrics
 from wmhseg.qc import CONVENTIONS as QC_CONVENTIONS
 from wmhseg.qc import write_qc
 from wmhseg.qc.flags import cohort_flags, scan_checks
+from wmhseg.xfm import native_volumes, stereotaxic_scale
 
 __all__ = ["infer", "RunOptions", "ScanDataset", "process_prepared", "run_scan"]
 
@@ -75,6 +77,7 @@ class RunOptions:
         self.num_workers = int(get("num_workers", 1))
         self.progress = bool(get("progress", True))
         self.pv_distance_mm = float(get("pv_distance_mm", 10.0))
+        self.register_t1 = get("register_t1", None)
         self.qc = bool(get("qc", True))
         self.qc_convention = str(get("qc_convention", "radiological"))
         self.torch_threads = get("torch_threads", None)
@@ -203,6 +206,12 @@ def process_prepared(predictor: Predictor, store: ResultStore, scan: Scan, prepa
         metrics = segmentation_metrics(pred, ref, voxel_sizes(prepared.affine))
         metrics["ref_wmh_mm3"] = int(ref.sum()) * measures["voxel_mm3"]
         metrics["ref_n_lesions"] = label_lesions(ref)[1]
+    if scan.xfm is not None:  # the images lie in stereotaxic space: report native volumes
+        scale = stereotaxic_scale(scan.xfm)
+        measures = native_volumes(measures, scale)
+        if metrics is not None:
+            metrics["ref_wmh_mm3"] /= scale
+    measures.update(prepared.alignment)
     t3 = time.perf_counter()
     timings = {"t_load_s": prepared.t_load_s, "t_preprocess_s": prepared.t_preprocess_s, "t_predict_s": t1 - t0,
                "t_export_s": t2 - t1, "t_measure_s": t3 - t2}
@@ -313,29 +322,30 @@ def infer(cfg: Any) -> int:
     Args:
         cfg: the composed ``configs/infer.yaml`` (a DictConfig or any mapping): ``ckpt_path``,
             ``input``, ``out_dir``, ``overwrite``, ``num_parts``, ``part_id``, ``num_workers``,
-            ``progress``, ``pv_distance_mm``, ``torch_threads``, ``strategy`` (``null``: one process;
+            ``progress``, ``pv_distance_mm``, ``register_t1`` (``null``: the checkpoint's), ``torch_threads``, ``strategy`` (``null``: one process;
             ``ddp``/``ddp_spawn``: Lightning ``predict``, see :mod:`wmhseg.inference.distributed`),
             ``accelerator``, ``devices``, ``num_nodes`` and ``inference``
             (:class:`~wmhseg.inference.predictor.InferenceSettings`).
 
     Returns:
-        The exit code: 0 all done, 1 some scan failed, 2 the run could not start.
+        The exit code: 0 all done, 1 some scan failed.
+
+    Raises:
+        InputError: the run cannot start (a bad checkpoint, manifest or setting), named in the message.
+        Interrupted: Ctrl-C; the message says how many scans were finished and how to resume.
 
     Example:
         >>> infer({"ckpt_path": "last.ckpt", "input": "manifest.csv", "out_dir": "out"})  # doctest: +SKIP
         0
     """
     t_start = time.perf_counter()
-    try:
-        opts = RunOptions(cfg)
-        if opts.torch_threads:
-            torch.set_num_threads(int(opts.torch_threads))
-        scans = read_manifest(opts.input, bids_filters=opts.bids_filters)
-        predictor = Predictor.from_checkpoint(opts.ckpt_path, **opts.inference)
-    except WmhsegError as exc:
-        log.error("%s", exc)
-        print(f"wmhseg infer: error: {exc}", file=sys.stderr)
-        return 2
+    opts = RunOptions(cfg)
+    if opts.torch_threads:
+        torch.set_num_threads(int(opts.torch_threads))
+    scans = read_manifest(opts.input, bids_filters=opts.bids_filters)
+    predictor = Predictor.from_checkpoint(opts.ckpt_path, **opts.inference)
+    if opts.register_t1 is not None:  # the run's choice over the checkpoint's
+        predictor.preprocess_spec = replace(predictor.preprocess_spec, register_t1=str(opts.register_t1))
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     _write_provenance(opts, cfg, predictor, len(scans))
     store = ResultStore(opts.out_dir, predictor.model_id)

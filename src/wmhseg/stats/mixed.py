@@ -27,9 +27,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import optimize
 
-from wmhseg.stats.reml import RemlProblem, Satterthwaite, reml_relative_cov, t_inference, theta_from_cov
+from wmhseg.stats.reml import (
+    RemlProblem,
+    Satterthwaite,
+    polish,
+    reml_relative_cov,
+    t_inference,
+    theta_from_cov,
+)
 
 __all__ = [
     "OPTIMIZERS",
@@ -160,8 +166,9 @@ class MixedFit:
         var = float(w @ self.cov.loc[w.index, w.index].to_numpy() @ w)
         se = float(np.sqrt(var)) * abs(scale) if var >= 0 else float("nan")
         df = self.inference.df(w.to_numpy()) if self.method == "satterthwaite" else None
-        if df is not None and not np.isfinite(df):
-            return Estimate.unavailable(self.n_subjects, self.n_obs, self.method)
+        if df is not None and not np.isfinite(df):  # the estimate stands; its test does not
+            nan = float("nan")
+            return Estimate(est, se, None, nan, nan, nan, self.n_subjects, self.n_obs, self.method)
         return Estimate.from_t(est, se, df, self.alpha, self.n_subjects, self.n_obs)
 
     def estimate(self, term: str, scale: float = 1.0) -> Estimate:
@@ -262,24 +269,7 @@ def fit_mixed(
         start = _start_params(model)
     out.messages.extend(f"start values: {m}" for m in dict.fromkeys(_texts(caught, kinds)))
     names = [clean_term(t) for t in model.exog_names]
-    kept = None
-    for method in optimizers:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                res = model.fit(reml=True, method=method, start_params=start)
-                fe = np.asarray(res.fe_params, dtype=float)
-                bse = np.asarray(res.bse_fe, dtype=float)
-            except (np.linalg.LinAlgError, ValueError, FloatingPointError, ZeroDivisionError) as exc:
-                out.attempts.append(f"{method}: failed ({' '.join(str(exc).split())})")
-                continue
-        good = bool(res.converged) and bool(np.all(np.isfinite(fe)) and np.all(np.isfinite(bse)))
-        out.attempts.append(f"{method}: {'converged' if good else 'did not converge'}")
-        out.messages.extend(f"{method}: {m}" for m in dict.fromkeys(_texts(caught, kinds)))
-        if kept is None or good:
-            kept = (method, res, good)
-        if good:
-            break
+    kept = _fit_with_retries(model, start, optimizers, out, kinds)
     if kept is None:
         out.error = "every optimizer failed: " + "; ".join(out.attempts)
         return out
@@ -298,22 +288,41 @@ def fit_mixed(
     return out
 
 
+def _fit_with_retries(
+    model: Any, start: Any, optimizers: Sequence[str], out: MixedFit, kinds: tuple[type[Warning], ...]
+) -> tuple[str, Any, bool] | None:
+    """REML fits with each optimizer in turn until one converges, attempts and warnings noted in
+    ``out``: ``(optimizer, results, converged)`` of the kept fit (the first with estimates when
+    none converges), None when every optimizer failed."""
+    kept = None
+    for method in optimizers:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                res = model.fit(reml=True, method=method, start_params=start)
+                fe = np.asarray(res.fe_params, dtype=float)
+                bse = np.asarray(res.bse_fe, dtype=float)
+            except (np.linalg.LinAlgError, ValueError, FloatingPointError, ZeroDivisionError) as exc:
+                out.attempts.append(f"{method}: failed ({' '.join(str(exc).split())})")
+                continue
+        good = bool(res.converged) and bool(np.all(np.isfinite(fe)) and np.all(np.isfinite(bse)))
+        out.attempts.append(f"{method}: {'converged' if good else 'did not converge'}")
+        out.messages.extend(f"{method}: {m}" for m in dict.fromkeys(_texts(caught, kinds)))
+        if kept is None or good:
+            kept = (method, res, good)
+        if good:
+            break
+    return kept
+
+
 def _attach_inference(out: MixedFit, model: Any, res: Any, names: list[str]) -> None:
     """lme4's estimates, covariance and Satterthwaite pieces at MixedLM's REML estimate.
 
-    MixedLM's optimum is polished on the profiled REML deviance (a few Nelder-Mead steps from it,
-    kept only when the deviance falls) so that estimates agree with lme4's to about 1e-7.
+    MixedLM's optimum is polished on the profiled REML deviance (Newton steps, kept only when the
+    deviance falls) so that estimates agree with lme4's to about 1e-7.
     """
     problem = RemlProblem(model.endog, model.exog, model.exog_re, model.groups)
-    theta = theta_from_cov(np.asarray(res.cov_re, dtype=float) / float(res.scale))
-    polished = optimize.minimize(
-        problem.profiled_deviance,
-        theta,
-        method="Nelder-Mead",
-        options={"xatol": 1e-10, "fatol": 1e-12, "initial_simplex": _simplex(theta)},
-    )
-    if polished.fun < problem.profiled_deviance(theta):
-        theta = np.where(problem.diagonal, np.abs(polished.x), polished.x)
+    theta = polish(problem, theta_from_cov(np.asarray(res.cov_re, dtype=float) / float(res.scale)))
     inf = Satterthwaite.at(problem, np.r_[theta, problem.sigma(theta)])
     out.inference = inf
     out.reml_deviance = problem.profiled_deviance(theta)
@@ -336,8 +345,3 @@ def _attach_inference(out: MixedFit, model: Any, res: Any, names: list[str]) -> 
             "singular fit: a random-effect variance is estimated at (or next to) zero; "
             "the model is over-parametrised for these data"
         )
-
-
-def _simplex(theta: np.ndarray) -> np.ndarray:
-    step = 1e-4 * np.maximum(np.abs(theta), 1e-3)
-    return np.vstack([theta, theta + np.diag(step)])
