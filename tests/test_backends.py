@@ -93,13 +93,19 @@ def test_backend_names_and_fallbacks(monkeypatch, caplog):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     with pytest.raises(InputError, match="did you mean 'openvino'"):
         backends.resolve_backend("openvin", cpu)
-    assert backends.resolve_backend("torch", cpu) == ("torch", None)
-    assert backends.resolve_backend("auto", cuda) == ("torch", None)
-    assert backends.resolve_backend("openvino", cuda)[0] == "torch"
+    assert backends.resolve_backend("torch", cpu) == "torch"
+    assert backends.resolve_backend("auto", cuda) == "torch"
+    with caplog.at_level(logging.WARNING):
+        assert backends.resolve_backend("openvino", cuda) == "torch"
+    assert "CPU only" in caplog.text
     monkeypatch.setattr(backends, "openvino_available", lambda: True)
-    assert backends.resolve_backend("auto", cpu) == ("openvino", None)
+    assert backends.resolve_backend("auto", cpu) == "openvino"
+    assert backends.resolve_backend("auto", cpu, "bf16") == "torch"  # measured faster under bf16
+    assert backends.resolve_backend("openvino", cpu, "bf16") == "openvino"
     monkeypatch.setattr(backends, "openvino_available", lambda: False)
-    assert backends.resolve_backend("auto", cpu) == ("torch", None)
+    caplog.clear()
+    assert backends.resolve_backend("auto", cpu) == "torch"
+    assert not caplog.text  # auto falls back silently
     with caplog.at_level(logging.WARNING):
         net = build_network(_net_config("BATCH"))
         predictor = Predictor(net, PreprocessSpec(), LabelSpec(), settings=None)

@@ -2,9 +2,11 @@
 
 ``torch`` runs the (batch-norm-folded) PyTorch module. ``openvino`` converts that same module
 once into an OpenVINO model with dynamic spatial size and runs it with OpenVINO's CPU plugin,
-whose fused convolution kernels were 1.3-1.8x faster than PyTorch channels-last on a 2-core AVX2
-CPU (``benchmarks/``). ``auto`` takes ``openvino`` when it is installed
-(``pip install wmhseg[openvino]``) and the device is a CPU, else ``torch``.
+whose fused convolution kernels ran the default U-Net on a head-cropped 1 mm brain 1.1-1.25x
+faster than PyTorch channels-last in fp32, but 0.73x as fast as PyTorch under bf16 on a CPU with
+bf16 units (``benchmarks/``, 2 cores). ``auto`` therefore takes ``openvino`` when it is installed
+(``pip install wmhseg[openvino]``), the device is a CPU and the precision is fp32 (a CPU without
+bf16 units, under ``precision: auto``), else ``torch``.
 
 Precision is set explicitly, never left to the plugin: OpenVINO's CPU plugin defaults to bf16 on
 CPUs with bf16 units, and reduced precision inside instance normalisation is what changed lesion
@@ -53,9 +55,11 @@ def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def resolve_backend(backend: str, device: torch.device) -> tuple[str, str | None]:
-    """The backend that will run (``"torch"`` or ``"openvino"``) and, when the request could not be
-    followed, a one-line message saying why.
+def resolve_backend(backend: str, device: torch.device, precision: str = "fp32") -> str:
+    """The backend that will run: ``"torch"`` or ``"openvino"``. ``auto`` takes OpenVINO for fp32 on
+    a CPU when it is installed (under bf16, PyTorch's oneDNN path was the faster one). An explicit
+    ``openvino`` that cannot be followed (not installed, not a CPU) falls back to torch with a
+    warning saying why.
 
     Raises:
         InputError: ``backend`` is not one of :data:`BACKENDS`.
@@ -64,15 +68,17 @@ def resolve_backend(backend: str, device: torch.device) -> tuple[str, str | None
         close = difflib.get_close_matches(str(backend), BACKENDS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise InputError(f"backend={backend!r} is not one of {BACKENDS}{hint}")
-    if backend == "torch":
-        return "torch", None
+    if backend == "torch" or (backend == "auto" and precision != "fp32"):
+        return "torch"
     if device.type != "cpu":
-        note = None if backend == "auto" else f"backend=openvino runs on CPU only; device {device} uses torch"
-        return "torch", note
-    if not openvino_available():
-        note = None if backend == "auto" else f"backend=openvino: openvino is not installed ({INSTALL_HINT}); using torch"
-        return "torch", note
-    return "openvino", None
+        why = f"runs on CPU only; device {device} uses torch"
+    elif not openvino_available():
+        why = f"openvino is not installed ({INSTALL_HINT}); using torch"
+    else:
+        return "openvino"
+    if backend == "openvino":
+        log.warning("backend=openvino: %s", why)
+    return "torch"
 
 
 def cache_folder(checkpoint: str | os.PathLike, model_id: str) -> Path:
@@ -189,6 +195,13 @@ class OpenVinoNetwork:
                   "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
         self.compiled = core.compile_model(model, "CPU", config)
         self.precision = precision
+
+    @classmethod
+    def for_checkpoint(cls, network: torch.nn.Module, *, precision: str, checkpoint: str | os.PathLike | None,
+                       model_id: str) -> OpenVinoNetwork:
+        """The network of ``checkpoint`` (hash ``model_id``), cached beside it; uncached without them."""
+        cache = cache_folder(checkpoint, model_id) if checkpoint and model_id else None
+        return cls(network, precision=precision, cache=cache)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()

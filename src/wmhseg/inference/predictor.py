@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ import torch.nn.functional as F
 from wmhseg.checkpoint import build_network, file_sha256, load_checkpoint, read_meta
 from wmhseg.data.preprocessing import PreprocessSpec
 from wmhseg.errors import CheckpointError, InputError
-from wmhseg.inference.backends import BACKENDS, OpenVinoNetwork, cache_folder, resolve_backend
+from wmhseg.inference.backends import BACKENDS, OpenVinoNetwork, resolve_backend
 from wmhseg.inference.export import partial_volume_mask, resample_to_grid
 from wmhseg.inference.loading import PreparedScan, prepare_scan
 from wmhseg.inference.optimize import inference_network
@@ -61,7 +60,6 @@ _ROI_MODES = ("auto", "checkpoint")
 # layers whose statistics come from the input they are given (so from the window's or volume's extent)
 _PER_SAMPLE_NORMS = (torch.nn.modules.instancenorm._InstanceNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-log = logging.getLogger(__name__)
 
 
 def _choose(value: str, options: Sequence[str], name: str) -> str:
@@ -119,7 +117,7 @@ class InferenceSettings:
             on CPU (oneDNN's fast kernels; about 1.6x on a whole head), not on GPU.
         backend: ``"torch"`` (default here; ``infer.py`` defaults to ``"auto"``), ``"openvino"``
             (CPU; falls back to torch with a message when OpenVINO is not installed) or
-            ``"auto"`` (OpenVINO when installed and on CPU); see :mod:`wmhseg.inference.backends`.
+            ``"auto"`` (OpenVINO when installed, on CPU, in fp32); see :mod:`wmhseg.inference.backends`.
     """
 
     device: str = "auto"
@@ -282,17 +280,13 @@ class Predictor:
         self.blend_mode = s.blend_mode or ck.get("mode", "gaussian")
         self.threshold = float(s.threshold or ck.get("threshold", 0.5))
         self.size_divisor = int(s.size_divisor or size_divisor)
-        self.backend, note = resolve_backend(s.backend, self.device)
-        if note:
-            log.warning(note)
+        self.backend = resolve_backend(s.backend, self.device, self.precision)  # logs why when it falls back
         on_torch_cpu = self.device.type == "cpu" and self.backend == "torch"
         self.channels_last = on_torch_cpu if s.channels_last == "auto" else bool(s.channels_last)
         # output-preserving rewrites of a copy: batch norm folded, channels-last on CPU
         self.network, self.folded_norms = inference_network(network, self.device, channels_last=self.channels_last)
-        self._forward: Any = self.network
-        if self.backend == "openvino":
-            cache = cache_folder(checkpoint_path, model_id) if checkpoint_path and model_id else None
-            self._forward = OpenVinoNetwork(self.network, precision=self.precision, cache=cache)
+        self._forward: Any = self.network if self.backend == "torch" else OpenVinoNetwork.for_checkpoint(
+            self.network, precision=self.precision, checkpoint=checkpoint_path, model_id=model_id)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, **overrides: Any) -> Predictor:
