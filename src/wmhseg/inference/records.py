@@ -2,7 +2,10 @@
 
 Every processed scan leaves ``out_dir/rows/<subject>_<session>.json`` (written atomically after
 its mask). A scan is *done* when its record says ``ok``, was made by the same model from the same
-input files, and its mask exists; a rerun skips done scans. ``volumes.csv`` and ``metrics.csv``
+input paths, its mask exists, and its input files still hold what was processed: each file's
+size and modification time are compared with the record's, and when they differ its SHA-256
+decides (a file rewritten with the same content stays done). A rerun skips done scans and redoes
+a scan whose input changed, saying so in the log. ``volumes.csv`` and ``metrics.csv``
 are rebuilt from the records of the whole manifest, so runs split into parts (or interrupted
 and resumed) give the same tables as one uninterrupted run.
 
@@ -15,6 +18,7 @@ Table schemas:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -23,6 +27,8 @@ from typing import Any
 
 import pandas as pd
 
+from wmhseg.checkpoint import file_sha256
+from wmhseg.ids import missing_id_problem
 from wmhseg.io import atomic_write_csv, atomic_write_json, check_safe_id
 from wmhseg.manifest import Scan
 from wmhseg.metrics import METRIC_NAMES
@@ -34,9 +40,13 @@ __all__ = [
     "UNCERTAINTY_COLUMNS",
     "mask_name",
     "unsafe_reason",
+    "invalid_rows",
     "error_record",
+    "file_signature",
     "ResultStore",
 ]
+
+log = logging.getLogger("wmhseg.infer")
 
 UNCERTAINTY_COLUMNS = ("wmh_mm3_sd", "wmh_mm3_ci_low", "wmh_mm3_ci_high")
 TIMING_COLUMNS = ("t_load_s", "t_preprocess_s", "t_predict_s", "t_export_s", "t_measure_s", "t_uncertainty_s",
@@ -60,6 +70,10 @@ def mask_name(scan: Scan) -> str:
 
 def unsafe_reason(scan: Scan) -> str | None:
     """Why the scan's IDs cannot name output files, or ``None`` when they can."""
+    for name in ("subject_id", "session_id"):
+        missing = missing_id_problem(getattr(scan, name), name)
+        if missing:
+            return f"{missing}; nothing was written for this scan"
     try:
         check_safe_id(scan.subject_id, name="subject_id")
         check_safe_id(scan.session_id, name="session_id")
@@ -68,14 +82,58 @@ def unsafe_reason(scan: Scan) -> str | None:
     return None
 
 
+def invalid_rows(scans: Sequence[Scan]) -> dict[int, str]:
+    """Manifest row -> error, for incomplete visits, IDs that cannot name files, and names that collide."""
+    invalid: dict[int, str] = {}
+    seen: dict[str, int] = {}
+    for scan in scans:
+        if scan.problem:
+            invalid[scan.row] = scan.problem
+            continue
+        reason = unsafe_reason(scan)
+        if reason is None and scan.key in seen:
+            reason = (f"subject {scan.subject_id!r} / session {scan.session_id!r} would write the same files "
+                      f"({scan.key}_*) as row {seen[scan.key]}")
+        if reason is not None:
+            invalid[scan.row] = f"row {scan.row}: {reason}"
+        else:
+            seen[scan.key] = scan.row
+    return invalid
+
+
 def _inputs(scan: Scan) -> dict[str, str | None]:
     return {"t1": str(scan.t1), "flair": str(scan.flair), "label": str(scan.label) if scan.label else None}
+
+
+def file_signature(path: str | os.PathLike, *, with_hash: bool = True) -> dict[str, Any]:
+    """``{"size", "mtime_ns"[, "sha256"]}`` of a file: what tells whether it changed since."""
+    st = os.stat(path)
+    sig: dict[str, Any] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if with_hash:
+        sig["sha256"] = file_sha256(path, length=64)
+    return sig
+
+
+def _changed(path: str, stored: dict[str, Any]) -> bool:
+    """True when ``path`` no longer holds what ``stored`` (a :func:`file_signature`) describes."""
+    try:
+        now = file_signature(path, with_hash=False)
+        if now["size"] == stored.get("size") and now["mtime_ns"] == stored.get("mtime_ns"):
+            return False
+        return now["size"] != stored.get("size") or file_sha256(path, length=64) != stored.get("sha256")
+    except OSError:
+        return True
 
 
 def error_record(scan: Scan, message: str, *, model_id: str = "", timings: dict[str, float] | None = None) -> dict[str, Any]:
     """The record of a scan that could not be processed."""
     return {"subject_id": scan.subject_id, "session_id": scan.session_id, "row": scan.row, "status": "error",
             "error": message, "model_id": model_id, "inputs": _inputs(scan), **(timings or {})}
+
+
+def _integers(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Count columns as pandas' nullable ``Int64``: written ``3``, not ``3.0``, even beside failed rows."""
+    return frame.astype({c: "Int64" for c in columns})
 
 
 class ResultStore:
@@ -111,13 +169,36 @@ class ResultStore:
             return None
         return rec
 
+    def changed_inputs(self, scan: Scan) -> list[str]:
+        """Input files of the scan's record that changed since it was written (empty: none, or no record)."""
+        signatures = (self.read(scan) or {}).get("input_files") or {}
+        return [path for path, sig in signatures.items() if _changed(path, sig)]
+
     def is_done(self, scan: Scan) -> bool:
+        """Finished with this model from these paths, mask on disk, and no input changed since."""
         rec = self.read(scan)
-        return rec is not None and rec.get("status") == "ok" and self.mask_path(scan).is_file()
+        return (rec is not None and rec.get("status") == "ok" and self.mask_path(scan).is_file()
+                and not any(_changed(p, sig) for p, sig in (rec.get("input_files") or {}).items()))
+
+    def to_do(self, scans: Sequence[Scan], *, overwrite: bool = False) -> list[Scan]:
+        """The scans to process: all with ``overwrite``, else those not done; a changed input is logged."""
+        if overwrite:
+            return list(scans)
+        todo = []
+        for scan in scans:
+            if self.is_done(scan):
+                continue
+            changed = self.changed_inputs(scan)
+            if changed:
+                log.warning("%s: %s changed since it was processed; redoing it", scan.describe(), ", ".join(changed))
+            todo.append(scan)
+        return todo
 
     def write(self, scan: Scan, record: dict[str, Any]) -> None:
-        """Write a record atomically (a scan with unsafe IDs gets none)."""
+        """Write a record atomically (a scan with unsafe IDs gets none); an ok record keeps its files' signatures."""
         record = {**record, "model_id": self.model_id, "inputs": _inputs(scan), "row": scan.row}
+        if record.get("status") == "ok":
+            record["input_files"] = {p: file_signature(p) for p in _inputs(scan).values() if p is not None}
         atomic_write_json(self.record_path(scan), record)
 
     def ok_record(self, scan: Scan, measures: dict[str, Any], *, warnings: Sequence[str] = (),
@@ -151,6 +232,7 @@ class ResultStore:
         for col in ("subject_id", "session_id", "status", "error", "warnings", "pv_rule", "qc_flags", "mask",
                     "model_id"):
             vol[col] = vol[col].fillna("").astype(str)
+        vol = _integers(vol, ("n_lesions", "wmh_voxels", "row"))
         paths = {"volumes": atomic_write_csv(self.out_dir / "volumes.csv", vol)}
         if with_metrics:
             rows = []
@@ -166,5 +248,6 @@ class ResultStore:
             met = pd.DataFrame(rows, columns=list(METRICS_COLUMNS))
             for col in ("subject_id", "session_id", "status", "error"):
                 met[col] = met[col].fillna("").astype(str)
+            met = _integers(met, ("n_lesions", "ref_n_lesions", "row"))
             paths["metrics"] = atomic_write_csv(self.out_dir / "metrics.csv", met)
         return paths

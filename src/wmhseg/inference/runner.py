@@ -28,6 +28,7 @@ import platform
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -36,13 +37,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from wmhseg.errors import InputError, WmhsegError
+from wmhseg.errors import InputError, Interrupted, WmhsegError
 from wmhseg.inference.agreement import bland_altman_plot, volume_agreement
 from wmhseg.inference.export import voxel_sizes, write_mask
 from wmhseg.inference.loading import PreparedScan, preloaded_transforms, prepare_scan
 from wmhseg.inference.measures import tissue_volumes, wmh_measures
 from wmhseg.inference.predictor import Predictor
-from wmhseg.inference.records import TIMING_COLUMNS, ResultStore, error_record, unsafe_reason
+from wmhseg.inference.records import TIMING_COLUMNS, ResultStore, error_record, invalid_rows
 from wmhseg.inference.uncertainty import UncertaintySettings, VolumeUncertainty
 from wmhseg.io import atomic_write_json, atomic_write_text
 from wmhseg.manifest import Scan, check_scan, read_manifest
@@ -84,6 +85,7 @@ class RunOptions:
         self.accelerator = str(get("accelerator", "auto"))
         self.devices = get("devices", "auto")
         self.num_nodes = int(get("num_nodes", 1))
+        self.bids_filters = _plain(get("bids_filters", None)) or {}
         inference = get("inference", None) or {}
         self.inference = {k: _plain(v) for k, v in dict(inference).items()}
         self.uncertainty = UncertaintySettings.pop_from(self.inference)
@@ -152,7 +154,7 @@ class ScanDataset(torch.utils.data.Dataset):
         if self._transforms is None:
             self._transforms = preloaded_transforms(self.spec)
         try:
-            check_scan(scan, self.label_spec, read_data=False)
+            check_scan(replace(scan, label=None), read_data=False)  # a bad reference label only costs its metrics
             prepared = prepare_scan(scan.t1, scan.flair, self.spec, label=scan.label, label_spec=self.label_spec,
                                     transforms=self._transforms)
             if prepared.reference is not None:
@@ -245,22 +247,6 @@ def run_scan(predictor: Predictor, store: ResultStore, scan: Scan, prepared: Pre
     return error_record(scan, str(error))
 
 
-def _invalid_rows(scans: Sequence[Scan]) -> dict[int, str]:
-    """Rows whose IDs cannot name files, or whose file names collide with an earlier row."""
-    invalid: dict[int, str] = {}
-    seen: dict[str, int] = {}
-    for scan in scans:
-        reason = unsafe_reason(scan)
-        if reason is None and scan.key in seen:
-            reason = (f"subject {scan.subject_id!r} / session {scan.session_id!r} would write the same files "
-                      f"({scan.key}_*) as row {seen[scan.key]}")
-        if reason is not None:
-            invalid[scan.row] = f"row {scan.row}: {reason}"
-        else:
-            seen[scan.key] = scan.row
-    return invalid
-
-
 def _console_logging() -> bool:
     """True when log records already reach the terminal (e.g. Hydra's console handler)."""
     streams = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
@@ -331,22 +317,28 @@ def _process(predictor: Predictor, store: ResultStore, todo: list[Scan], opts: R
     dataset = ScanDataset(todo, predictor)
     bar = tqdm(total=len(todo), desc="scans", unit="scan", disable=not opts.progress, file=sys.stderr)
     last = time.perf_counter()
-    for index, prepared, error in _prepared_stream(dataset, opts.num_workers):
-        scan = todo[index]
-        record = run_scan(predictor, store, scan, prepared, error, pv_distance_mm=opts.pv_distance_mm,
-                          uncertainty=uncertainty)
-        if record["status"] == "error":
-            n_failed += 1
-        else:
-            n_ok += 1
-            stages.append({k: record[k] for k in TIMING_COLUMNS})
-        store.write(scan, record)
-        now = time.perf_counter()
-        walls.append(now - last)
-        last = now
-        bar.set_postfix(ok=n_ok, failed=n_failed)
-        bar.update(1)
-    bar.close()
+    try:
+        for index, prepared, error in _prepared_stream(dataset, opts.num_workers):
+            scan = todo[index]
+            record = run_scan(predictor, store, scan, prepared, error, pv_distance_mm=opts.pv_distance_mm,
+                              uncertainty=uncertainty)
+            if record["status"] == "error":
+                n_failed += 1
+            else:
+                n_ok += 1
+                stages.append({k: record[k] for k in TIMING_COLUMNS})
+            store.write(scan, record)
+            now = time.perf_counter()
+            walls.append(now - last)
+            last = now
+            bar.set_postfix(ok=n_ok, failed=n_failed)
+            bar.update(1)
+    except KeyboardInterrupt:
+        raise Interrupted(f"{n_ok + n_failed} of the {len(todo)} scans of this run were finished ({n_ok} ok; "
+                          f"their records are in {store.rows_dir}); rerun the same command to resume, finished "
+                          "scans are skipped") from None
+    finally:
+        bar.close()
     return n_ok, n_failed, walls, stages
 
 
@@ -373,7 +365,7 @@ def infer(cfg: Any) -> int:
         opts = RunOptions(cfg)
         if opts.torch_threads:
             torch.set_num_threads(int(opts.torch_threads))
-        scans = read_manifest(opts.input)
+        scans = read_manifest(opts.input, bids_filters=opts.bids_filters)
         predictor = Predictor.from_checkpoint(opts.ckpt_path, **opts.inference)
         uncertainty = _volume_uncertainty(opts)
     except WmhsegError as exc:
@@ -383,14 +375,17 @@ def infer(cfg: Any) -> int:
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     _write_provenance(opts, cfg, predictor, len(scans))
     store = ResultStore(opts.out_dir, predictor.model_id)
-    invalid = _invalid_rows(scans)
+    invalid = invalid_rows(scans)
     share = [s for i, s in enumerate(scans) if i % opts.num_parts == opts.part_id]
     failed_invalid = [s for s in share if s.row in invalid]
     for scan in failed_invalid:
         log.warning("%s", invalid[scan.row])
     candidates = [s for s in share if s.row not in invalid]
-    todo = [s for s in candidates if opts.overwrite or not store.is_done(s)
-            or (uncertainty is not None and not math.isfinite((store.read(s) or {}).get("wmh_mm3_sd") or math.nan))]
+    todo = store.to_do(candidates, overwrite=opts.overwrite)
+    if uncertainty is not None:  # a finished scan without the interval asked for is redone
+        queued = {s.row for s in todo}
+        todo = [s for s in candidates
+                if s.row in queued or not math.isfinite((store.read(s) or {}).get("wmh_mm3_sd") or math.nan)]
     n_skipped = len(candidates) - len(todo)
     log.info("%d scans in %s; this run: %d to do, %d already done", len(scans), opts.input, len(todo), n_skipped)
     if opts.strategy is None:

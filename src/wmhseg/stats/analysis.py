@@ -10,7 +10,9 @@ Outputs in ``out_dir`` (each written atomically):
 * ``models.csv``: every term of every model (fixed effects, variance components, the
   short-minus-long contrast, the headline values as reported, the Cox terms);
 * ``left_out.csv``: every row left out of some analysis and why;
-* ``survival_patients.csv``: per ALS patient baseline WMH, WMH progression and survival;
+* ``survival.json``: Kaplan-Meier split, Cox models (baseline, time-varying, landmark), PH tests,
+  prognostic value (see :mod:`wmhseg.stats.survival`);
+* ``survival_patients.csv``: per ALS patient baseline WMH, baseline ALSFRS-R and survival;
 * ``figures/``: trajectories, ALSFRS-R vs WMH, Kaplan-Meier curves;
 * ``report.md`` (or ``report.html``).
 """
@@ -26,10 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
+from scipy import stats
 
 from wmhseg.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from wmhseg.stats.cox import CoxFit
 from wmhseg.stats.dataset import StudyData, build_dataset
 from wmhseg.stats.mixed import Estimate, MixedFit
 from wmhseg.stats.models import HEADLINE_KEYS, MODEL_NAMES, PER_WMH, TIME, fit_study_models
@@ -101,38 +104,32 @@ class AnalysisResult:
             fit = self.fits[MODEL_NAMES[key]]
             scale = f" (x{PER_WMH:g}: points per {PER_WMH:g} mm3)" if key.startswith("alsfrs") else ""
             parts.append(_row(fit, "headline", key, self.headline[key], note=f"headline.json value{scale}"))
-        cox = self.survival.cox
-        if cox.error is None and len(cox.terms):
-            t = cox.terms
-            parts.append(
-                pd.DataFrame(
-                    {
-                        "model": "cox_time_to_outcome",
-                        "term": t["term"],
-                        "estimate": t["coef"],
-                        "std_err": t["std_err"],
-                        "ci_low": np.log(t["hr_ci_low"]),
-                        "ci_high": np.log(t["hr_ci_high"]),
-                        "p_value": t["p_value"],
-                        "n_subjects": cox.n_subjects,
-                        "n_obs": cox.n_subjects,
-                        "converged": cox.converged,
-                        "optimizer": "newton",
-                        "kind": "cox",
-                        "formula": cox.formula,
-                        "hazard_ratio": t["hazard_ratio"],
-                        "hr_ci_low": t["hr_ci_low"],
-                        "hr_ci_high": t["hr_ci_high"],
-                        "ph_p_value": t["ph_p_value"],
-                        "note": f"estimate = log hazard ratio; {cox.n_events} events",
-                    }
-                )
-            )
+        for name, cox in self.survival.cox_models().items():
+            parts.append(_cox_rows(name, cox, self.settings.alpha))
         table = pd.concat(parts, ignore_index=True)
         for col in MODELS_COLUMNS:
             if col not in table.columns:
                 table[col] = pd.NA
         return table[MODELS_COLUMNS]
+
+
+def _cox_rows(name: str, cox: CoxFit, alpha: float) -> pd.DataFrame:
+    """``models.csv`` rows of a Cox model (estimate = log hazard ratio); one row if not fitted."""
+    base = {"model": name, "n_subjects": cox.n, "n_obs": cox.n, "converged": cox.converged,
+            "optimizer": "newton", "method": "wald", "kind": "cox", "formula": " + ".join(cox.names)}
+    if cox.error:
+        return pd.DataFrame([{**base, "kind": "not fitted", "term": "", "note": cox.error}])
+    terms = cox.to_dict(alpha)["terms"]
+    z = stats.norm.ppf(1 - alpha / 2)
+    rows = []
+    for i, term in enumerate(cox.names):
+        t = terms[term]
+        rows.append({**base, "term": term, "estimate": cox.coef[i], "std_err": cox.std_err[i],
+                     "ci_low": cox.coef[i] - z * cox.std_err[i], "ci_high": cox.coef[i] + z * cox.std_err[i],
+                     "p_value": t["p_value"], "hazard_ratio": t["hazard_ratio"], "hr_ci_low": t["ci_low"],
+                     "hr_ci_high": t["ci_high"], "ph_p_value": t["ph_p_value"],
+                     "note": f"estimate = log hazard ratio; {cox.events} events"})
+    return pd.DataFrame(rows)
 
 
 def _row(fit: MixedFit, kind: str, term: str, e: Estimate, note: str = "") -> pd.DataFrame:
@@ -231,7 +228,13 @@ def _run(vol, clin, settings: AnalysisSettings, sources: dict[str, str], t0: flo
         study, random_slope=settings.random_slope, alpha=settings.alpha, method=settings.inference
     )
     t2 = time.perf_counter()
-    survival = run_survival(study, alpha=settings.alpha)
+    survival = run_survival(
+        study,
+        alpha=settings.alpha,
+        landmark_months=settings.landmark_months,
+        bootstrap_samples=settings.bootstrap_samples,
+        seed=settings.seed,
+    )
     t3 = time.perf_counter()
     seconds = {"tables": t1 - t0, "mixed models": t2 - t1, "survival": t3 - t2}
     for fit in fits.values():
@@ -305,6 +308,9 @@ def write_outputs(result: AnalysisResult, out_dir: str | os.PathLike) -> dict[st
     t0 = time.perf_counter()
     paths: dict[str, Path] = {
         "headline": atomic_write_json(out / "headline.json", result.headline_dict()),
+        "survival": atomic_write_json(
+            out / "survival.json", result.survival.to_dict(result.settings.cutoff_months, result.settings.alpha)
+        ),
         "models": atomic_write_csv(out / "models.csv", result.models_table()),
         "left_out": atomic_write_csv(out / "left_out.csv", result.study.left_out),
         "survival_patients": atomic_write_csv(out / "survival_patients.csv", result.survival.patients),

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from wmhseg.errors import InputError
+from wmhseg.ids import MISSING_WORDS
 
 __all__ = [
     "TableError",
@@ -52,7 +53,7 @@ CLINICAL_COLUMNS = (
 )
 GROUPS = ("control", "ALS")
 SEXES = ("F", "M")
-_MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "<na>"})
+_MISSING = MISSING_WORDS  # the one rule for missing cells and IDs (wmhseg.ids)
 _SHOW_ROWS = 5
 
 
