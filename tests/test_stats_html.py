@@ -79,6 +79,8 @@ def test_analyze_writes_a_self_contained_html_report_beside_the_markdown(tmp_pat
     assert "<img src='figures/" not in page
     assert page.count("src='data:image/png;base64,") == len(names)
     assert "Figure 2A" in page and "Figures 3A and 3B" in page
+    assert "<h2 id='figures'>Figures</h2>" in page and "<a href='#figures'>Figures</a>" in page
+    assert page.index("id='headline-results'") < page.index("id='figures'") < page.index("id='data'")
     # the embedded picture is the PNG on disk
     first = re.search(r"src='data:image/png;base64,([^']+)'", page).group(1)
     assert base64.b64decode(first) == (out / "figures" / f"{names[0]}.png").read_bytes()

@@ -62,7 +62,7 @@ def _text(r) -> str:
 
 
 def _term_label(term: str) -> str:
-    return term.replace("_per_1000mm3", " per 1000 mm³").replace("_per_year", " per year").replace("_", " ")
+    return term.replace("_per_1000mm3", " per 1000 mm³").replace("_per_year", " per year").replace("_", " ").replace("wmh", "WMH")
 
 
 def _panel(ax, rows: pd.DataFrame, title: str) -> None:
@@ -98,8 +98,8 @@ def forest_figure(models: pd.DataFrame, alpha: float = 0.05) -> Figure:
     terms = key_terms(models)
     panels = list(dict.fromkeys(terms["panel"]))
     heights = [max(len(terms[terms["panel"] == p]), 1) + 1.2 for p in panels] or [1]
-    fig = Figure(figsize=(10.0, 0.32 * sum(heights) + 1.2))
-    fig.subplots_adjust(left=0.36, right=0.68, top=0.88, bottom=0.06, hspace=0.9)
+    fig = Figure(figsize=(11.0, 0.32 * sum(heights) + 1.2))
+    fig.subplots_adjust(left=0.38, right=0.70, top=0.88, bottom=0.06, hspace=0.9)
     fig.suptitle(f"Key term of every model with its {100 * (1 - alpha):g}% confidence interval", fontsize=10, y=0.99)
     if not panels:
         fig.text(0.5, 0.5, "no model was fitted", ha="center")
