@@ -14,6 +14,7 @@ from wmhseg.stats.dataset import build_dataset
 from wmhseg.stats.mixed import fit_mixed, reml_relative_cov
 from wmhseg.stats.models import HEADLINE_KEYS, MODEL_NAMES, fit_study_models
 from wmhseg.stats.reml import t_inference
+from wmhseg.stats.structure import mixture_p
 from wmhseg.stats.tables import check_clinical, check_volumes
 from wmhseg.synth.cohort import CohortParams, simulate_cohort
 
@@ -117,7 +118,7 @@ def test_models_table_lists_every_term(full):
         "sex[T.M]",
     } <= set(m1["term"])
     assert {"var(subject intercept)", "var(residual)"} <= set(m1["term"])
-    assert set(table["kind"]) == {"fixed", "variance", "contrast", "headline", "cox"}
+    assert set(table["kind"]) == {"fixed", "variance", "contrast", "headline", "cox", "lrt"}
     heads = table[table["kind"] == "headline"].set_index("term")
     assert np.isclose(
         heads.loc["alsfrs_per_500mm3_wmh", "estimate"], result.headline["alsfrs_per_500mm3_wmh"].estimate
@@ -290,3 +291,10 @@ def test_tiny_p_values_do_not_underflow(t, df, p_r):
 def test_t_interval_matches_r_quantile():
     low, high, _ = t_inference(1.0, 2.0, 7.5, 0.05)
     assert high - 1.0 == pytest.approx(2 * 2.3330396268649736, rel=1e-12)  # qt(0.975, 7.5) in R
+
+
+def test_mixture_p_value():
+    assert mixture_p(0.0) == 1.0
+    # 0.5 P(chi2_1 > 3.84) + 0.5 P(chi2_2 > 3.84): the 50:50 mixture's 5% point is 5.14, not 3.84
+    assert mixture_p(5.1384) == pytest.approx(0.05, abs=1e-4)
+    assert mixture_p(3.8415) == pytest.approx(0.5 * 0.05 + 0.5 * np.exp(-3.8415 / 2), rel=1e-4)

@@ -128,3 +128,20 @@ def test_concordance_matches_r(cohort):
     assert (got["n"], got["events"]) == (want["n"], want["events"])
     assert abs(got["c_clinical"] - want["c_clinical"]) <= 1e-3
     assert abs(got["c_clinical_wmh"] - want["c_clinical_wmh"]) <= 1e-3
+
+
+@pytest.mark.parametrize("key", ["wmh_progression_als_vs_control", "wmh_progression_short_vs_long"])
+def test_random_slope_fits_and_lrt_match_lme4(cohort, key):
+    ref, result = cohort
+    check = result.slopes[key]
+    want = ref["mixed"][f"{MODEL_NAMES[key].split('_')[0]}_random_slope"]
+    fit = check.slope
+    assert fit.singular == want["singular"]
+    assert fit.reml_deviance == pytest.approx(want["reml_deviance"], rel=1e-9, abs=1e-7)
+    for term, w in want["terms"].items():
+        e = fit.estimate(term)
+        assert abs(e.estimate - w["estimate"]) <= 1e-6 * max(abs(w["estimate"]), w["std_err"]), term
+        assert close(e.std_err, w["std_err"], 1e-3) and close(e.df, w["df"], 1e-2), term
+        assert close(e.p_value, w["p_value"], 2e-2), term
+    assert check.chi2 == pytest.approx(want["slope_lrt"]["chi2"], rel=1e-6, abs=1e-6)
+    assert close(check.p_value, want["slope_lrt"]["p_value"], 2e-2)

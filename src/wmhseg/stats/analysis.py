@@ -37,6 +37,7 @@ from wmhseg.stats.dataset import StudyData, build_dataset
 from wmhseg.stats.mixed import Estimate, MixedFit
 from wmhseg.stats.models import HEADLINE_KEYS, MODEL_NAMES, PER_WMH, TIME, fit_study_models
 from wmhseg.stats.settings import AnalysisSettings, SettingsError
+from wmhseg.stats.structure import SlopeCheck, check_random_slopes
 from wmhseg.stats.survival import SurvivalResult, run_survival
 from wmhseg.stats.tables import check_clinical, check_volumes, load_clinical, load_volumes
 
@@ -76,6 +77,7 @@ class AnalysisResult:
         settings: the settings used; ``sources``: names of the two input tables.
         study: the joined data set with its ledger of left-out rows.
         fits: the four mixed models; ``headline``: their headline estimates.
+        slopes: random intercept vs random slope for models 1 and 2 (both fits, REML LRT).
         survival: per-patient summaries, Kaplan-Meier splits and the Cox model.
         seconds: wall time of each stage; ``provenance``: versions and settings for the report.
     """
@@ -86,6 +88,7 @@ class AnalysisResult:
     fits: dict[str, MixedFit]
     headline: dict[str, Estimate]
     survival: SurvivalResult
+    slopes: dict[str, SlopeCheck] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)
 
@@ -104,6 +107,14 @@ class AnalysisResult:
             fit = self.fits[MODEL_NAMES[key]]
             scale = f" (x{PER_WMH:g}: points per {PER_WMH:g} mm3)" if key.startswith("alsfrs") else ""
             parts.append(_row(fit, "headline", key, self.headline[key], note=f"headline.json value{scale}"))
+        for check in self.slopes.values():
+            other = check.slope if check.slope.name not in self.fits else check.intercept
+            parts.append(other.table())
+            note = "REML likelihood-ratio test of a random time slope; p from the 50:50 chi2(1):chi2(2) mixture"
+            lrt = pd.DataFrame([{"model": check.slope.name, "term": "random slope LRT", "estimate": check.chi2,
+                                 "p_value": check.p_value, "kind": "lrt", "converged": check.slope.converged,
+                                 "note": check.error or note}])
+            parts.append(lrt)
         for name, cox in self.survival.cox_models().items():
             parts.append(_cox_rows(name, cox, self.settings.alpha))
         table = pd.concat(parts, ignore_index=True)
@@ -227,6 +238,9 @@ def _run(vol, clin, settings: AnalysisSettings, sources: dict[str, str], t0: flo
     fits, headline = fit_study_models(
         study, random_slope=settings.random_slope, alpha=settings.alpha, method=settings.inference
     )
+    slopes = check_random_slopes(
+        study, fits, headline, random_slope=settings.random_slope, alpha=settings.alpha, method=settings.inference
+    )
     t2 = time.perf_counter()
     survival = run_survival(
         study,
@@ -237,7 +251,8 @@ def _run(vol, clin, settings: AnalysisSettings, sources: dict[str, str], t0: flo
     )
     t3 = time.perf_counter()
     seconds = {"tables": t1 - t0, "mixed models": t2 - t1, "survival": t3 - t2}
-    for fit in fits.values():
+    every = {f.name: f for c in slopes.values() for f in (c.intercept, c.slope)} | fits
+    for fit in every.values():
         if fit.error and not fit.ok:
             log.warning("%s not fitted: %s", fit.name, fit.error)
         elif not fit.converged:
@@ -249,6 +264,7 @@ def _run(vol, clin, settings: AnalysisSettings, sources: dict[str, str], t0: flo
         fits=fits,
         headline=headline,
         survival=survival,
+        slopes=slopes,
         seconds=seconds,
         provenance=_provenance(settings, sources, seconds),
     )
