@@ -95,7 +95,9 @@ def test_ensemble_and_checkpoint_lists_must_agree(setup, tmp_path):
     manifest = root / "manifest.csv"
     cfg = {**infer_cfg(ckpt, manifest, tmp_path, inference={"uncertainty": "ensemble"}), "ckpt_path": [ckpt, ckpt]}
     assert RunOptions(cfg).ckpt_paths == [ckpt, ckpt]  # a list, as Hydra gives ckpt_path=[a,b]
-    assert infer(infer_cfg(ckpt, manifest, tmp_path / "a", inference={"uncertainty": "ensemble"})) == 2
-    assert infer(infer_cfg(f"{ckpt},{ckpt}", manifest, tmp_path / "b")) == 2
+    with pytest.raises(InputError, match="needs several checkpoints"):
+        infer(infer_cfg(ckpt, manifest, tmp_path / "a", inference={"uncertainty": "ensemble"}))
+    with pytest.raises(InputError, match="needs inference.uncertainty=ensemble"):
+        infer(infer_cfg(f"{ckpt},{ckpt}", manifest, tmp_path / "b"))
     with pytest.raises(InputError, match="strategy"):
         RunOptions(infer_cfg(ckpt, manifest, tmp_path, strategy="ddp", inference={"uncertainty": "tta"}))
