@@ -20,7 +20,7 @@ REPORT      := $(DEMO_DIR)/report
 .PHONY: help install test lint demo demo-clean bench bench-quick clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/; s|[$$][(]TORCH_SPEC[)]|$(TORCH_SPEC)|' | expand -t 14
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,8 @@ lint: $(STAMP)  ## ruff
 
 demo: $(REPORT)/headline.json  ## train -> simulate a study -> infer -> analyze, on CPU (finished steps are reused)
 	@echo
-	@echo "Report: $(abspath $(REPORT))/report.md"
+	@echo "Report: $(abspath $(REPORT))/report.html (and report.md)"
+	@echo "QC gallery: $(abspath $(INFER_OUT))/qc/index.html"
 	@echo "Headline estimates next to the values the study was simulated with:"
 	@$(PY) -m wmhseg.stats.compare $(REPORT)/headline.json $(STUDY)/truth.json
 
