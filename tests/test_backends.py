@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -159,7 +160,7 @@ def test_instance_norm_network_volume_is_unchanged(scans, tmp_path):
     assert dice(np.concatenate([m.ravel() for m in cand]), np.concatenate([m.ravel() for m in ref])) >= 0.999
 
 
-def test_instance_norm_keeps_fp32_on_unnormalised_intensities():
+def test_instance_norm_keeps_fp32_on_unnormalised_intensities(tmp_path):
     """Variance of raw intensities (mean 1000, sd 1) is where reduced precision breaks instance norm."""
     pytest.importorskip("openvino", reason=_NO_OPENVINO)
     torch.manual_seed(1)
@@ -167,6 +168,11 @@ def test_instance_norm_keeps_fp32_on_unnormalised_intensities():
     x = 1000.0 + torch.randn(1, 2, 20, 24, 16)
     with torch.no_grad():
         expected = net(x)
-    got = backends.OpenVinoNetwork(net, precision="fp32")(x)
+    model = backends.OpenVinoNetwork(net, precision="fp32", cache=tmp_path / "cache" / "entry")
+    got = model(x)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    # it travels to spawned processes (strategy=ddp_spawn) and compiles again from its cache there
+    copy = pickle.loads(pickle.dumps(model))
+    assert copy.from_cache and copy.precision == "fp32"
+    torch.testing.assert_close(copy(x), got, rtol=0, atol=0)

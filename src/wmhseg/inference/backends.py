@@ -175,7 +175,9 @@ class OpenVinoNetwork:
         cache: a :func:`cache_folder`; ``None`` converts in memory every time.
         threads: CPU threads (default: PyTorch's thread count).
 
-    Calling it with ``(B, C, X, Y, Z)`` float input returns float32 logits as a CPU tensor.
+    Calling it with ``(B, C, X, Y, Z)`` float input returns float32 logits as a CPU tensor. It
+    pickles as its PyTorch network and settings (for ``strategy=ddp_spawn``): unpickling compiles
+    again, from the cache when there is one.
     """
 
     def __init__(self, network: torch.nn.Module, *, precision: str = "fp32",
@@ -184,6 +186,7 @@ class OpenVinoNetwork:
 
         if precision not in _PRECISION_HINTS:
             raise InputError(f"precision={precision!r} is not one of {tuple(_PRECISION_HINTS)} for backend=openvino")
+        self._state = {"network": network, "precision": precision, "cache": cache, "threads": threads}
         core = ov.Core()
         model = _read_cached(cache, core) if cache is not None else None
         self.from_cache = model is not None
@@ -202,6 +205,13 @@ class OpenVinoNetwork:
         """The network of ``checkpoint`` (hash ``model_id``), cached beside it; uncached without them."""
         cache = cache_folder(checkpoint, model_id) if checkpoint and model_id else None
         return cls(network, precision=precision, cache=cache)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self._state)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        self.__init__(state.pop("network"), **state)  # type: ignore[misc]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
