@@ -160,7 +160,7 @@ def test_instance_norm_network_volume_is_unchanged(scans, tmp_path):
     assert dice(np.concatenate([m.ravel() for m in cand]), np.concatenate([m.ravel() for m in ref])) >= 0.999
 
 
-def test_instance_norm_keeps_fp32_on_unnormalised_intensities(tmp_path):
+def test_instance_norm_keeps_fp32_on_unnormalised_intensities(tmp_path, caplog):
     """Variance of raw intensities (mean 1000, sd 1) is where reduced precision breaks instance norm."""
     pytest.importorskip("openvino", reason=_NO_OPENVINO)
     torch.manual_seed(1)
@@ -176,3 +176,9 @@ def test_instance_norm_keeps_fp32_on_unnormalised_intensities(tmp_path):
     copy = pickle.loads(pickle.dumps(model))
     assert copy.from_cache and copy.precision == "fp32"
     torch.testing.assert_close(copy(x), got, rtol=0, atol=0)
+    # an unwritable cache location costs the cache only
+    (tmp_path / "a_file").write_text("")
+    with caplog.at_level(logging.WARNING):
+        uncached = backends.OpenVinoNetwork(net, precision="fp32", cache=tmp_path / "a_file" / "entry")
+    assert "could not cache" in caplog.text and not uncached.from_cache
+    torch.testing.assert_close(uncached(x), got, rtol=0, atol=0)

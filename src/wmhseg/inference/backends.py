@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import hashlib
 import importlib.util
 import json
 import logging
@@ -37,6 +36,7 @@ from typing import Any
 
 import torch
 
+from wmhseg.checkpoint import file_sha256
 from wmhseg.errors import InputError
 
 __all__ = ["BACKENDS", "INSTALL_HINT", "openvino_available", "resolve_backend", "cache_folder", "OpenVinoNetwork"]
@@ -89,14 +89,6 @@ def cache_folder(checkpoint: str | os.PathLike, model_id: str) -> Path:
     return Path(f"{checkpoint}.openvino") / f"{model_id}-ov{version}-f{_FORMAT}"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _in_channels(network: torch.nn.Module) -> int:
     """Input channels of ``network``: those of its first convolution."""
     for module in network.modules():
@@ -133,7 +125,7 @@ def _read_cached(folder: Path, core: Any) -> Any | None:
     try:
         meta = json.loads((folder / "meta.json").read_text())
         for name in _FILES:
-            if _sha256(folder / name) != meta["sha256"][name]:
+            if file_sha256(folder / name, length=64) != meta["sha256"][name]:
                 raise ValueError(f"{name} does not match its recorded hash")
         return core.read_model(str(folder / "model.xml"), str(folder / "model.bin"))
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
@@ -147,23 +139,28 @@ def _write_cache(model: Any, folder: Path) -> None:
     the same checkpoint are removed. An unwritable location only costs the cache."""
     import openvino as ov
 
+    tmp = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
         ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
-        meta = {"format": _FORMAT, "openvino": ov.__version__, "sha256": {n: _sha256(tmp / n) for n in _FILES}}
+        hashes = {n: file_sha256(tmp / n, length=64) for n in _FILES}
+        meta = {"format": _FORMAT, "openvino": ov.__version__, "sha256": hashes}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
             os.rename(tmp, folder)
         except OSError:  # another process wrote the same entry first
-            shutil.rmtree(tmp, ignore_errors=True)
             return
+        tmp = None
         for other in folder.parent.iterdir():
             if other != folder and not other.name.startswith(".tmp-"):
                 shutil.rmtree(other, ignore_errors=True)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
         log.warning("could not cache the OpenVINO model in %s (%s); it will be converted again next run",
                     folder.parent, exc)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 class OpenVinoNetwork:
