@@ -2,12 +2,13 @@
 
 Two input forms are accepted:
 
-* a CSV file with columns ``subject_id, session_id, t1, flair[, label]`` (extra columns are
-  ignored). IDs are read as strings, so ``001`` stays ``001``. Paths are absolute or relative to
-  the manifest's folder. Row numbers in messages count data rows from 1 (the header is row 0).
+* a CSV file with columns ``subject_id, session_id, t1, flair[, label][, xfm]`` (extra columns
+  are ignored); ``xfm`` names a linear transform from the scan's space to stereotaxic space
+  (:mod:`wmhseg.xfm`), given when the images themselves lie in stereotaxic space. IDs are read
+  as strings, so ``001`` stays ``001``. Paths are absolute or relative to the manifest's folder. Row numbers in messages count data rows from 1 (the header is row 0).
 * a BIDS-style folder ``sub-<id>/[ses-<id>/]anat/`` holding one ``*_T1w.nii[.gz]``, one
   ``*_FLAIR.nii[.gz]`` and at most one label map named ``*_label.nii[.gz]`` or
-  ``*_dseg.nii[.gz]``. A subject without ``ses-*`` folders gets the session id ``"1"``. Rows
+  ``*_dseg.nii[.gz]`` (each may be MINC instead: ``*_T1w.mnc`` ...). A subject without ``ses-*`` folders gets the session id ``"1"``. Rows
   are numbered from 1 in sorted (subject, session) order. When a visit has several candidates
   of a kind (``acq-2D`` and ``acq-3D`` FLAIRs), ``bids_filters`` chooses among them: a mapping
   from kind (``t1``, ``flair``, ``label``) to BIDS entities, e.g. ``{"flair": {"acq": "3D"}}``,
@@ -21,7 +22,7 @@ in ``problem`` and :func:`check_scan` raises it, so inference writes it as that 
 
 Reading a manifest checks its structure only (columns, duplicate scans).
 :func:`check_scan` and :func:`validate_scans` then check the files: that they exist, that the
-headers are readable 3-D NIfTI, that the T1 and FLAIR grids overlap in world space (they may
+headers are readable 3-D NIfTI or MINC, that the T1 and FLAIR grids overlap in world space (they may
 differ: T1 is resampled onto the FLAIR grid), that the label lies on the FLAIR grid, and
 (reading the data) that no file is truncated and every label value is known.
 
@@ -45,6 +46,7 @@ import pandas as pd
 from wmhseg.errors import ManifestError, ScanError
 from wmhseg.io import load_nifti, read_header
 from wmhseg.labels import LabelSpec
+from wmhseg.xfm import read_linear_transform
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -57,9 +59,10 @@ __all__ = [
 ]
 
 REQUIRED_COLUMNS = ("subject_id", "session_id", "t1", "flair")
+_OPTIONAL_COLUMNS = ("label", "xfm")
 _BIDS_NO_SESSION = "1"
 _BIDS_KINDS = ("t1", "flair", "label")
-_NII = r"\.nii(\.gz)?$"
+_NII = r"\.(nii(\.gz)?|mnc)$"
 _BIDS_PATTERNS = {
     "t1": re.compile(r"_T1w" + _NII),
     "flair": re.compile(r"_FLAIR" + _NII),
@@ -76,10 +79,11 @@ class Scan:
 
     Attributes:
         subject_id, session_id: string IDs (leading zeros kept).
-        t1, flair: absolute paths of the NIfTI files (``None`` only when ``problem`` says why).
+        t1, flair: absolute paths of the NIfTI or MINC files (``None`` only when ``problem`` says why).
         label: absolute path of the BISON label map, or ``None``.
         row: 1-based data row in the CSV (or position in the sorted BIDS listing).
         problem: why the visit cannot be processed (a missing file, an empty cell), else ``None``.
+        xfm: absolute path of the linear scan-to-stereotaxic transform, or ``None``.
     """
 
     subject_id: str
@@ -88,6 +92,7 @@ class Scan:
     flair: Path | None
     label: Path | None
     row: int
+    xfm: Path | None = None
     problem: str | None = None
 
     @property
@@ -125,7 +130,7 @@ def _resolve(value: str, base: Path) -> Path:
 
 
 def read_csv_manifest(path: str | os.PathLike) -> list[Scan]:
-    """Read a ``subject_id,session_id,t1,flair[,label]`` CSV file; see the module docstring.
+    """Read a ``subject_id,session_id,t1,flair[,label][,xfm]`` CSV file; see the module docstring.
 
     Raises:
         ManifestError: unreadable file, missing columns, an empty required cell, or a
@@ -141,15 +146,15 @@ def read_csv_manifest(path: str | os.PathLike) -> list[Scan]:
     if missing:
         raise ManifestError(
             f"{path}: missing column(s) {missing}; a manifest needs {list(REQUIRED_COLUMNS)} "
-            f"(and optionally 'label'), found {list(frame.columns)}"
+            f"(and optionally 'label', 'xfm'), found {list(frame.columns)}"
         )
-    has_label = "label" in frame.columns
+    optional = tuple(c for c in _OPTIONAL_COLUMNS if c in frame.columns)
     base = path.resolve().parent
     scans: list[Scan] = []
     for i, rec in enumerate(frame.to_dict("records"), start=1):
-        cells = {k: str(rec[k]).strip() for k in (*REQUIRED_COLUMNS, *(("label",) if has_label else ()))}
+        cells = {k: str(rec[k]).strip() for k in (*REQUIRED_COLUMNS, *optional)}
         empty = [k for k in REQUIRED_COLUMNS if not cells[k]]
-        label = cells.get("label") or None
+        label, xfm = cells.get("label") or None, cells.get("xfm") or None
         scans.append(
             Scan(
                 subject_id=cells["subject_id"],
@@ -158,6 +163,7 @@ def read_csv_manifest(path: str | os.PathLike) -> list[Scan]:
                 flair=_resolve(cells["flair"], base) if cells["flair"] else None,
                 label=_resolve(label, base) if label else None,
                 row=i,
+                xfm=_resolve(xfm, base) if xfm else None,
                 problem=f"{path}: row {i}: empty value in column(s) {empty}" if empty else None,
             )
         )
@@ -276,9 +282,10 @@ def check_scan(scan: Scan, label_spec: LabelSpec | None = None, *, read_data: bo
         read_data: also decompress every file (catches truncated files) and check the label
             values. Headers alone are cheap; reading data costs about a second per large scan.
 
-    Checks: the visit is complete (``scan.problem``); files exist and are readable 3-D NIfTI;
+    Checks: the visit is complete (``scan.problem``); files exist and are readable 3-D NIfTI or MINC;
     T1 and FLAIR are two files; the T1 and FLAIR world bounding boxes overlap by at least half of
-    the smaller one; the label has the FLAIR's shape and affine; images are not constant; label
+    the smaller one; the label has the FLAIR's shape and affine; an ``xfm`` is a readable
+    linear transform; images are not constant; label
     values are in ``label_spec.known_values`` and are not exactly {0, 1} (a binary mask, see
     :meth:`LabelSpec.binary_mask_problem`).
     """
@@ -302,6 +309,8 @@ def check_scan(scan: Scan, label_spec: LabelSpec | None = None, *, read_data: bo
                 f"{tuple(flair_shape)}, max affine difference "
                 f"{float(np.abs(label_affine - flair_affine).max()):.4g} mm"
             )
+    if scan.xfm is not None:
+        read_linear_transform(scan.xfm)
     if not read_data:
         return
     for path in (scan.t1, scan.flair):

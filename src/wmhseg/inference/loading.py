@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wmhseg.data.preprocessing import PreprocessSpec
+from wmhseg.data.preprocessing import PreprocessSpec, meta_tensor
 from wmhseg.errors import ScanError
 from wmhseg.input_checks import (
     coarse_voxels_warning,
@@ -48,6 +48,8 @@ class PreparedScan:
         flair: the FLAIR path (its header is copied into the mask).
         reference: the BISON label map on the native grid, when one was asked for.
         warnings: repaired problems (e.g. NaN voxels set to 0).
+        alignment: the T1-to-FLAIR alignment columns (:meth:`wmhseg.registration.Alignment.record`),
+            empty when ``register_t1`` is ``never``.
         t_load_s, t_preprocess_s: stage timings in seconds.
     """
 
@@ -57,6 +59,7 @@ class PreparedScan:
     flair: Path
     reference: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
+    alignment: dict = field(default_factory=dict)
     t_load_s: float = 0.0
     t_preprocess_s: float = 0.0
 
@@ -67,15 +70,6 @@ def _check_image(data: np.ndarray, path: Path) -> None:
     lo, hi = float(data.min()), float(data.max())
     if lo == hi:
         raise ScanError(f"{path}: the image is constant ({lo:g}); nothing to segment")
-
-
-def _meta_tensor(data: np.ndarray, affine: np.ndarray, path: Path) -> torch.Tensor:
-    """A channel-first MetaTensor as MONAI's ``LoadImaged(NibabelReader, ensure_channel_first)`` makes it."""
-    from monai.data import MetaTensor
-
-    meta = {"filename_or_obj": str(path), "original_affine": affine.copy(),
-            "spatial_shape": np.asarray(data.shape), "space": "RAS", "original_channel_dim": "no_channel"}
-    return MetaTensor(torch.from_numpy(np.ascontiguousarray(data))[None], affine=torch.as_tensor(affine), meta=meta)
 
 
 def preloaded_transforms(spec: PreprocessSpec) -> Callable[[dict], dict]:
@@ -133,7 +127,7 @@ def prepare_scan(t1: str | os.PathLike, flair: str | os.PathLike, spec: Preproce
     """Layer 1: read, check and preprocess one T1w + FLAIR pair (and read its reference label).
 
     Args:
-        t1, flair: NIfTI paths. T1 may lie on its own grid (resampled onto the FLAIR grid).
+        t1, flair: NIfTI or MINC paths. T1 may lie on its own grid (resampled onto the FLAIR grid).
         spec: the checkpoint's preprocessing.
         label: optional BISON label map on the FLAIR grid (for metrics against the teacher).
         label_spec: known label values (default :class:`LabelSpec()`).
@@ -171,7 +165,7 @@ def prepare_scan(t1: str | os.PathLike, flair: str | os.PathLike, spec: Preproce
     t_load = time.perf_counter() - t0
     pipeline = transforms or preloaded_transforms(spec)
     try:
-        out = pipeline({"t1": _meta_tensor(t1_data, t1_affine, t1), "flair": _meta_tensor(flair_data, flair_affine, flair)})
+        out = pipeline({"t1": meta_tensor(t1_data, t1_affine, t1), "flair": meta_tensor(flair_data, flair_affine, flair)})
     except ScanError:
         raise
     except Exception as exc:  # MONAI wraps errors in RuntimeError; name the files
@@ -180,5 +174,6 @@ def prepare_scan(t1: str | os.PathLike, flair: str | os.PathLike, spec: Preproce
     working = np.asarray(out["image"])
     swapped = swapped_contrast_warning(working[0], working[1], t1, flair)
     return PreparedScan(image=out["image"], shape=tuple(flair_data.shape), affine=flair_affine, flair=flair,
-                        reference=reference, warnings=warnings + ([swapped] if swapped else []), t_load_s=t_load,
+                        reference=reference, warnings=warnings + ([swapped] if swapped else []),
+                        alignment=out.get("t1_alignment", {}), t_load_s=t_load,
                         t_preprocess_s=time.perf_counter() - t0 - t_load)

@@ -46,15 +46,19 @@ __all__ = [
     "ResultStore",
 ]
 
+# with an `xfm`: the stereotaxic WMH volume and |det| of the transform (wmh_mm3 is then native)
+STEREOTAXIC_COLUMNS = ("wmh_stx_mm3", "stx_scale")
+# T1-to-FLAIR alignment (wmhseg.registration.Alignment.record)
+REGISTRATION_COLUMNS = ("t1_registration", "t1_align_mi_before", "t1_align_mi_after", "t1_shift_mm",
+                        "t1_transform", "t_register_s")
 log = logging.getLogger("wmhseg.infer")
-
 UNCERTAINTY_COLUMNS = ("wmh_mm3_sd", "wmh_mm3_ci_low", "wmh_mm3_ci_high")
 TIMING_COLUMNS = ("t_load_s", "t_preprocess_s", "t_predict_s", "t_export_s", "t_measure_s", "t_total_s")
 VOLUME_COLUMNS = (
     "subject_id", "session_id", "wmh_mm3", "n_lesions", "status", "error", "warnings", "longitudinal",
     "wmh_periventricular_mm3", "wmh_deep_mm3", "pv_rule", "icv_mm3", "brain_mm3", "mean_lesion_prob",
     *UNCERTAINTY_COLUMNS, "qc_flags", "fov_cut_share", "wmh_outside_wm_share", "wmh_voxels", "voxel_x_mm", "voxel_y_mm", "voxel_z_mm", "voxel_mm3", "mask", "model_id", "row",
-    *TIMING_COLUMNS,
+    *TIMING_COLUMNS, *STEREOTAXIC_COLUMNS, *REGISTRATION_COLUMNS,
 )
 METRICS_COLUMNS = (
     "subject_id", "session_id", "status", "error", *METRIC_NAMES, "wmh_mm3", "ref_wmh_mm3", "n_lesions",
@@ -101,7 +105,8 @@ def invalid_rows(scans: Sequence[Scan]) -> dict[int, str]:
 
 
 def _inputs(scan: Scan) -> dict[str, str | None]:
-    return {"t1": str(scan.t1), "flair": str(scan.flair), "label": str(scan.label) if scan.label else None}
+    return {"t1": str(scan.t1), "flair": str(scan.flair), "label": str(scan.label) if scan.label else None,
+            "xfm": str(scan.xfm) if scan.xfm else None}
 
 
 def file_signature(path: str | os.PathLike, *, with_hash: bool = True) -> dict[str, Any]:
@@ -229,7 +234,7 @@ class ResultStore:
         """Write ``volumes.csv`` (and ``metrics.csv``) atomically; return their paths."""
         vol = pd.DataFrame([{c: r.get(c) for c in VOLUME_COLUMNS} for r in records], columns=list(VOLUME_COLUMNS))
         for col in ("subject_id", "session_id", "status", "error", "warnings", "pv_rule", "qc_flags", "mask",
-                    "model_id"):
+                    "model_id", "t1_registration", "t1_transform"):
             vol[col] = vol[col].fillna("").astype(str)
         vol["longitudinal"] = vol["longitudinal"].fillna(False).astype(bool)
         vol = _integers(vol, ("n_lesions", "wmh_voxels", "row"))

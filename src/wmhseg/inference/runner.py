@@ -50,6 +50,7 @@ from wmhseg.metrics import label_lesions, segmentation_metrics
 from wmhseg.qc import CONVENTIONS as QC_CONVENTIONS
 from wmhseg.qc import write_qc
 from wmhseg.qc.flags import cohort_flags, scan_checks
+from wmhseg.xfm import native_volumes, stereotaxic_scale
 
 __all__ = ["infer", "RunOptions", "ScanDataset", "process_prepared", "process_scans", "run_scan"]
 
@@ -75,6 +76,7 @@ class RunOptions:
         self.num_workers = int(get("num_workers", 1))
         self.progress = bool(get("progress", True))
         self.pv_distance_mm = float(get("pv_distance_mm", 10.0))
+        self.register_t1 = get("register_t1", None)
         self.qc = bool(get("qc", True))
         self.qc_convention = str(get("qc_convention", "radiological"))
         self.torch_threads = get("torch_threads", None)
@@ -217,6 +219,12 @@ def process_prepared(predictor: Predictor, store: ResultStore, scan: Scan, prepa
         metrics = segmentation_metrics(pred, ref, voxel_sizes(prepared.affine))
         metrics["ref_wmh_mm3"] = int(ref.sum()) * measures["voxel_mm3"]
         metrics["ref_n_lesions"] = label_lesions(ref)[1]
+    if scan.xfm is not None:  # the images lie in stereotaxic space: report native volumes
+        scale = stereotaxic_scale(scan.xfm)
+        measures = native_volumes(measures, scale)
+        if metrics is not None:
+            metrics["ref_wmh_mm3"] /= scale
+    measures.update(prepared.alignment)
     t3 = time.perf_counter()
     timings = {"t_load_s": prepared.t_load_s, "t_preprocess_s": prepared.t_preprocess_s, "t_predict_s": t1 - t0,
                "t_export_s": t2 - t1, "t_measure_s": t3 - t2}
@@ -327,7 +335,7 @@ def infer(cfg: Any) -> int:
     Args:
         cfg: the composed ``configs/infer.yaml`` (a DictConfig or any mapping): ``ckpt_path``,
             ``input``, ``out_dir``, ``overwrite``, ``num_parts``, ``part_id``, ``num_workers``,
-            ``progress``, ``pv_distance_mm``, ``torch_threads``, ``strategy`` (``null``: one process;
+            ``progress``, ``pv_distance_mm``, ``register_t1`` (``null``: the checkpoint's), ``torch_threads``, ``strategy`` (``null``: one process;
             ``ddp``/``ddp_spawn``: Lightning ``predict``, see :mod:`wmhseg.inference.distributed`),
             ``accelerator``, ``devices``, ``num_nodes`` and ``inference``
             (:class:`~wmhseg.inference.predictor.InferenceSettings`).
@@ -347,6 +355,8 @@ def infer(cfg: Any) -> int:
         scans = read_manifest(opts.input, bids_filters=opts.bids_filters)
         opts.times = _longitudinal().read_visit_times(opts.visit_times) if opts.visit_times else None
         predictor = Predictor.from_checkpoint(opts.ckpt_path, **opts.inference)
+        if opts.register_t1 is not None:  # the run's choice over the checkpoint's
+            predictor.preprocess_spec = replace(predictor.preprocess_spec, register_t1=str(opts.register_t1))
     except WmhsegError as exc:
         log.error("%s", exc)
         print(f"wmhseg infer: error: {exc}", file=sys.stderr)

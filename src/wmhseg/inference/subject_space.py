@@ -1,8 +1,9 @@
 """A subject's space: rigid registration of each visit to the baseline, and resampling through it.
 
-:func:`register_visit` aligns one visit's FLAIR with the baseline's (SimpleITK: 6 degrees of
-freedom, Mattes mutual information, so contrast drift and a scanner change do not matter,
-regular-step gradient descent over a coarse-to-fine pyramid). Its result is a 4x4 RAS matrix
+:func:`register_visit` aligns one visit's FLAIR with the baseline's with the T1-to-FLAIR
+registration (:func:`wmhseg.registration.register_rigid`: SimpleITK, 6 degrees of freedom,
+Mattes mutual information, so contrast drift and a scanner change do not matter, regular-step
+gradient descent over a coarse-to-fine pyramid). Its result is a 4x4 RAS matrix
 ``visit_from_base`` taking baseline world points to the visit's world points.
 
 :func:`to_subject` / :func:`from_subject` move data between a visit's grid and the subject
@@ -28,14 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from wmhseg.errors import WmhsegError
+from wmhseg.errors import ScanError, WmhsegError
 from wmhseg.inference.export import resample_to_grid
+from wmhseg.registration import register_rigid
 
 __all__ = ["RegistrationError", "Registration", "register_visit", "to_subject", "from_subject", "between_visits"]
 
-_F = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (ITK's world), its own inverse
-_SEED = 20240601  # metric sampling is random; a fixed seed makes results reproducible
-_MAX_SAMPLES = 100_000
 
 
 class RegistrationError(WmhsegError):
@@ -61,19 +60,6 @@ class Registration:
     seconds: float
 
 
-def _to_sitk(data: np.ndarray, affine: np.ndarray):
-    """A float32 SimpleITK image of a 3-D array with a RAS voxel-to-world affine (ITK is LPS)."""
-    import SimpleITK as sitk
-
-    affine = np.asarray(affine, dtype=np.float64)
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data, dtype=np.float32).transpose(2, 1, 0)))
-    img.SetSpacing(tuple(float(s) for s in spacing))
-    img.SetOrigin(tuple(float(v) for v in _F[:3, :3] @ affine[:3, 3]))
-    img.SetDirection(tuple(float(v) for v in ((_F[:3, :3] @ affine[:3, :3]) / spacing).ravel()))
-    return img
-
-
 def _corners(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
     idx = np.array([[x, y, z, 1.0] for x in (0, shape[0] - 1) for y in (0, shape[1] - 1) for z in (0, shape[2] - 1)])
     return (np.asarray(affine, np.float64) @ idx.T)[:3].T
@@ -83,34 +69,6 @@ def _overlap(shape_a, affine_a, shape_b, affine_b) -> bool:
     """Whether the world bounding boxes of two grids intersect."""
     a, b = _corners(shape_a, affine_a), _corners(shape_b, affine_b)
     return bool(np.all(a.min(0) <= b.max(0)) and np.all(b.min(0) <= a.max(0)))
-
-
-def _matrix(transform) -> np.ndarray:
-    """4x4 LPS matrix of a SimpleITK linear transform (fixed -> moving points)."""
-    origin = np.asarray(transform.TransformPoint((0.0, 0.0, 0.0)))
-    m = np.eye(4)
-    for j in range(3):
-        m[:3, j] = np.asarray(transform.TransformPoint(tuple(np.eye(3)[j]))) - origin
-    m[:3, 3] = origin
-    return m
-
-
-def _method(n_voxels: int, spacing: float):
-    import SimpleITK as sitk
-
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(min(1.0, _MAX_SAMPLES / n_voxels), _SEED)
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=200,
-                                                 relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
-    reg.SetOptimizerScalesFromPhysicalShift()
-    shrink = [f for f in (4, 2, 1) if f == 1 or f * spacing <= 8.0]
-    reg.SetShrinkFactorsPerLevel(shrink)
-    reg.SetSmoothingSigmasPerLevel([0.5 * f * spacing if f > 1 else 0.0 for f in shrink])
-    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    return reg
 
 
 def register_visit(base: np.ndarray, base_affine: np.ndarray, visit: np.ndarray, visit_affine: np.ndarray, *,
@@ -125,31 +83,15 @@ def register_visit(base: np.ndarray, base_affine: np.ndarray, visit: np.ndarray,
     Raises:
         RegistrationError: no overlap, a failed or diverged fit, or no improvement.
     """
-    import SimpleITK as sitk
-
     t0 = time.perf_counter()
     if not _overlap(base.shape, base_affine, visit.shape, visit_affine):
         raise RegistrationError("the visit's field of view does not overlap the baseline's")
-    fixed, moving = _to_sitk(base, base_affine), _to_sitk(visit, visit_affine)
-    head = np.argwhere(base > np.percentile(base, 60))[::50]
-    points = (np.asarray(base_affine, np.float64) @ np.c_[head, np.ones(len(head))].T)[:3].T @ _F[:3, :3].T
-    start = sitk.Euler3DTransform()
-    start.SetCenter(tuple(points.mean(0)))
-    method = _method(base.size, float(min(fixed.GetSpacing())))
-    method.SetInitialTransform(start, inPlace=False)
     try:
-        before = -float(method.MetricEvaluate(fixed, moving))
-        found = method.Execute(fixed, moving)
-        method.SetInitialTransform(found, inPlace=False)
-        after = -float(method.MetricEvaluate(fixed, moving))
-    except RuntimeError as exc:
-        raise RegistrationError(f"rigid registration failed ({str(exc).strip().splitlines()[-1]})") from exc
-    lps = _matrix(found)
-    shift = float(np.linalg.norm(points @ lps[:3, :3].T + lps[:3, 3] - points, axis=1).mean())
-    if not np.isfinite(after) or after < before - 1e-3 or shift > max_shift_mm:
-        raise RegistrationError(f"rigid registration did not converge: mutual information {before:.3f} -> "
-                                f"{after:.3f}, mean head shift {shift:.1f} mm")
-    return Registration(_F @ lps @ _F, shift, before, after, time.perf_counter() - t0)
+        matrix, shift, before, after = register_rigid(base, base_affine, visit, visit_affine,
+                                                      what="the visit to the baseline", max_shift_mm=max_shift_mm)
+    except ScanError as exc:
+        raise RegistrationError(str(exc)) from exc
+    return Registration(matrix, shift, before, after, time.perf_counter() - t0)
 
 
 def _resample(data: torch.Tensor | np.ndarray, src_affine: np.ndarray, dst_shape: Sequence[int],

@@ -36,6 +36,7 @@ from wmhseg.stats.cox import CoxFit
 from wmhseg.stats.dataset import StudyData, build_dataset
 from wmhseg.stats.mixed import Estimate, MixedFit
 from wmhseg.stats.models import HEADLINE_KEYS, MODEL_NAMES, PER_WMH, TIME, fit_study_models
+from wmhseg.stats.sensitivity import Sensitivity, run_sensitivity
 from wmhseg.stats.settings import AnalysisSettings, SettingsError
 from wmhseg.stats.structure import SlopeCheck, check_random_slopes
 from wmhseg.stats.survival import SurvivalResult, run_survival
@@ -78,6 +79,7 @@ class AnalysisResult:
         study: the joined data set with its ledger of left-out rows.
         fits: the four mixed models; ``headline``: their headline estimates.
         slopes: random intercept vs random slope for models 1 and 2 (both fits, REML LRT).
+        sensitivity: the headlines under alternative analyses, flagged where a conclusion changes.
         survival: per-patient summaries, Kaplan-Meier splits and the Cox model.
         seconds: wall time of each stage; ``provenance``: versions and settings for the report.
     """
@@ -89,6 +91,7 @@ class AnalysisResult:
     headline: dict[str, Estimate]
     survival: SurvivalResult
     slopes: dict[str, SlopeCheck] = field(default_factory=dict)
+    sensitivity: list[Sensitivity] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)
 
@@ -115,12 +118,18 @@ class AnalysisResult:
                                  "p_value": check.p_value, "kind": "lrt", "converged": check.slope.converged,
                                  "note": check.error or note}])
             parts.append(lrt)
+        for sens in self.sensitivity:
+            flag = "CONCLUSION CHANGES" if sens.changed else "same conclusion"
+            note = f"{sens.analysis} ({sens.unit}): {sens.alternative} vs headline {sens.headline}: {flag}"
+            parts.append(_row(sens.fit, "sensitivity", sens.key, sens.estimate, note=note))
         for name, cox in self.survival.cox_models().items():
             parts.append(_cox_rows(name, cox, self.settings.alpha))
         table = pd.concat(parts, ignore_index=True)
         for col in MODELS_COLUMNS:
             if col not in table.columns:
                 table[col] = pd.NA
+        for col in ("n_subjects", "n_obs"):
+            table[col] = pd.array(pd.to_numeric(table[col]), dtype="Float64").astype("Int64")
         return table[MODELS_COLUMNS]
 
 
@@ -241,6 +250,7 @@ def _run(vol, clin, settings: AnalysisSettings, sources: dict[str, str], t0: flo
     slopes = check_random_slopes(
         study, fits, headline, random_slope=settings.random_slope, alpha=settings.alpha, method=settings.inference
     )
+    sensitivity = run_sensitivity(study, headline, alpha=settings.alpha, method=settings.inference)
     t2 = time.perf_counter()
     survival = run_survival(
         study,
@@ -265,6 +275,7 @@ def _run(vol, clin, settings: AnalysisSettings, sources: dict[str, str], t0: flo
         headline=headline,
         survival=survival,
         slopes=slopes,
+        sensitivity=sensitivity,
         seconds=seconds,
         provenance=_provenance(settings, sources, seconds),
     )
@@ -337,6 +348,17 @@ def write_outputs(result: AnalysisResult, out_dir: str | os.PathLike) -> dict[st
     return paths
 
 
+def left_out_line(study: StudyData, path: str | os.PathLike) -> str:
+    """One line with the counts of rows left out after the joins, and where they are listed."""
+    left = study.left_out
+    if not len(left):
+        return "left out: no rows"
+    by_table = left.groupby("table").size()
+    parts = [f"{n} {table} rows" for table, n in by_table.items()]  # "3 volumes rows, 40 clinical rows"
+    everywhere = int((left["left_out_of"] == "all analyses").sum())
+    return f"left out: {', '.join(parts)} ({everywhere} of all analyses, the rest of some); listed in {path}"
+
+
 def _config_dict(cfg: Any) -> dict[str, Any]:
     try:
         from omegaconf import DictConfig, OmegaConf
@@ -367,7 +389,8 @@ def analyze(cfg: Mapping[str, Any]) -> dict[str, Any]:
             ``out_dir``, and any :class:`AnalysisSettings` field.
 
     Returns:
-        ``{"headline": <headline.json content>, "outputs": {name: path}, "seconds": {...}}``.
+        ``{"left_out": <one line>, "headline": <headline.json content>, "outputs": {name: path},
+        "seconds": {...}}``.
 
     Raises:
         SettingsError: a setting is missing or invalid.
@@ -389,6 +412,7 @@ def analyze(cfg: Mapping[str, Any]) -> dict[str, Any]:
     paths = write_outputs(result, conf["out_dir"])
     log.info("analysis written to %s in %.2f s", conf["out_dir"], sum(result.seconds.values()))
     return {
+        "left_out": left_out_line(result.study, paths["left_out"]),
         "headline": result.headline_dict(),
         "outputs": {k: str(v) for k, v in paths.items()},
         "seconds": dict(result.seconds),

@@ -373,6 +373,31 @@ def _structure_section(doc: _Doc, result: AnalysisResult) -> None:
     doc.ul(items)
 
 
+def _sensitivity_section(doc: _Doc, result: AnalysisResult) -> None:
+    if not result.sensitivity:
+        return
+    a = result.settings.alpha
+    doc.h(2, "Sensitivity analyses")
+    doc.p(
+        "Each headline re-estimated on log(WMH + 1 mm³), on WMH as % of intracranial volume (when icv_mm3 is "
+        "given) and, for model 3, with years since baseline as a covariate (WMH growth and ALSFRS-R decline share "
+        f"the time axis). A conclusion (significant at α = {a:g} and its sign) that differs from the headline's is "
+        "flagged."
+    )
+    rows = [
+        {"headline": s.key, "analysis": s.analysis, "unit": s.unit, "estimate": _fmt(s.estimate.estimate, 4),
+         "CI": f"{_fmt(s.estimate.ci_low, 4)} to {_fmt(s.estimate.ci_high, 4)}", "p": format_p(s.estimate.p_value),
+         "conclusion": s.alternative, "headline conclusion": s.headline, "changed": "YES" if s.changed else "no"}
+        for s in result.sensitivity
+    ]
+    doc.table(pd.DataFrame(rows))
+    changed = [f"{s.key} ({s.analysis})" for s in result.sensitivity if s.changed]
+    doc.p(
+        f"Conclusions that change: {', '.join(changed)}." if changed
+        else "No conclusion changes under these analyses."
+    )
+
+
 def render_report(result: AnalysisResult, figures: dict[str, str], fmt: str = "md") -> str:
     """The report text.
 
@@ -398,6 +423,7 @@ def render_report(result: AnalysisResult, figures: dict[str, str], fmt: str = "m
             f"Warning: {', '.join(unconverged)} did not converge; treat their estimates with caution (see Models)."
         )
     _structure_section(doc, result)
+    _sensitivity_section(doc, result)
     _data_section(doc, result)
     _survival_section(doc, result)
     _models_section(doc, result)
