@@ -20,7 +20,7 @@ REPORT      := $(DEMO_DIR)/report
 .PHONY: help install test lint demo demo-clean bench bench-quick clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/; s|[$$][(]TORCH_SPEC[)]|$(TORCH_SPEC)|' | expand -t 14
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -12,6 +12,7 @@ import pytest
 from test_infer_helpers import infer_cfg, make_checkpoint, phantom, write_manifest, write_nifti
 
 from wmhseg.changes import CHANGE_CODES
+from wmhseg.errors import InputError
 from wmhseg.inference.runner import infer
 from wmhseg.synth.anatomy import rotation_matrix
 
@@ -130,4 +131,5 @@ def test_longitudinal_refuses_parts(tmp_path, run):
     _, _, rows, _ = run
     manifest = write_manifest(tmp_path / "m.csv", rows[:2])
     ckpt = make_checkpoint(tmp_path / "t.ckpt")
-    assert infer(infer_cfg(ckpt, manifest, tmp_path / "o", longitudinal=True, num_parts=2)) == 2
+    with pytest.raises(InputError, match="longitudinal=true needs one process"):
+        infer(infer_cfg(ckpt, manifest, tmp_path / "o", longitudinal=True, num_parts=2))

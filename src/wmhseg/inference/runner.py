@@ -11,7 +11,8 @@ Outputs under ``out_dir`` (see DESIGN.md for the fixed part):
 
 A scan that fails gets ``status=error`` and a message naming the file and the problem; the
 others go on. The return value is the exit code: 0 when every scan of this run's share is done,
-1 when any failed, 2 when the run could not start (bad checkpoint, manifest or setting).
+1 when any failed; a run that cannot start (bad checkpoint, manifest or setting) raises
+:class:`~wmhseg.errors.InputError` (infer.py prints it in one line and exits 2).
 
 Loading and preprocessing run in DataLoader workers (``num_workers``) while the network predicts.
 A cohort can be split into ``num_parts`` jobs (``part_id`` = 0 .. num_parts-1; scan ``i`` goes
@@ -341,26 +342,25 @@ def infer(cfg: Any) -> int:
             (:class:`~wmhseg.inference.predictor.InferenceSettings`).
 
     Returns:
-        The exit code: 0 all done, 1 some scan failed, 2 the run could not start.
+        The exit code: 0 all done, 1 some scan failed.
+
+    Raises:
+        InputError: the run cannot start (a bad checkpoint, manifest or setting), named in the message.
+        Interrupted: Ctrl-C; the message says how many scans were finished and how to resume.
 
     Example:
         >>> infer({"ckpt_path": "last.ckpt", "input": "manifest.csv", "out_dir": "out"})  # doctest: +SKIP
         0
     """
     t_start = time.perf_counter()
-    try:
-        opts = RunOptions(cfg)
-        if opts.torch_threads:
-            torch.set_num_threads(int(opts.torch_threads))
-        scans = read_manifest(opts.input, bids_filters=opts.bids_filters)
-        opts.times = _longitudinal().read_visit_times(opts.visit_times) if opts.visit_times else None
-        predictor = Predictor.from_checkpoint(opts.ckpt_path, **opts.inference)
-        if opts.register_t1 is not None:  # the run's choice over the checkpoint's
-            predictor.preprocess_spec = replace(predictor.preprocess_spec, register_t1=str(opts.register_t1))
-    except WmhsegError as exc:
-        log.error("%s", exc)
-        print(f"wmhseg infer: error: {exc}", file=sys.stderr)
-        return 2
+    opts = RunOptions(cfg)
+    if opts.torch_threads:
+        torch.set_num_threads(int(opts.torch_threads))
+    scans = read_manifest(opts.input, bids_filters=opts.bids_filters)
+    opts.times = _longitudinal().read_visit_times(opts.visit_times) if opts.visit_times else None
+    predictor = Predictor.from_checkpoint(opts.ckpt_path, **opts.inference)
+    if opts.register_t1 is not None:  # the run's choice over the checkpoint's
+        predictor.preprocess_spec = replace(predictor.preprocess_spec, register_t1=str(opts.register_t1))
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     _write_provenance(opts, cfg, predictor, len(scans))
     store = ResultStore(opts.out_dir, predictor.model_id)

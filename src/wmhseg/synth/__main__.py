@@ -2,12 +2,14 @@
 
     python -m wmhseg.synth study OUT_DIR [--n-als 30 --n-control 30 --seed 0 --spacing 2 --followups realistic]
     python -m wmhseg.synth cohort OUT_DIR [--n-als 232 --n-control 207 --seed 0]
+    python -m wmhseg.synth bison OUT_DIR [--n-subjects 4 --seed 0]
 
 ``study`` writes scans + manifest + clinical table + truth (:func:`wmhseg.synth.study.write_study`);
 its follow-ups are ``realistic`` (repositioned head, contrast drift, a scanner change for some
 subjects: :mod:`wmhseg.synth.followups`) or ``ideal`` (the baseline's grid, pose and scanner);
 ``cohort`` writes a volume table + clinical table + truth without images
-(:func:`wmhseg.synth.cohort.write_cohort`).
+(:func:`wmhseg.synth.cohort.write_cohort`); ``bison`` writes a BISON run in MINC, as BISON and
+PELICAN leave it (:func:`wmhseg.synth.bison_run.write_bison_run`).
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from wmhseg.synth.cohort import CohortParams, simulate_cohort, write_cohort
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wmhseg.synth", description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("study", "cohort"), help="scans + tables, or tables only")
+    parser.add_argument("what", choices=("study", "cohort", "bison"),
+                        help="scans + tables, tables only, or a BISON run (MINC)")
     parser.add_argument("out_dir")
     parser.add_argument("--n-als", type=int, default=None)
     parser.add_argument("--n-control", type=int, default=None)
+    parser.add_argument("--n-subjects", type=int, default=4, help="subjects of a BISON run (two visits each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spacing", type=float, default=2.0, help="voxel size of the scans (study)")
     parser.add_argument("--shape", type=int, nargs=3, default=None, help="grid size of the scans (study)")
@@ -34,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
 
     sizes = {"n_als": args.n_als, "n_control": args.n_control}
     params = CohortParams(seed=args.seed, **{k: v for k, v in sizes.items() if v is not None})
-    if args.what == "study":
+    if args.what == "bison":
+        from wmhseg.synth.bison_run import write_bison_run
+
+        paths = write_bison_run(args.out_dir, n_subjects=args.n_subjects, seed=args.seed)
+    elif args.what == "study":
         from wmhseg.synth.followups import IDEAL, FollowUps
         from wmhseg.synth.study import write_study
 
