@@ -319,7 +319,7 @@ def process_longitudinal(predictor: Predictor, store: ResultStore, todo: list[Sc
     pending = {s.subject_id for s in todo}
     groups = order_visits([s for s in candidates if s.subject_id in pending], opts.times)
     singles = [s for s in todo if len(groups[s.subject_id]) < 2]
-    n_ok, n_failed, walls, stages = process_scans(predictor, store, singles, opts)
+    n_ok, n_failed, walls, stages = process_scans(predictor, store, singles, opts, None)
     for visits in (v for v in groups.values() if len(v) >= 2):
         start = time.perf_counter()
         for scan, record in zip(visits, _run_subject(predictor, store, visits, opts), strict=True):
