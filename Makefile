@@ -43,7 +43,8 @@ lint: $(STAMP)  ## ruff
 
 demo: $(REPORT)/headline.json  ## train -> simulate a study -> infer -> analyze, on CPU (finished steps are reused)
 	@echo
-	@echo "Report: $(abspath $(REPORT))/report.md"
+	@echo "Report: $(abspath $(REPORT))/report.html (and report.md)"
+	@echo "QC gallery: $(abspath $(INFER_OUT))/qc/index.html"
 	@echo "Headline estimates next to the values the study was simulated with:"
 	@$(PY) -m wmhseg.stats.compare $(REPORT)/headline.json $(STUDY)/truth.json
 
