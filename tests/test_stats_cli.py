@@ -49,6 +49,7 @@ def test_analyze_writes_every_output(tables, tmp_path):
     figures = sorted(p.name for p in (out / "figures").iterdir())
     assert figures == [
         "alsfrs_vs_wmh.png",
+        "forest_plot.png",
         "kaplan_meier.png",
         "wmh_trajectories_als_vs_control.png",
         "wmh_trajectories_by_survival_group.png",

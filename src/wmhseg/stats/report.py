@@ -22,12 +22,14 @@ __all__ = ["headline_sentences", "render_report", "format_p"]
 
 _LIST_LIMIT = 30
 _CAPTIONS = {
-    "wmh_trajectories_als_vs_control": "WMH volume over time in ALS patients and controls: thin lines are "
+    "wmh_trajectories_als_vs_control": "(The study's Figure 2A.) WMH volume over time in ALS patients and controls: thin lines are "
     "participants, thick lines the mean trajectories of model 1.",
-    "wmh_trajectories_by_survival_group": "WMH volume over time in controls, long and short survivors: thin lines "
+    "wmh_trajectories_by_survival_group": "(The study's Figure 2B.) WMH volume over time in controls, long and short survivors: thin lines "
     "are participants, thick lines the mean trajectories of model 2.",
-    "alsfrs_vs_wmh": "ALSFRS-R against WMH volume in ALS patients (left, model 3) and by survival group (right, "
+    "alsfrs_vs_wmh": "(The study's Figures 3A and 3B.) ALSFRS-R against WMH volume in ALS patients (left, model 3) and by survival group (right, "
     "model 4); lines are the models' mean fits.",
+    "forest_plot": "The key term of every model with its {level}% confidence interval: the four headline "
+    "estimates (zero marked) and the WMH hazard ratios of the Cox models (one marked, log axis).",
     "kaplan_meier": "Kaplan-Meier curves of time to outcome for patients above vs at or below the median baseline "
     "WMH, with pointwise {level}% bands and the log-rank p-value.",
 }
