@@ -198,12 +198,9 @@ def _prepared_stream(dataset: ScanDataset, num_workers: int) -> Iterator[tuple[i
         for i in range(len(dataset)):
             yield dataset[i]
         return
-    # a forked copy of a process that holds OpenVINO's thread pool crashes (segfault); workers then
-    # start from a fresh forkserver process instead (a few seconds once, for the imports)
-    context = "forkserver" if "openvino" in sys.modules else None
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
-                                         collate_fn=_identity, worker_init_fn=_worker_init, prefetch_factor=2,
-                                         persistent_workers=False, multiprocessing_context=context)
+                                         collate_fn=_identity, worker_init_fn=_worker_init,
+                                         prefetch_factor=2, persistent_workers=False)
     yield from loader
 
 
