@@ -16,6 +16,7 @@ CKPT        := $(DEMO_DIR)/train/checkpoints/last.ckpt
 STUDY       := $(DEMO_DIR)/study
 INFER_OUT   := $(DEMO_DIR)/infer
 REPORT      := $(DEMO_DIR)/report
+INDEPENDENT := $(DEMO_DIR)/independent
 
 .PHONY: help install test lint demo demo-clean bench bench-quick clean
 
@@ -41,7 +42,12 @@ test: $(STAMP)  ## run the test suite (CPU, tiny synthetic volumes)
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check src tests benchmarks train.py infer.py analyze.py
 
-demo: $(REPORT)/headline.json  ## train -> simulate a study -> infer -> analyze, on CPU (finished steps are reused)
+demo: $(REPORT)/headline.json $(INDEPENDENT)/metrics.csv  ## train -> simulate a study -> infer -> analyze, on CPU (finished steps are reused)
+	@echo
+	@$(PY) -c "import json, pandas as pd; m = pd.read_csv('$(INDEPENDENT)/metrics.csv'); \
+	a = json.load(open('$(INDEPENDENT)/agreement.json')); \
+	print(f'Independent phantoms ({len(m)}): Dice {m.dice.mean():.3f} (per scan ' + ', '.join(f'{d:.2f}' for d in m.dice) \
+	      + f'), volume ICC {a[\"icc_a1\"]:.2f} against their labels')"
 	@echo
 	@echo "Report: $(abspath $(REPORT))/report.md"
 	@echo "Headline estimates next to the values the study was simulated with:"
@@ -59,6 +65,11 @@ $(STUDY)/manifest.csv: | $(STAMP)
 $(INFER_OUT)/volumes.csv: $(CKPT) $(STUDY)/manifest.csv
 	@echo "== 3/4 segmenting every scan ($(INFER_OUT))"
 	$(PY) infer.py ckpt_path=$(CKPT) input=$(STUDY)/manifest.csv out_dir=$(INFER_OUT)
+
+# the phantoms of the independent family the training validated on (other anatomy, contrasts, grids)
+$(INDEPENDENT)/metrics.csv: $(CKPT)
+	@echo "== segmenting the independent validation phantoms ($(INDEPENDENT))"
+	$(PY) infer.py ckpt_path=$(CKPT) input=$(DEMO_DIR)/train/data/independent/manifest.csv out_dir=$(INDEPENDENT)
 
 $(REPORT)/headline.json: $(INFER_OUT)/volumes.csv
 	@echo "== 4/4 longitudinal statistics ($(REPORT))"
