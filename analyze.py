@@ -54,6 +54,7 @@ def main(cfg: DictConfig) -> None:
     except InputError as err:
         print(f"analyze.py: error: {err}", file=sys.stderr)
         sys.exit(2)
+    print(summary["left_out"])
     print(f"report: {summary['outputs']['report']}")
 
 

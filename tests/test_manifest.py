@@ -59,8 +59,41 @@ def test_bids_without_sessions_and_ambiguous_files(tiny_dataset: Path, tmp_path:
     assert [(s.subject_id, s.session_id) for s in scans] == [("07", "1")]
     assert scans[0].label.name == "sub-07_dseg.nii.gz"
     shutil.copy(scan.t1, scan.t1.with_name("sub-07_run-2_T1w.nii.gz"))
-    with pytest.raises(ManifestError, match="more than one t1"):
-        read_manifest(tmp_path)
+    (ambiguous,) = read_manifest(tmp_path)
+    assert "2 t1 files" in ambiguous.problem and "bids_filters" in ambiguous.problem
+    with pytest.raises(ScanError, match="2 t1 files"):
+        check_scan(ambiguous)
+    (chosen,) = read_manifest(tmp_path, bids_filters={"t1": {"run": "2"}})
+    assert chosen.problem is None and chosen.t1.name == "sub-07_run-2_T1w.nii.gz"
+    (plain,) = read_manifest(tmp_path, bids_filters={"t1": {"run": None}})  # null: without the entity
+    assert plain.problem is None and plain.t1.name == scan.t1.name
+    (none_left,) = read_manifest(tmp_path, bids_filters={"t1": {"run": "3"}})
+    assert "no t1 file matches bids_filters.t1={'run': '3'}" in none_left.problem
+    with pytest.raises(ManifestError, match="bids_filters.T1w"):
+        read_manifest(tmp_path, bids_filters={"T1w": {"acq": "3D"}})
+
+
+def test_incomplete_bids_visits_are_listed_with_their_problem(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Each visit stands alone: no anat folder, no FLAIR, or two FLAIRs spoil that visit only."""
+    good = _copy_scan(tiny_dataset, tmp_path / "sub-01" / "ses-1" / "anat")
+    no_flair = _copy_scan(tiny_dataset, tmp_path / "sub-01" / "ses-2" / "anat")
+    no_flair.flair.unlink()
+    (tmp_path / "sub-02" / "ses-1").mkdir(parents=True)  # a session without anat
+    two = _copy_scan(tiny_dataset, tmp_path / "sub-03" / "anat")
+    for acq in ("2D", "3D"):
+        shutil.copy(two.flair, two.flair.with_name(f"sub-03_acq-{acq}_FLAIR.nii.gz"))
+    two.flair.unlink()
+    scans = read_manifest(tmp_path)
+    assert [(s.subject_id, s.session_id) for s in scans] == [("01", "1"), ("01", "2"), ("02", "1"), ("03", "1")]
+    assert scans[0].problem is None and scans[0].flair == good.flair.resolve()
+    assert "no flair file" in scans[1].problem and scans[1].t1 is not None
+    assert "missing 'anat' folder" in scans[2].problem
+    assert "2 flair files (sub-03_acq-2D_FLAIR.nii.gz, sub-03_acq-3D_FLAIR.nii.gz)" in scans[3].problem
+    with pytest.raises(ManifestError, match="3 of 4 scans failed") as info:
+        validate_scans(scans, read_data=False)
+    assert "row 2 (subject '01', session '2')" in str(info.value)
+    chosen = read_manifest(tmp_path, bids_filters={"flair": {"acq": "3D"}})[3]
+    assert chosen.problem is None and chosen.flair.name == "sub-03_acq-3D_FLAIR.nii.gz"
 
 
 def test_missing_column_names_it(tmp_path: Path) -> None:
@@ -72,8 +105,9 @@ def test_missing_column_names_it(tmp_path: Path) -> None:
 def test_empty_cell_and_duplicate_name_the_row(tmp_path: Path) -> None:
     rows = [{"subject_id": "01", "session_id": "1", "t1": "a.nii", "flair": "b.nii"},
             {"subject_id": "02", "session_id": "", "t1": "a.nii", "flair": "b.nii"}]
-    with pytest.raises(ManifestError, match=r"row 2: empty value in column\(s\) \['session_id'\]"):
-        read_manifest(_write_csv(tmp_path / "m.csv", rows))
+    (_, empty) = read_manifest(_write_csv(tmp_path / "m.csv", rows))  # an incomplete row fails alone
+    with pytest.raises(ScanError, match=r"row 2: empty value in column\(s\) \['session_id'\]"):
+        check_scan(empty)
     rows[1]["session_id"] = "1"
     rows.append({"subject_id": "01", "session_id": "1", "t1": "c.nii", "flair": "d.nii"})
     with pytest.raises(ManifestError, match="row 3: duplicate scan.*'01'.*row 1"):
@@ -165,3 +199,24 @@ def test_gzip_fixture_files_are_complete(tiny_dataset: Path) -> None:
     scan = read_manifest(tiny_dataset)[0]
     with gzip.open(scan.flair) as fh:
         assert len(fh.read()) >= 32**3 * 4
+
+
+def test_binary_mask_given_as_label_map_is_refused_with_the_hint(tiny_dataset: Path, tmp_path: Path) -> None:
+    """{0, 1} is a binary WMH mask: in BISON 1 means ventricles, so training would see no WMH at all."""
+    scan = _copy_scan(tiny_dataset, tmp_path)
+    img = nib.load(scan.label)
+    binary = (np.asarray(img.dataobj) == 9).astype(np.uint8)
+    assert set(np.unique(binary)) == {0, 1}
+    nib.save(nib.Nifti1Image(binary, img.affine), str(scan.label))
+    with pytest.raises(ManifestError, match=r"only the values 0 and 1.*data.labels.wmh_values=\[1\]"):
+        validate_scans([scan], LabelSpec(), read_data=True)
+    validate_scans([scan], LabelSpec(wmh_values=(1,)), read_data=True)  # what the hint says to do
+
+
+def test_the_same_file_as_t1_and_flair_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
+    scan = _copy_scan(tiny_dataset, tmp_path)
+    link = tmp_path / "link_T1w.nii.gz"
+    link.symlink_to(scan.flair)
+    for t1 in (scan.flair, link):
+        with pytest.raises(ScanError, match="the same file is given as T1 and as FLAIR"):
+            check_scan(Scan("001", "01", t1, scan.flair, None, row=1))

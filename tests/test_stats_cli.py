@@ -133,6 +133,10 @@ def test_cli_end_to_end(tables, tmp_path):
     proc = run_cli(f"volumes={tables['volumes']}", f"clinical={tables['clinical']}", f"out_dir={out}")
     assert proc.returncode == 0, proc.stderr
     assert f"report: {out / 'report.md'}" in proc.stdout
+    # one console line counts the rows left out after the joins (the failed scan) and says where they are
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("left out:"))
+    left = pd.read_csv(out / "left_out.csv")
+    assert f"{(left['table'] == 'volumes').sum()} volumes rows" in line and str(out / "left_out.csv") in line
     assert (out / "headline.json").exists() and (out / ".hydra" / "config.yaml").exists()
     assert not (ROOT / "outputs").exists() or not any((ROOT / "outputs").rglob("analyze.log"))
 

@@ -14,6 +14,7 @@ from wmhseg.stats.dataset import build_dataset
 from wmhseg.stats.mixed import fit_mixed, reml_relative_cov
 from wmhseg.stats.models import HEADLINE_KEYS, MODEL_NAMES, fit_study_models
 from wmhseg.stats.reml import t_inference
+from wmhseg.stats.structure import mixture_p
 from wmhseg.stats.tables import check_clinical, check_volumes
 from wmhseg.synth.cohort import CohortParams, simulate_cohort
 
@@ -27,13 +28,8 @@ def study_of(cohort, **kwargs):
 
 @pytest.fixture(scope="module")
 def full():
-    """The study's design (232 ALS / 207 controls) with the study's effects.
-
-    Seed 1: with the default seed 0 the model-4 interval (true difference 0) happens to miss 0
-    (p = 0.023), the 1-in-20 event a 95% interval allows; calibration over many cohorts is
-    checked by ``test_coverage_over_several_cohorts``.
-    """
-    cohort = simulate_cohort(CohortParams(seed=1))
+    """The study's design (232 ALS / 207 controls) with the study's effects (default seed)."""
+    cohort = simulate_cohort(CohortParams())
     return cohort, run_analysis(cohort.volumes, cohort.clinical)
 
 
@@ -43,7 +39,9 @@ def test_full_cohort_recovers_every_headline(full):
     assert tuple(headline) == HEADLINE_KEYS
     for key, truth in cohort.truth.items():
         h = headline[key]
-        assert h["ci_low"] <= truth <= h["ci_high"], (key, h, truth)
+        # within 4 standard errors of the truth: a false failure has probability 6e-5 per headline
+        # (interval coverage over many cohorts is checked in test_stats_calibration.py)
+        assert abs(h["estimate"] - truth) < 4 * h["std_err"], (key, h, truth)
         assert set(h) == {"estimate", "std_err", "df", "ci_low", "ci_high", "p_value", "n_subjects", "n_obs",
                           "method"}
         assert h["method"] == "satterthwaite" and h["df"] > 10
@@ -117,7 +115,7 @@ def test_models_table_lists_every_term(full):
         "sex[T.M]",
     } <= set(m1["term"])
     assert {"var(subject intercept)", "var(residual)"} <= set(m1["term"])
-    assert set(table["kind"]) == {"fixed", "variance", "contrast", "headline", "cox"}
+    assert set(table["kind"]) == {"fixed", "variance", "contrast", "headline", "cox", "lrt"}
     heads = table[table["kind"] == "headline"].set_index("term")
     assert np.isclose(
         heads.loc["alsfrs_per_500mm3_wmh", "estimate"], result.headline["alsfrs_per_500mm3_wmh"].estimate
@@ -136,41 +134,6 @@ def test_fast_start_matches_statsmodels_reml(re_formula):
     fit = fit_mixed("m", formula, study.scans, re_formula=re_formula)
     assert fit.converged and fit.attempts == ["lbfgs: converged"]
     np.testing.assert_allclose(fit.params.to_numpy(), ref.fe_params.to_numpy(), rtol=1e-3, atol=1e-2)
-
-
-def test_null_cohorts_have_nominal_false_positive_rate():
-    """No ALS-vs-control or short-vs-long difference: p < 0.05 in at most 4 of 20 cohorts
-    (P(X >= 5) = 0.003 for X ~ Binomial(20, 0.05))."""
-    hits = {k: 0 for k in HEADLINE_KEYS}
-    for seed in range(20):
-        params = CohortParams(
-            n_als=50,
-            n_control=45,
-            als_extra_slope=0.0,
-            short_extra_slope=0.0,
-            p_survival_data=0.8,
-            seed=100 + seed,
-        )
-        _, headline = fit_study_models(study_of(simulate_cohort(params)))
-        for key in (
-            "wmh_progression_als_vs_control",
-            "wmh_progression_short_vs_long",
-            "alsfrs_wmh_slope_short_vs_long",
-        ):
-            hits[key] += headline[key].p_value < 0.05
-    assert hits["wmh_progression_als_vs_control"] <= 4, hits
-    assert hits["wmh_progression_short_vs_long"] <= 4, hits
-    assert hits["alsfrs_wmh_slope_short_vs_long"] <= 4, hits
-
-
-def test_coverage_over_several_cohorts():
-    """95% intervals cover the truth in at least 34 of 40 (10 cohorts x 4 headlines)."""
-    covered = 0
-    for seed in range(10):
-        cohort = simulate_cohort(CohortParams(n_als=80, n_control=70, p_survival_data=0.8, seed=200 + seed))
-        _, headline = fit_study_models(study_of(cohort))
-        covered += sum(headline[k].ci_low <= cohort.truth[k] <= headline[k].ci_high for k in HEADLINE_KEYS)
-    assert covered >= 34
 
 
 def test_alsfrs_interaction_is_recovered():
@@ -290,3 +253,10 @@ def test_tiny_p_values_do_not_underflow(t, df, p_r):
 def test_t_interval_matches_r_quantile():
     low, high, _ = t_inference(1.0, 2.0, 7.5, 0.05)
     assert high - 1.0 == pytest.approx(2 * 2.3330396268649736, rel=1e-12)  # qt(0.975, 7.5) in R
+
+
+def test_mixture_p_value():
+    assert mixture_p(0.0) == 1.0
+    # 0.5 P(chi2_1 > 3.84) + 0.5 P(chi2_2 > 3.84): the 50:50 mixture's 5% point is 5.14, not 3.84
+    assert mixture_p(5.1384) == pytest.approx(0.05, abs=1e-4)
+    assert mixture_p(3.8415) == pytest.approx(0.5 * 0.05 + 0.5 * np.exp(-3.8415 / 2), rel=1e-4)

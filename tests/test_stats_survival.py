@@ -1,39 +1,20 @@
-"""Per-patient WMH summaries, Kaplan-Meier and log-rank, Cox model and its PH check."""
+"""Kaplan-Meier and log-rank, R's median rules, Cox models and their PH tests, survival data layouts."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
+from wmhseg.stats.cox import CoxData, design, fit_cox
 from wmhseg.stats.dataset import build_dataset
-from wmhseg.stats.survival import fit_cox, km_split, run_survival, subject_wmh_summary
+from wmhseg.stats.kaplan import km_curve, km_split
+from wmhseg.stats.survival import counting_process, landmark_table, run_survival
 from wmhseg.stats.tables import check_clinical, check_volumes
 from wmhseg.synth.cohort import CohortParams, simulate_cohort
-
-
-def test_subject_summary_matches_polyfit():
-    rng = np.random.default_rng(0)
-    rows = []
-    for s in range(12):
-        n = 1 + s % 4
-        for t in np.sort(rng.uniform(0, 2, n)) - (0 if n == 1 else 0):
-            rows.append(
-                {"subject_id": f"s{s:02d}", "years_since_baseline": t, "wmh_mm3": rng.uniform(500, 9000)}
-            )
-    frame = pd.DataFrame(rows).sample(frac=1.0, random_state=1)  # order must not matter
-    got = subject_wmh_summary(frame).set_index("subject_id")
-    for sid, g in frame.groupby("subject_id"):
-        g = g.sort_values("years_since_baseline")
-        assert got.loc[sid, "baseline_wmh"] == g["wmh_mm3"].iloc[0]
-        assert got.loc[sid, "n_scans"] == len(g)
-        if len(g) > 1:
-            assert np.isclose(
-                got.loc[sid, "wmh_slope"], np.polyfit(g["years_since_baseline"], g["wmh_mm3"], 1)[0]
-            )
-        else:
-            assert np.isnan(got.loc[sid, "wmh_slope"])
 
 
 def logrank_chi2(time, event, group):
@@ -59,18 +40,20 @@ def test_km_split_and_logrank_against_definition():
     patients = pd.DataFrame({"survival_months": time, "event": event, "baseline_wmh": x})
     split = km_split(patients, "baseline_wmh")
     high = (x > np.median(x)).astype(int)
-    assert split.n == {"low": int((high == 0).sum()), "high": int(high.sum())}
+    assert (split.curves["low"].n, split.curves["high"].n) == (int((high == 0).sum()), int(high.sum()))
     assert np.isclose(split.chi2, logrank_chi2(time, event, high), rtol=1e-6)
     assert np.isclose(split.p_value, stats.chi2.sf(split.chi2, 1))
     # Kaplan-Meier product-limit estimate at the first event time of the high group
-    curve = split.curves["high"]
+    curve = split.curves["high"].table
     th, eh = time[high == 1], event[high == 1]
     t1 = np.min(th[eh == 1])
     expected = 1 - ((th == t1) & (eh == 1)).sum() / (th >= t1).sum()
     assert np.isclose(curve.loc[curve["time"] == t1, "survival"].iloc[0], expected)
     assert curve["survival"].iloc[0] == 1.0 and (np.diff(curve["survival"]) <= 1e-12).all()
-    assert (curve["ci_low"] <= curve["survival"] + 1e-12).all()
-    assert (curve["ci_high"] >= curve["survival"] - 1e-12).all()
+    band = curve.dropna()  # limits are undefined where the curve reaches 0 (as in R)
+    assert (band["ci_low"] <= band["survival"] + 1e-12).all()
+    assert (band["ci_high"] >= band["survival"] - 1e-12).all()
+    assert curve["survival"].iloc[-1] > 0 or curve["ci_low"].isna().iloc[-1]
 
 
 def test_km_split_degenerate_inputs():
@@ -80,77 +63,112 @@ def test_km_split_degenerate_inputs():
     assert "does not vary" in km_split(same, "v").error
 
 
-def cox_data(n: int, beta: np.ndarray, seed: int, ph: bool = True) -> pd.DataFrame:
+@pytest.mark.parametrize(
+    ("time", "event", "median", "ci_low"),  # R 3.5-3: summary(survfit(Surv(time, event) ~ 1))$table
+    [
+        ([1, 2, 3, 4, 5, 6], [1] * 6, 3.5, 2.0),  # S = 5/6 * 4/5 * 3/4 = 0.5000000000000001: a flat at 0.5
+        ([1, 2, 3, 4, 5, 6, 7, 8], [1, 1, 1, 1, 0, 0, 0, 0], 4.0, 3.0),  # flat at 0.5 to the end of follow-up
+        ([1, 2, 3, 4, 5, 5.5, 6, 7, 8, 9], [1, 1, 1, 1, 1, 0, 1, 0, 1, 1], 5.5, 3.0),
+    ],
+)
+def test_km_median_follows_r_rules(time, event, median, ci_low):
+    curve = km_curve(np.array(time, float), np.array(event, float))
+    assert curve.median == median and curve.median_ci_low == ci_low and np.isnan(curve.median_ci_high)
+
+
+def cox_frame(n: int, beta: np.ndarray, seed: int, ph: bool = True) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    base = rng.lognormal(np.log(3000), 0.5, n)
-    slope = rng.normal(900, 400, n)
+    wmh = rng.lognormal(np.log(3000), 0.5, n)
     age = rng.normal(60, 10, n)
     sex = np.where(rng.random(n) < 0.5, "M", "F")
-    lin = beta[0] * base / 1000 + beta[1] * slope / 1000 + beta[2] * (age - 60) + beta[3] * (sex == "M")
+    lin = beta[0] * (wmh / 1000 - 3) + beta[1] * (age - 60) + beta[2] * (sex == "M")
     if ph:
         t = rng.exponential(30 * np.exp(-lin))
     else:  # the covariate effect reverses after 10 months: hazards are not proportional
         u = rng.exponential(1.0, n)
-        h1, h2 = np.exp(lin) / 60, np.exp(-lin) / 60
+        h1, h2 = np.exp(lin) / 20, np.exp(-lin) / 20
         t = np.where(u < 10 * h1, u / h1, 10 + (u - 10 * h1) / h2)
     c = rng.uniform(10, 80, n)
-    return pd.DataFrame(
-        {
-            "survival_months": np.minimum(t, c),
-            "event": (t <= c).astype(float),
-            "baseline_wmh": base,
-            "wmh_slope": slope,
-            "age": age,
-            "sex": pd.Categorical(sex, categories=["F", "M"]),
-        }
-    )
+    return pd.DataFrame({"time": np.minimum(t, c), "event": (t <= c).astype(float), "wmh": wmh / 1000,
+                         "age": age, "sex": pd.Categorical(sex, categories=["F", "M"])})
+
+
+def as_cox(frame: pd.DataFrame) -> CoxData:
+    x, names = design(frame, ["wmh", "age", "sex"])
+    return CoxData(np.zeros(len(frame)), frame["time"].to_numpy(), frame["event"].to_numpy(), x, names, len(frame))
 
 
 def test_cox_recovers_hazard_ratios_and_ph_holds():
-    beta = np.array([0.2, 0.8, 0.03, -0.4])
-    fit = fit_cox(cox_data(600, beta, seed=1), ["age", "sex"])
-    assert fit.error is None and fit.n_subjects == 600 and fit.converged
-    terms = fit.terms.set_index("term")
-    truth = {
-        "baseline_wmh_per_1000mm3": beta[0],
-        "wmh_slope_per_1000mm3_per_year": beta[1],
-        "age": beta[2],
-        "sex[T.M]": beta[3],
-    }
-    for term, b in truth.items():
-        assert terms.loc[term, "hr_ci_low"] <= np.exp(b) <= terms.loc[term, "hr_ci_high"], term
-    assert np.allclose(terms["hazard_ratio"], np.exp(terms["coef"]))
-    assert (terms["ph_p_value"] > 0.01).all() and fit.ph_global_p_value > 0.01
+    beta = np.array([0.2, 0.03, -0.4])
+    fit = fit_cox(as_cox(cox_frame(600, beta, seed=1)))
+    assert fit.error is None and fit.converged and fit.names == ("wmh", "age", "sex_M")
+    terms = fit.to_dict()["terms"]
+    # each estimate within 3.5 SE of the truth (a false failure has probability < 0.15%)
+    assert np.all(np.abs(fit.coef - beta) < 3.5 * fit.std_err), (fit.coef, fit.std_err)
+    assert all(np.isclose(t["hazard_ratio"], np.exp(c)) for t, c in zip(terms.values(), fit.coef, strict=True))
+    # under proportional hazards 4 tests all above p = 0.001 fail together with probability < 0.4%
+    assert all(t["ph_p_value"] > 0.001 for t in terms.values()) and fit.ph_global_p > 0.001
 
 
-def test_ph_check_detects_crossing_hazards():
-    data = cox_data(600, np.array([0.0, 1.5, 0.0, 0.0]), seed=2, ph=False)
-    fit = fit_cox(data, [])
-    terms = fit.terms.set_index("term")
-    assert terms.loc["wmh_slope_per_1000mm3_per_year", "ph_p_value"] < 0.001
+def test_ph_test_detects_crossing_hazards():
+    fit = fit_cox(as_cox(cox_frame(600, np.array([0.5, 0.0, 0.0]), seed=2, ph=False)))
+    assert fit.ph_p[0] < 0.001 and fit.ph_global_p < 0.001
 
 
-def test_cox_too_few_events():
-    data = cox_data(30, np.zeros(4), seed=3).assign(event=0.0)
-    data.loc[:2, "event"] = 1.0
-    assert "too few events" in fit_cox(data, ["age", "sex"]).error
+def test_cox_that_cannot_be_fitted_keeps_its_key_with_nulls():
+    few = cox_frame(30, np.zeros(3), seed=3).assign(event=0.0)
+    few.loc[:2, "event"] = 1.0
+    assert "too few events" in fit_cox(as_cox(few)).error
+    separated = cox_frame(60, np.zeros(3), seed=4)
+    # each patient who fails has the largest WMH of those still at risk: the estimate is infinite
+    separated["wmh"] = np.where(separated["event"] == 1, 10.0, 0.0) - separated["time"].rank().to_numpy() * 1e-3
+    fit = fit_cox(as_cox(separated))
+    out = fit.to_dict()
+    assert out["converged"] is False and out["error"] and out["ph_global_p"] is None
+    assert set(out["terms"]) == {"wmh", "age", "sex_M"}
+    assert all(v is None for t in out["terms"].values() for v in t.values())
 
 
 @pytest.fixture(scope="module")
 def survival():
     cohort = simulate_cohort(CohortParams(n_als=120, n_control=40, p_survival_data=0.7, seed=4))
     study = build_dataset(check_volumes(cohort.volumes), check_clinical(cohort.clinical))
-    return study, run_survival(study)
+    return study, run_survival(study, bootstrap_samples=50)
 
 
-def test_run_survival_counts(survival):
+def test_run_survival_counts_and_json(survival):
     study, result = survival
     als = study.subjects[study.subjects["group"] == "ALS"]
     with_data = als["survival_months"].notna() & als["event"].notna()
-    assert len(result.patients) == with_data.sum()
-    assert any(f"{(~with_data).sum()} ALS patients without survival" in n for n in result.notes)
-    assert result.cox.n_subjects == result.patients["wmh_slope"].notna().sum()
-    assert set(result.km) == {"baseline_wmh", "wmh_slope"}
-    assert all(k.error is None and np.isfinite(k.p_value) for k in result.km.values())
-    # the simulated short survivors progress faster: the progression split separates survival
-    assert result.km["wmh_slope"].p_value < 0.05
+    out = result.to_dict(24.0)
+    c = out["counts"]
+    assert c["patients"] == with_data.sum() and c["no_survival_data"] == (~with_data).sum()
+    assert c["short"] + c["long"] + c["censored_before_cutoff"] == c["patients"]
+    assert c["events"] == int(als.loc[with_data, "event"].sum())
+    assert set(out) == {"cutoff_months", "counts", "kaplan_meier", "cox", "landmark", "prognostic_value"}
+    assert set(out["cox"]) == {"cox_baseline", "cox_time_varying"}
+    for cox in out["cox"].values():
+        assert set(cox["terms"]) == {"wmh_per_1000mm3", "age", "sex_M"} and cox["converged"]
+        assert set(cox["terms"]["age"]) == {"coef", "std_err", "hazard_ratio", "ci_low", "ci_high", "p_value",
+                                            "ph_chi2", "ph_p_value"}
+    pv = out["prognostic_value"]
+    assert pv["c_difference_ci_low"] <= pv["c_difference"] <= pv["c_difference_ci_high"]
+    assert set(out["kaplan_meier"]["baseline_wmh"]["groups"]) == {"low", "high"}
+
+
+def test_counting_process_rows_by_hand():
+    scans = pd.DataFrame({
+        "subject_id": ["a", "a", "a", "b", "b"], "group": "ALS", "years_since_baseline": [0.0, 0.5, 2.0, 0.0, 1.0],
+        "wmh_mm3": [1000.0, 1500.0, 2500.0, 800.0, 900.0], "survival_months": [18.0] * 3 + [30.0] * 2,
+        "event": [1.0] * 3 + [0.0] * 2,
+    })
+    study = SimpleNamespace(scans=scans)
+    rows = counting_process(study)
+    # a: (0, 6], (6, 18] with the event; its scan at 24 months is after death and dropped; b: (0, 12], (12, 30]
+    assert rows[["subject_id", "start", "stop", "status", "wmh_mm3"]].values.tolist() == [
+        ["a", 0.0, 6.0, 0.0, 1000.0], ["a", 6.0, 18.0, 1.0, 1500.0],
+        ["b", 0.0, 12.0, 0.0, 800.0], ["b", 12.0, 30.0, 0.0, 900.0],
+    ]
+    land = landmark_table(study, 12.0)
+    # a: scans at 0 and 6 months, slope 1000 mm3/year, 6 months after the landmark; b: scans at 0 and 12
+    assert land[["subject_id", "wmh_slope", "time"]].values.tolist() == [["a", 1000.0, 6.0], ["b", 100.0, 18.0]]

@@ -278,3 +278,12 @@ def test_extra_covariate_column(tmp_path):
         build_dataset(
             load_volumes(vol_file(tmp_path)), load_clinical(clin_file(tmp_path)), covariates=("scanner",)
         )
+
+
+def test_n_lesions_stays_integer_with_failed_rows():
+    frame = pd.DataFrame({"subject_id": ["1", "2", "3"], "session_id": ["a"] * 3, "wmh_mm3": ["1", "2", ""],
+                          "n_lesions": ["3", "", ""], "status": ["ok", "ok", "error"]})
+    scans = check_volumes(frame).scans
+    assert str(scans["n_lesions"].dtype) == "Int64" and scans["n_lesions"].tolist() == [3, pd.NA]
+    with pytest.raises(TableError, match="n_lesions is not a whole number on line 2"):
+        check_volumes(frame.assign(n_lesions=["2.5", "", ""]))

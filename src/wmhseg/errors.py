@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["WmhsegError", "InputError", "ScanError", "ManifestError", "CheckpointError"]
+__all__ = ["WmhsegError", "InputError", "ScanError", "ManifestError", "CheckpointError", "Interrupted"]
 
 
 class WmhsegError(Exception):
@@ -23,3 +23,7 @@ class ManifestError(InputError):
 
 class CheckpointError(InputError):
     """A checkpoint is missing, corrupt, unsafe, or lacks what inference needs."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a command; the message says what was finished and how to resume."""

@@ -1,5 +1,8 @@
-"""File input/output: validated NIfTI reading, atomic writes, and safe file names.
+"""File input/output: validated image reading, atomic writes, and safe file names.
 
+Images are read with nibabel: NIfTI (``.nii``, ``.nii.gz``) and MINC (``.mnc``: MINC1/netCDF and
+MINC2/HDF5), each as a 3-D array with its voxel-to-world (RAS mm) affine; MINC's world
+coordinates are RAS, so both formats give the same geometry. Outputs are always NIfTI.
 Everything here is torch-free. Reading checks what users get wrong most often (missing or
 truncated files, NaNs, 2-D or 4-D data) and raises :class:`~wmhseg.errors.ScanError` naming the
 file. Writing goes to a temporary name in the destination folder and is renamed into place, so
@@ -24,6 +27,9 @@ from wmhseg.errors import InputError, ScanError
 
 __all__ = [
     "NIFTI_SUFFIXES",
+    "MINC_SUFFIXES",
+    "IMAGE_SUFFIXES",
+    "is_minc",
     "read_header",
     "load_nifti",
     "load_volume",
@@ -38,6 +44,8 @@ __all__ = [
 ]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MINC_SUFFIXES = (".mnc",)
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + MINC_SUFFIXES
 _UNSAFE_ID = re.compile(r"[/\\\x00-\x1f\x7f]")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -55,11 +63,16 @@ def _as_3d_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
     return dims  # type: ignore[return-value]
 
 
+def is_minc(path: str | os.PathLike) -> bool:
+    """True for a MINC file name (``.mnc``)."""
+    return str(path).lower().endswith(MINC_SUFFIXES)
+
+
 def read_header(path: str | os.PathLike) -> tuple[tuple[int, int, int], np.ndarray]:
-    """Read a NIfTI header only (cheap): the 3-D shape and the voxel-to-world affine.
+    """Read an image header only (cheap): the 3-D shape and the voxel-to-world affine.
 
     Raises:
-        ScanError: the file is missing, not NIfTI, or not a single 3-D volume.
+        ScanError: the file is missing, not NIfTI or MINC, or not a single 3-D volume.
     """
     path = Path(path)
     if not path.is_file():
@@ -67,7 +80,8 @@ def read_header(path: str | os.PathLike) -> tuple[tuple[int, int, int], np.ndarr
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for corrupt headers
-        raise ScanError(f"{path}: not a readable NIfTI file ({exc})") from exc
+        kind = "MINC" if is_minc(path) else "NIfTI"
+        raise ScanError(f"{path}: not a readable {kind} file ({type(exc).__name__}: {exc})") from exc
     shape = _as_3d_shape(img.shape, path)
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
@@ -76,7 +90,7 @@ def read_header(path: str | os.PathLike) -> tuple[tuple[int, int, int], np.ndarr
 
 
 def load_nifti(path: str | os.PathLike, *, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """Read a NIfTI file fully and return ``(data, affine)`` with 3-D ``data``.
+    """Read a NIfTI or MINC file fully and return ``(data, affine)`` with 3-D ``data``.
 
     The whole file is decompressed, so a truncated gzip is caught here rather than later.
 

@@ -95,6 +95,18 @@ class LabelSpec:
         bad = values[(np.abs(values - rounded) > 1e-3) | ~np.isin(rounded, self.known_values)]
         return [float(v) if not float(v).is_integer() else int(v) for v in bad]
 
+    def binary_mask_problem(self, label: np.ndarray) -> str | None:
+        """Why ``label`` looks like a binary WMH mask given as a BISON label map, else ``None``.
+
+        A map whose values are exactly {0, 1} is a binary mask (BISON's 1 means ventricles): with
+        ``wmh_values`` not containing 1 it would train a scan with no WMH at all.
+        """
+        if 1 in self.wmh_values or set(np.unique(np.rint(label)).tolist()) != {0, 1}:
+            return None
+        return ("the label map holds only the values 0 and 1: a binary WMH mask, not a BISON label map "
+                f"(in BISON, 1 means ventricles and WMH is {list(self.wmh_values)}); if 1 marks WMH in these "
+                "maps, set data.labels.wmh_values=[1]")
+
     def to_target(self, label: np.ndarray) -> np.ndarray:
         """Map a BISON label array to the integer target the network learns (same shape)."""
         lab = np.rint(np.asarray(label)).astype(np.int64)

@@ -2,17 +2,27 @@
 
 Two input forms are accepted:
 
-* a CSV file with columns ``subject_id, session_id, t1, flair[, label]`` (extra columns are
-  ignored). IDs are read as strings, so ``001`` stays ``001``. Paths are absolute or relative to
-  the manifest's folder. Row numbers in messages count data rows from 1 (the header is row 0).
-* a BIDS-style folder ``sub-<id>/[ses-<id>/]anat/`` holding exactly one ``*_T1w.nii[.gz]``, one
+* a CSV file with columns ``subject_id, session_id, t1, flair[, label][, xfm]`` (extra columns
+  are ignored); ``xfm`` names a linear transform from the scan's space to stereotaxic space
+  (:mod:`wmhseg.xfm`), given when the images themselves lie in stereotaxic space. IDs are read
+  as strings, so ``001`` stays ``001``. Paths are absolute or relative to the manifest's folder. Row numbers in messages count data rows from 1 (the header is row 0).
+* a BIDS-style folder ``sub-<id>/[ses-<id>/]anat/`` holding one ``*_T1w.nii[.gz]``, one
   ``*_FLAIR.nii[.gz]`` and at most one label map named ``*_label.nii[.gz]`` or
-  ``*_dseg.nii[.gz]``. A subject without ``ses-*`` folders gets the session id ``"1"``. Rows
-  are numbered from 1 in sorted (subject, session) order.
+  ``*_dseg.nii[.gz]`` (each may be MINC instead: ``*_T1w.mnc`` ...). A subject without ``ses-*`` folders gets the session id ``"1"``. Rows
+  are numbered from 1 in sorted (subject, session) order. When a visit has several candidates
+  of a kind (``acq-2D`` and ``acq-3D`` FLAIRs), ``bids_filters`` chooses among them: a mapping
+  from kind (``t1``, ``flair``, ``label``) to BIDS entities, e.g. ``{"flair": {"acq": "3D"}}``,
+  keeps the candidates whose name has ``_acq-3D_`` (a ``null`` value keeps those without the
+  entity). The one file left is used; none or several left is an error for that visit. A visit
+  with a single candidate uses it, whatever the filters say.
 
-Reading a manifest checks its structure only (columns, empty cells, duplicate scans).
+An incomplete visit (no ``anat`` folder, no T1 or FLAIR, an empty cell, candidates that
+``bids_filters`` does not settle) does not stop the cohort: its :class:`Scan` carries the reason
+in ``problem`` and :func:`check_scan` raises it, so inference writes it as that scan's error.
+
+Reading a manifest checks its structure only (columns, duplicate scans).
 :func:`check_scan` and :func:`validate_scans` then check the files: that they exist, that the
-headers are readable 3-D NIfTI, that the T1 and FLAIR grids overlap in world space (they may
+headers are readable 3-D NIfTI or MINC, that the T1 and FLAIR grids overlap in world space (they may
 differ: T1 is resampled onto the FLAIR grid), that the label lies on the FLAIR grid, and
 (reading the data) that no file is truncated and every label value is known.
 
@@ -25,9 +35,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +46,7 @@ import pandas as pd
 from wmhseg.errors import ManifestError, ScanError
 from wmhseg.io import load_nifti, read_header
 from wmhseg.labels import LabelSpec
+from wmhseg.xfm import read_linear_transform
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -47,8 +59,10 @@ __all__ = [
 ]
 
 REQUIRED_COLUMNS = ("subject_id", "session_id", "t1", "flair")
+_OPTIONAL_COLUMNS = ("label", "xfm")
 _BIDS_NO_SESSION = "1"
-_NII = r"\.nii(\.gz)?$"
+_BIDS_KINDS = ("t1", "flair", "label")
+_NII = r"\.(nii(\.gz)?|mnc)$"
 _BIDS_PATTERNS = {
     "t1": re.compile(r"_T1w" + _NII),
     "flair": re.compile(r"_FLAIR" + _NII),
@@ -65,17 +79,21 @@ class Scan:
 
     Attributes:
         subject_id, session_id: string IDs (leading zeros kept).
-        t1, flair: absolute paths of the NIfTI files.
+        t1, flair: absolute paths of the NIfTI or MINC files (``None`` only when ``problem`` says why).
         label: absolute path of the BISON label map, or ``None``.
         row: 1-based data row in the CSV (or position in the sorted BIDS listing).
+        problem: why the visit cannot be processed (a missing file, an empty cell), else ``None``.
+        xfm: absolute path of the linear scan-to-stereotaxic transform, or ``None``.
     """
 
     subject_id: str
     session_id: str
-    t1: Path
-    flair: Path
+    t1: Path | None
+    flair: Path | None
     label: Path | None
     row: int
+    xfm: Path | None = None
+    problem: str | None = None
 
     @property
     def key(self) -> str:
@@ -87,16 +105,20 @@ class Scan:
         return f"row {self.row} (subject {self.subject_id!r}, session {self.session_id!r})"
 
 
-def read_manifest(path: str | os.PathLike) -> list[Scan]:
+def read_manifest(path: str | os.PathLike, *, bids_filters: Mapping[str, Any] | None = None) -> list[Scan]:
     """Read a CSV manifest or a BIDS-style folder (decided by ``path`` being a folder).
 
+    Args:
+        path: the CSV file or the BIDS folder.
+        bids_filters: which file of several candidates a BIDS visit uses (module docstring).
+
     Raises:
-        ManifestError: missing path, missing columns, empty cells, duplicate
-            (subject, session) pairs, or a BIDS folder with no / ambiguous files.
+        ManifestError: missing path, missing columns, duplicate (subject, session) pairs, a
+            BIDS folder with no ``sub-*`` folder, or malformed ``bids_filters``.
     """
     path = Path(path)
     if path.is_dir():
-        return read_bids_folder(path)
+        return read_bids_folder(path, bids_filters=bids_filters)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found (expected a CSV file or a BIDS folder)")
     return read_csv_manifest(path)
@@ -108,7 +130,7 @@ def _resolve(value: str, base: Path) -> Path:
 
 
 def read_csv_manifest(path: str | os.PathLike) -> list[Scan]:
-    """Read a ``subject_id,session_id,t1,flair[,label]`` CSV file; see the module docstring.
+    """Read a ``subject_id,session_id,t1,flair[,label][,xfm]`` CSV file; see the module docstring.
 
     Raises:
         ManifestError: unreadable file, missing columns, an empty required cell, or a
@@ -124,25 +146,25 @@ def read_csv_manifest(path: str | os.PathLike) -> list[Scan]:
     if missing:
         raise ManifestError(
             f"{path}: missing column(s) {missing}; a manifest needs {list(REQUIRED_COLUMNS)} "
-            f"(and optionally 'label'), found {list(frame.columns)}"
+            f"(and optionally 'label', 'xfm'), found {list(frame.columns)}"
         )
-    has_label = "label" in frame.columns
+    optional = tuple(c for c in _OPTIONAL_COLUMNS if c in frame.columns)
     base = path.resolve().parent
     scans: list[Scan] = []
     for i, rec in enumerate(frame.to_dict("records"), start=1):
-        cells = {k: str(rec[k]).strip() for k in (*REQUIRED_COLUMNS, *(("label",) if has_label else ()))}
+        cells = {k: str(rec[k]).strip() for k in (*REQUIRED_COLUMNS, *optional)}
         empty = [k for k in REQUIRED_COLUMNS if not cells[k]]
-        if empty:
-            raise ManifestError(f"{path}: row {i}: empty value in column(s) {empty}")
-        label = cells.get("label") or None
+        label, xfm = cells.get("label") or None, cells.get("xfm") or None
         scans.append(
             Scan(
                 subject_id=cells["subject_id"],
                 session_id=cells["session_id"],
-                t1=_resolve(cells["t1"], base),
-                flair=_resolve(cells["flair"], base),
+                t1=_resolve(cells["t1"], base) if cells["t1"] else None,
+                flair=_resolve(cells["flair"], base) if cells["flair"] else None,
                 label=_resolve(label, base) if label else None,
                 row=i,
+                xfm=_resolve(xfm, base) if xfm else None,
+                problem=f"{path}: row {i}: empty value in column(s) {empty}" if empty else None,
             )
         )
     if not scans:
@@ -153,7 +175,7 @@ def read_csv_manifest(path: str | os.PathLike) -> list[Scan]:
 
 def _check_unique(scans: Sequence[Scan], source: str) -> None:
     seen: dict[tuple[str, str], int] = {}
-    for scan in scans:
+    for scan in (s for s in scans if not s.problem):
         k = (scan.subject_id, scan.session_id)
         if k in seen:
             raise ManifestError(
@@ -163,27 +185,61 @@ def _check_unique(scans: Sequence[Scan], source: str) -> None:
         seen[k] = scan.row
 
 
-def _pick(folder: Path, kind: str, required: bool) -> Path | None:
+def _entities(name: str) -> dict[str, str]:
+    """BIDS entities of a file name: ``sub-01_ses-2_acq-3D_FLAIR.nii.gz`` -> ``{"sub": "01", "ses": "2", "acq": "3D"}``."""
+    return dict(part.split("-", 1) for part in name.split(".")[0].split("_") if "-" in part)
+
+
+def check_bids_filters(filters: Mapping[str, Any] | None) -> dict[str, dict[str, str | None]]:
+    """``bids_filters`` as plain ``{kind: {entity: value or None}}``; raise :class:`ManifestError` if malformed."""
+    out: dict[str, dict[str, str | None]] = {}
+    for kind, entities in dict(filters or {}).items():
+        if kind not in _BIDS_KINDS or not isinstance(entities, Mapping):
+            raise ManifestError(f"bids_filters.{kind}: expected one of {list(_BIDS_KINDS)} mapped to entities, "
+                                f"e.g. {{flair: {{acq: 3D}}}}; got {entities!r}")
+        out[kind] = {str(k): (None if v is None else str(v)) for k, v in dict(entities).items()}
+    return out
+
+
+def _pick(folder: Path, kind: str, filters: dict[str, str | None]) -> tuple[Path | None, str | None]:
+    """``(file, None)`` for the one candidate of ``kind`` left by ``filters``; ``(None, why)`` otherwise
+    (``(None, None)`` for no label: it is optional)."""
     pattern = _BIDS_PATTERNS[kind]
     found = sorted(p for p in folder.iterdir() if p.is_file() and pattern.search(p.name))
-    if len(found) > 1:
-        names = ", ".join(p.name for p in found)
-        raise ManifestError(f"{folder}: more than one {kind} file ({names}); keep one per scan")
     if not found:
-        if required:
-            raise ManifestError(f"{folder}: no {kind} file (expected a name ending in {pattern.pattern})")
-        return None
-    return found[0]
+        return None, None if kind == "label" else f"{folder}: no {kind} file (expected a name ending in {pattern.pattern})"
+    kept = found if len(found) == 1 else [p for p in found
+                                          if all(_entities(p.name).get(k) == v for k, v in filters.items())]
+    if len(kept) == 1:
+        return kept[0].resolve(), None
+    names = ", ".join(p.name for p in found)
+    if not kept:
+        return None, f"{folder}: no {kind} file matches bids_filters.{kind}={filters} (found {names})"
+    return None, (f"{folder}: {len(kept)} {kind} files ({', '.join(p.name for p in kept)}); choose one with "
+                  f"bids_filters, e.g. bids_filters={{{kind}: {{acq: <value>}}}}")
 
 
-def read_bids_folder(root: str | os.PathLike) -> list[Scan]:
+def _bids_scan(subject: str, session: str, anat: Path, row: int, filters: dict[str, dict]) -> Scan:
+    if not anat.is_dir():
+        return Scan(subject, session, None, None, None, row,
+                    problem=f"{anat}: missing 'anat' folder for subject {subject!r}, session {session!r}")
+    picked = {kind: _pick(anat, kind, filters.get(kind, {})) for kind in _BIDS_KINDS}
+    problems = [why for _, why in picked.values() if why]
+    return Scan(subject, session, picked["t1"][0], picked["flair"][0], picked["label"][0], row,
+                problem="; ".join(problems) or None)
+
+
+def read_bids_folder(root: str | os.PathLike, *, bids_filters: Mapping[str, Any] | None = None) -> list[Scan]:
     """List the scans of a BIDS-style folder; see the module docstring for the layout.
 
+    A visit without an ``anat`` folder, a T1 or a FLAIR, or with several candidates that
+    ``bids_filters`` does not settle, is listed with its ``problem``.
+
     Raises:
-        ManifestError: no ``sub-*`` folder, an ``anat`` folder without exactly one T1w and one
-            FLAIR, or more than one label map.
+        ManifestError: no ``sub-*`` folder, an empty subject or session label, or malformed ``bids_filters``.
     """
     root = Path(root)
+    filters = check_bids_filters(bids_filters)
     entries: list[tuple[str, str, Path]] = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("sub-")):
         sessions = sorted(p for p in sub.iterdir() if p.is_dir() and p.name.startswith("ses-"))
@@ -193,23 +249,11 @@ def read_bids_folder(root: str | os.PathLike) -> list[Scan]:
             entries.append((sub.name[4:], _BIDS_NO_SESSION, sub / "anat"))
     if not entries:
         raise ManifestError(f"{root}: no sub-* folders: not a BIDS-style folder")
-    scans = []
-    for row, (subject, session, anat) in enumerate(entries, start=1):
+    for subject, session, anat in entries:
         if not subject or not session:
             raise ManifestError(f"{anat}: empty subject or session label in the folder name")
-        if not anat.is_dir():
-            raise ManifestError(f"{anat}: missing 'anat' folder for subject {subject!r}, session {session!r}")
-        scans.append(
-            Scan(
-                subject_id=subject,
-                session_id=session,
-                t1=_pick(anat, "t1", True).resolve(),  # type: ignore[union-attr]
-                flair=_pick(anat, "flair", True).resolve(),  # type: ignore[union-attr]
-                label=(lab.resolve() if (lab := _pick(anat, "label", False)) else None),
-                row=row,
-            )
-        )
-    return scans
+    return [_bids_scan(subject, session, anat, row, filters)
+            for row, (subject, session, anat) in enumerate(entries, start=1)]
 
 
 def _world_box(shape: Sequence[int], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -238,12 +282,19 @@ def check_scan(scan: Scan, label_spec: LabelSpec | None = None, *, read_data: bo
         read_data: also decompress every file (catches truncated files) and check the label
             values. Headers alone are cheap; reading data costs about a second per large scan.
 
-    Checks: files exist and are readable 3-D NIfTI; the T1 and FLAIR world bounding boxes
-    overlap by at least half of the smaller one; the label has the FLAIR's shape and affine;
-    images are not constant; label values are in ``label_spec.known_values``.
+    Checks: the visit is complete (``scan.problem``); files exist and are readable 3-D NIfTI or MINC;
+    T1 and FLAIR are two files; the T1 and FLAIR world bounding boxes overlap by at least half of
+    the smaller one; the label has the FLAIR's shape and affine; an ``xfm`` is a readable
+    linear transform; images are not constant; label
+    values are in ``label_spec.known_values`` and are not exactly {0, 1} (a binary mask, see
+    :meth:`LabelSpec.binary_mask_problem`).
     """
+    if scan.problem:
+        raise ScanError(scan.problem)
     flair_shape, flair_affine = read_header(scan.flair)
     t1_shape, t1_affine = read_header(scan.t1)
+    if os.path.samefile(scan.t1, scan.flair):
+        raise ScanError(f"{scan.t1}: the same file is given as T1 and as FLAIR")
     overlap = _overlap_fraction(t1_shape, t1_affine, flair_shape, flair_affine)
     if overlap < _MIN_OVERLAP:
         raise ScanError(
@@ -258,6 +309,8 @@ def check_scan(scan: Scan, label_spec: LabelSpec | None = None, *, read_data: bo
                 f"{tuple(flair_shape)}, max affine difference "
                 f"{float(np.abs(label_affine - flair_affine).max()):.4g} mm"
             )
+    if scan.xfm is not None:
+        read_linear_transform(scan.xfm)
     if not read_data:
         return
     for path in (scan.t1, scan.flair):
@@ -276,6 +329,9 @@ def check_scan(scan: Scan, label_spec: LabelSpec | None = None, *, read_data: bo
             raise ScanError(
                 f"{scan.label}: unknown label value(s) {shown}; known values are {list(spec.known_values)}"
             )
+        binary = spec.binary_mask_problem(label)
+        if binary:
+            raise ScanError(f"{scan.label}: {binary}")
 
 
 def validate_scans(

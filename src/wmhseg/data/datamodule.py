@@ -209,8 +209,9 @@ class WMHDataModule(L.LightningDataModule):
         scans = read_manifest(self.manifest_path)
         if self.validate != "none":
             validate_scans(scans, self.label_spec, read_data=self.validate == "full", require_label=True)
-        elif any(s.label is None for s in scans):
-            raise InputError(f"{self.manifest_path}: training needs a label for every scan")
+        elif any(s.label is None or s.problem for s in scans):
+            bad = next(s for s in scans if s.label is None or s.problem)
+            raise InputError(f"{self.manifest_path}: {bad.describe()}: {bad.problem or 'training needs a label'}")
         self.train_scans, self.val_scans = split_by_subject(scans, self.val_fraction, self.seed, self.n_folds, self.fold)
         if not self.train_scans:
             raise InputError("no training scans left after the validation split")

@@ -4,15 +4,17 @@
 geometry and intensities the network was trained on. :func:`preprocess_transforms` builds the
 MONAI dictionary pipeline from it:
 
-1. load T1, FLAIR (and label) with MONAI's ``NibabelReader`` (in parallel threads); NaN/inf
-   voxels become 0;
-2. resample the T1 onto the FLAIR grid through the two affines (skipped when the grids are the
+1. load T1, FLAIR (and label) with MONAI's ``NibabelReader`` (in parallel threads; MINC files
+   through :func:`wmhseg.io.load_nifti`); NaN/inf voxels become 0;
+2. check the T1's alignment with the FLAIR and, per ``spec.register_t1``, correct the T1's affine
+   by a rigid registration (:mod:`wmhseg.registration`; the outcome goes to ``"t1_alignment"``);
+3. resample the T1 onto the FLAIR grid through the two affines (skipped when the grids are the
    same) and stack ``[T1, FLAIR]`` into ``"image"`` with the FLAIR's geometry;
-3. orient to ``spec.orientation`` (axis flips/permutations, no interpolation);
-4. crop to the head's bounding box plus ``crop_margin`` working voxels (done before resampling,
+4. orient to ``spec.orientation`` (axis flips/permutations, no interpolation);
+5. crop to the head's bounding box plus ``crop_margin`` working voxels (done before resampling,
    so resampling touches only the head);
-5. resample to ``spec.spacing`` (image trilinear, label nearest);
-6. per-channel clip + z-score over the head.
+6. resample to ``spec.spacing`` (image trilinear, label nearest);
+7. per-channel clip + z-score over the head.
 
 The output ``"image"`` is a ``MetaTensor`` (2, X, Y, Z) whose ``.affine`` is the true
 voxel-to-world (RAS mm) mapping of the working grid, so predictions map back to any native grid
@@ -42,9 +44,11 @@ from monai.transforms import (
 )
 
 from wmhseg.errors import InputError, ScanError, WmhsegError
+from wmhseg.io import is_minc, load_nifti
+from wmhseg.registration import REGISTER_MODES, align_t1
 
 __all__ = ["PreprocessSpec", "preprocess_transforms", "head_mask", "head_bbox", "PairToImaged", "CropHeadd",
-           "NormaliseHeadd", "LoadFilesd", "Pipeline"]
+           "NormaliseHeadd", "LoadFilesd", "Pipeline", "meta_tensor", "RegisterT1d"]
 
 _NORMALISATIONS = ("zscore", "none")
 
@@ -65,6 +69,10 @@ class PreprocessSpec:
             (``crop_margin * spacing`` mm; the crop happens before resampling).
         head_threshold: a voxel belongs to the head when its FLAIR intensity exceeds this
             fraction of the FLAIR's 99th percentile.
+        register_t1: T1-to-FLAIR alignment: ``"never"`` (trust the affines), ``"auto"`` (check;
+            register rigidly when the head moved more than ``register_tolerance_mm``) or
+            ``"always"`` (register); see :mod:`wmhseg.registration`.
+        register_tolerance_mm: the mean head displacement above which ``auto`` registers.
     """
 
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -74,6 +82,8 @@ class PreprocessSpec:
     crop_foreground: bool = True
     crop_margin: int = 4
     head_threshold: float = 0.05
+    register_t1: str = "never"
+    register_tolerance_mm: float = 1.0
 
     def __post_init__(self) -> None:
         spacing = tuple(float(s) for s in self.spacing)
@@ -90,6 +100,10 @@ class PreprocessSpec:
             raise InputError(f"preprocessing.clip_percentiles={self.clip_percentiles!r} must satisfy 0 <= lo < hi <= 100")
         if self.crop_margin < 0:
             raise InputError(f"preprocessing.crop_margin={self.crop_margin!r} must be >= 0")
+        if self.register_t1 not in REGISTER_MODES:
+            raise InputError(f"preprocessing.register_t1={self.register_t1!r} is not one of {REGISTER_MODES}")
+        if not self.register_tolerance_mm > 0:
+            raise InputError(f"preprocessing.register_tolerance_mm={self.register_tolerance_mm!r} must be > 0")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-type form, stored in checkpoints."""
@@ -140,6 +154,32 @@ def head_bbox(mask: np.ndarray, min_fraction: float = 0.01) -> list[tuple[int, i
 def _voxel_sizes(affine) -> np.ndarray:
     a = np.asarray(affine, dtype=np.float64)[:3, :3]
     return np.sqrt((a * a).sum(0))
+
+
+class RegisterT1d(MapTransform):
+    """Check / correct the ``"t1"`` MetaTensor's alignment with ``"flair"`` (:func:`align_t1`).
+
+    A registered T1 gets the corrected affine (its voxels are untouched; the next step resamples
+    it through that affine). ``"t1_alignment"`` receives :meth:`Alignment.record` (plain values).
+    """
+
+    def __init__(self, mode: str, tolerance_mm: float = 1.0, t1_key: str = "t1", flair_key: str = "flair"):
+        super().__init__([t1_key, flair_key])
+        self.mode, self.tolerance_mm, self.t1_key, self.flair_key = mode, tolerance_mm, t1_key, flair_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        t1, flair = d[self.t1_key], d[self.flair_key]
+        try:
+            result = align_t1(t1.as_tensor()[0].numpy(), t1.affine.numpy(), flair.as_tensor()[0].numpy(),
+                              flair.affine.numpy(), mode=self.mode, tolerance_mm=self.tolerance_mm)
+        except ScanError as exc:
+            raise ScanError(f"{t1.meta.get('filename_or_obj', 'T1')}: {exc}") from exc
+        if result.registered:
+            meta = {k: v for k, v in t1.meta.items() if k != "affine"}
+            d[self.t1_key] = MetaTensor(t1.as_tensor(), affine=torch.as_tensor(result.t1_affine), meta=meta)
+        d["t1_alignment"] = result.record()
+        return d
 
 
 class PairToImaged(MapTransform):
@@ -232,8 +272,16 @@ class NormaliseHeadd(MapTransform):
         return d
 
 
+def meta_tensor(data: np.ndarray, affine: np.ndarray, path) -> MetaTensor:
+    """A channel-first MetaTensor as MONAI's ``LoadImaged(NibabelReader, ensure_channel_first)`` makes it."""
+    meta = {"filename_or_obj": str(path), "original_affine": np.array(affine, dtype=np.float64),
+            "spatial_shape": np.asarray(data.shape), "space": "RAS", "original_channel_dim": "no_channel"}
+    return MetaTensor(torch.from_numpy(np.ascontiguousarray(data))[None], affine=torch.as_tensor(affine), meta=meta)
+
+
 class LoadFilesd(MapTransform):
-    """Load NIfTI files with MONAI's ``NibabelReader``, the keys in parallel threads.
+    """Load NIfTI files with MONAI's ``NibabelReader`` (MINC files with :func:`wmhseg.io.load_nifti`,
+    which MONAI's readers cannot open), the keys in parallel threads.
 
     Decompressing ``.nii.gz`` dominates preprocessing time and zlib releases the GIL, so the
     T1, FLAIR and label load concurrently. NaN/infinite voxels of ``finite_keys`` become 0.
@@ -246,11 +294,14 @@ class LoadFilesd(MapTransform):
         self._load = LoadImage(reader=NibabelReader(), image_only=True, ensure_channel_first=True, dtype=np.float32)
 
     def _one(self, key, path):
-        try:
-            img = self._load(path)
-        except Exception as exc:  # MONAI wraps nibabel's many error types
-            cause = exc.__cause__ or exc
-            raise ScanError(f"{path}: cannot read the NIfTI file ({type(cause).__name__}: {cause})") from exc
+        if is_minc(path):
+            img = meta_tensor(*load_nifti(path), path)
+        else:
+            try:
+                img = self._load(path)
+            except Exception as exc:  # MONAI wraps nibabel's many error types
+                cause = exc.__cause__ or exc
+                raise ScanError(f"{path}: cannot read the NIfTI file ({type(cause).__name__}: {cause})") from exc
         if key in self.finite_keys and not np.isfinite(float(img.as_tensor().sum(dtype=torch.float64))):
             img = MetaTensor(torch.nan_to_num(img.as_tensor(), nan=0.0, posinf=0.0, neginf=0.0), meta=img.meta)
         return img
@@ -304,6 +355,7 @@ def preprocess_transforms(spec: PreprocessSpec, *, with_label: bool) -> Pipeline
     files = ["t1", "flair", "label"] if with_label else ["t1", "flair"]
     steps: list = [
         LoadFilesd(files),
+        *([RegisterT1d(spec.register_t1, spec.register_tolerance_mm)] if spec.register_t1 != "never" else []),
         PairToImaged(),
         Orientationd(geo, axcodes=spec.orientation, labels=None),
     ]

@@ -2,7 +2,10 @@
 
 Every processed scan leaves ``out_dir/rows/<subject>_<session>.json`` (written atomically after
 its mask). A scan is *done* when its record says ``ok``, was made by the same model from the same
-input files, and its mask exists; a rerun skips done scans. ``volumes.csv`` and ``metrics.csv``
+input paths, its mask exists, and its input files still hold what was processed: each file's
+size and modification time are compared with the record's, and when they differ its SHA-256
+decides (a file rewritten with the same content stays done). A rerun skips done scans and redoes
+a scan whose input changed, saying so in the log. ``volumes.csv`` and ``metrics.csv``
 are rebuilt from the records of the whole manifest, so runs split into parts (or interrupted
 and resumed) give the same tables as one uninterrupted run.
 
@@ -15,6 +18,7 @@ Table schemas:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -23,6 +27,8 @@ from typing import Any
 
 import pandas as pd
 
+from wmhseg.checkpoint import file_sha256
+from wmhseg.ids import missing_id_problem
 from wmhseg.io import atomic_write_csv, atomic_write_json, check_safe_id
 from wmhseg.manifest import Scan
 from wmhseg.metrics import METRIC_NAMES
@@ -31,18 +37,28 @@ __all__ = [
     "VOLUME_COLUMNS",
     "METRICS_COLUMNS",
     "TIMING_COLUMNS",
+    "UNCERTAINTY_COLUMNS",
     "mask_name",
     "unsafe_reason",
+    "invalid_rows",
     "error_record",
+    "file_signature",
     "ResultStore",
 ]
 
+# with an `xfm`: the stereotaxic WMH volume and |det| of the transform (wmh_mm3 is then native)
+STEREOTAXIC_COLUMNS = ("wmh_stx_mm3", "stx_scale")
+# T1-to-FLAIR alignment (wmhseg.registration.Alignment.record)
+REGISTRATION_COLUMNS = ("t1_registration", "t1_align_mi_before", "t1_align_mi_after", "t1_shift_mm",
+                        "t1_transform", "t_register_s")
+log = logging.getLogger("wmhseg.infer")
+UNCERTAINTY_COLUMNS = ("wmh_mm3_sd", "wmh_mm3_ci_low", "wmh_mm3_ci_high")
 TIMING_COLUMNS = ("t_load_s", "t_preprocess_s", "t_predict_s", "t_export_s", "t_measure_s", "t_total_s")
 VOLUME_COLUMNS = (
     "subject_id", "session_id", "wmh_mm3", "n_lesions", "status", "error", "warnings",
     "wmh_periventricular_mm3", "wmh_deep_mm3", "pv_rule", "icv_mm3", "brain_mm3", "mean_lesion_prob",
-    "wmh_voxels", "voxel_x_mm", "voxel_y_mm", "voxel_z_mm", "voxel_mm3", "mask", "model_id", "row",
-    *TIMING_COLUMNS,
+    *UNCERTAINTY_COLUMNS, "qc_flags", "fov_cut_share", "wmh_outside_wm_share", "wmh_voxels", "voxel_x_mm", "voxel_y_mm", "voxel_z_mm", "voxel_mm3", "mask", "model_id", "row",
+    *TIMING_COLUMNS, *STEREOTAXIC_COLUMNS, *REGISTRATION_COLUMNS,
 )
 METRICS_COLUMNS = (
     "subject_id", "session_id", "status", "error", *METRIC_NAMES, "wmh_mm3", "ref_wmh_mm3", "n_lesions",
@@ -57,6 +73,10 @@ def mask_name(scan: Scan) -> str:
 
 def unsafe_reason(scan: Scan) -> str | None:
     """Why the scan's IDs cannot name output files, or ``None`` when they can."""
+    for name in ("subject_id", "session_id"):
+        missing = missing_id_problem(getattr(scan, name), name)
+        if missing:
+            return f"{missing}; nothing was written for this scan"
     try:
         check_safe_id(scan.subject_id, name="subject_id")
         check_safe_id(scan.session_id, name="session_id")
@@ -65,14 +85,59 @@ def unsafe_reason(scan: Scan) -> str | None:
     return None
 
 
+def invalid_rows(scans: Sequence[Scan]) -> dict[int, str]:
+    """Manifest row -> error, for incomplete visits, IDs that cannot name files, and names that collide."""
+    invalid: dict[int, str] = {}
+    seen: dict[str, int] = {}
+    for scan in scans:
+        if scan.problem:
+            invalid[scan.row] = scan.problem
+            continue
+        reason = unsafe_reason(scan)
+        if reason is None and scan.key in seen:
+            reason = (f"subject {scan.subject_id!r} / session {scan.session_id!r} would write the same files "
+                      f"({scan.key}_*) as row {seen[scan.key]}")
+        if reason is not None:
+            invalid[scan.row] = f"row {scan.row}: {reason}"
+        else:
+            seen[scan.key] = scan.row
+    return invalid
+
+
 def _inputs(scan: Scan) -> dict[str, str | None]:
-    return {"t1": str(scan.t1), "flair": str(scan.flair), "label": str(scan.label) if scan.label else None}
+    return {"t1": str(scan.t1), "flair": str(scan.flair), "label": str(scan.label) if scan.label else None,
+            "xfm": str(scan.xfm) if scan.xfm else None}
+
+
+def file_signature(path: str | os.PathLike, *, with_hash: bool = True) -> dict[str, Any]:
+    """``{"size", "mtime_ns"[, "sha256"]}`` of a file: what tells whether it changed since."""
+    st = os.stat(path)
+    sig: dict[str, Any] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if with_hash:
+        sig["sha256"] = file_sha256(path, length=64)
+    return sig
+
+
+def _changed(path: str, stored: dict[str, Any]) -> bool:
+    """True when ``path`` no longer holds what ``stored`` (a :func:`file_signature`) describes."""
+    try:
+        now = file_signature(path, with_hash=False)
+        if now["size"] == stored.get("size") and now["mtime_ns"] == stored.get("mtime_ns"):
+            return False
+        return now["size"] != stored.get("size") or file_sha256(path, length=64) != stored.get("sha256")
+    except OSError:
+        return True
 
 
 def error_record(scan: Scan, message: str, *, model_id: str = "", timings: dict[str, float] | None = None) -> dict[str, Any]:
     """The record of a scan that could not be processed."""
     return {"subject_id": scan.subject_id, "session_id": scan.session_id, "row": scan.row, "status": "error",
             "error": message, "model_id": model_id, "inputs": _inputs(scan), **(timings or {})}
+
+
+def _integers(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Count columns as pandas' nullable ``Int64``: written ``3``, not ``3.0``, even beside failed rows."""
+    return frame.astype({c: "Int64" for c in columns})
 
 
 class ResultStore:
@@ -108,13 +173,36 @@ class ResultStore:
             return None
         return rec
 
+    def changed_inputs(self, scan: Scan) -> list[str]:
+        """Input files of the scan's record that changed since it was written (empty: none, or no record)."""
+        signatures = (self.read(scan) or {}).get("input_files") or {}
+        return [path for path, sig in signatures.items() if _changed(path, sig)]
+
     def is_done(self, scan: Scan) -> bool:
+        """Finished with this model from these paths, mask on disk, and no input changed since."""
         rec = self.read(scan)
-        return rec is not None and rec.get("status") == "ok" and self.mask_path(scan).is_file()
+        return (rec is not None and rec.get("status") == "ok" and self.mask_path(scan).is_file()
+                and not any(_changed(p, sig) for p, sig in (rec.get("input_files") or {}).items()))
+
+    def to_do(self, scans: Sequence[Scan], *, overwrite: bool = False) -> list[Scan]:
+        """The scans to process: all with ``overwrite``, else those not done; a changed input is logged."""
+        if overwrite:
+            return list(scans)
+        todo = []
+        for scan in scans:
+            if self.is_done(scan):
+                continue
+            changed = self.changed_inputs(scan)
+            if changed:
+                log.warning("%s: %s changed since it was processed; redoing it", scan.describe(), ", ".join(changed))
+            todo.append(scan)
+        return todo
 
     def write(self, scan: Scan, record: dict[str, Any]) -> None:
-        """Write a record atomically (a scan with unsafe IDs gets none)."""
+        """Write a record atomically (a scan with unsafe IDs gets none); an ok record keeps its files' signatures."""
         record = {**record, "model_id": self.model_id, "inputs": _inputs(scan), "row": scan.row}
+        if record.get("status") == "ok":
+            record["input_files"] = {p: file_signature(p) for p in _inputs(scan).values() if p is not None}
         atomic_write_json(self.record_path(scan), record)
 
     def ok_record(self, scan: Scan, measures: dict[str, Any], *, warnings: Sequence[str] = (),
@@ -145,8 +233,10 @@ class ResultStore:
     def write_tables(self, records: list[dict[str, Any]], *, with_metrics: bool) -> dict[str, Path]:
         """Write ``volumes.csv`` (and ``metrics.csv``) atomically; return their paths."""
         vol = pd.DataFrame([{c: r.get(c) for c in VOLUME_COLUMNS} for r in records], columns=list(VOLUME_COLUMNS))
-        for col in ("subject_id", "session_id", "status", "error", "warnings", "pv_rule", "mask", "model_id"):
+        for col in ("subject_id", "session_id", "status", "error", "warnings", "pv_rule", "qc_flags", "mask",
+                    "model_id", "t1_registration", "t1_transform"):
             vol[col] = vol[col].fillna("").astype(str)
+        vol = _integers(vol, ("n_lesions", "wmh_voxels", "row"))
         paths = {"volumes": atomic_write_csv(self.out_dir / "volumes.csv", vol)}
         if with_metrics:
             rows = []
@@ -162,5 +252,6 @@ class ResultStore:
             met = pd.DataFrame(rows, columns=list(METRICS_COLUMNS))
             for col in ("subject_id", "session_id", "status", "error"):
                 met[col] = met[col].fillna("").astype(str)
+            met = _integers(met, ("n_lesions", "ref_n_lesions", "row"))
             paths["metrics"] = atomic_write_csv(self.out_dir / "metrics.csv", met)
         return paths

@@ -28,6 +28,7 @@ import platform
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -36,16 +37,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from wmhseg.errors import InputError, WmhsegError
+from wmhseg.errors import InputError, Interrupted, WmhsegError
 from wmhseg.inference.agreement import bland_altman_plot, volume_agreement
 from wmhseg.inference.export import voxel_sizes, write_mask
 from wmhseg.inference.loading import PreparedScan, preloaded_transforms, prepare_scan
 from wmhseg.inference.measures import tissue_volumes, wmh_measures
 from wmhseg.inference.predictor import Predictor
-from wmhseg.inference.records import TIMING_COLUMNS, ResultStore, error_record, unsafe_reason
+from wmhseg.inference.records import TIMING_COLUMNS, ResultStore, error_record, invalid_rows
 from wmhseg.io import atomic_write_json, atomic_write_text
 from wmhseg.manifest import Scan, check_scan, read_manifest
 from wmhseg.metrics import label_lesions, segmentation_metrics
+from wmhseg.qc import CONVENTIONS as QC_CONVENTIONS
+from wmhseg.qc import write_qc
+from wmhseg.qc.flags import cohort_flags, scan_checks
+from wmhseg.xfm import native_volumes, stereotaxic_scale
 
 __all__ = ["infer", "RunOptions", "ScanDataset", "process_prepared", "run_scan"]
 
@@ -71,11 +76,15 @@ class RunOptions:
         self.num_workers = int(get("num_workers", 1))
         self.progress = bool(get("progress", True))
         self.pv_distance_mm = float(get("pv_distance_mm", 10.0))
+        self.register_t1 = get("register_t1", None)
+        self.qc = bool(get("qc", True))
+        self.qc_convention = str(get("qc_convention", "radiological"))
         self.torch_threads = get("torch_threads", None)
         self.strategy = get("strategy", None) or None
         self.accelerator = str(get("accelerator", "auto"))
         self.devices = get("devices", "auto")
         self.num_nodes = int(get("num_nodes", 1))
+        self.bids_filters = _plain(get("bids_filters", None)) or {}
         inference = get("inference", None) or {}
         self.inference = {k: _plain(v) for k, v in dict(inference).items()}
         if self.num_parts < 1 or not 0 <= self.part_id < self.num_parts:
@@ -84,6 +93,8 @@ class RunOptions:
             raise InputError(f"num_workers={self.num_workers} must be >= 0")
         if self.pv_distance_mm <= 0:
             raise InputError(f"pv_distance_mm={self.pv_distance_mm} must be > 0")
+        if self.qc_convention not in QC_CONVENTIONS:
+            raise InputError(f"qc_convention={self.qc_convention!r} is not one of {QC_CONVENTIONS}")
 
 
 def _get_required(cfg: Any, key: str) -> Any:
@@ -128,7 +139,7 @@ class ScanDataset(torch.utils.data.Dataset):
         if self._transforms is None:
             self._transforms = preloaded_transforms(self.spec)
         try:
-            check_scan(scan, self.label_spec, read_data=False)
+            check_scan(replace(scan, label=None), read_data=False)  # a bad reference label only costs its metrics
             prepared = prepare_scan(scan.t1, scan.flair, self.spec, label=scan.label, label_spec=self.label_spec,
                                     transforms=self._transforms)
             if prepared.reference is not None:
@@ -187,12 +198,19 @@ def process_prepared(predictor: Predictor, store: ResultStore, scan: Scan, prepa
         measures.update(tissue_volumes(working.classes.numpy(), working.voxel_mm3))
     else:
         measures.update(icv_mm3=math.nan, brain_mm3=math.nan)
+    measures.update(scan_checks(prepared.image, working.affine, working.wmh, working.classes, predictor.threshold))
     metrics = None
     if prepared.reference is not None:
         pred, ref = _crop_to(native.mask, prepared.reference)
         metrics = segmentation_metrics(pred, ref, voxel_sizes(prepared.affine))
         metrics["ref_wmh_mm3"] = int(ref.sum()) * measures["voxel_mm3"]
         metrics["ref_n_lesions"] = label_lesions(ref)[1]
+    if scan.xfm is not None:  # the images lie in stereotaxic space: report native volumes
+        scale = stereotaxic_scale(scan.xfm)
+        measures = native_volumes(measures, scale)
+        if metrics is not None:
+            metrics["ref_wmh_mm3"] /= scale
+    measures.update(prepared.alignment)
     t3 = time.perf_counter()
     timings = {"t_load_s": prepared.t_load_s, "t_preprocess_s": prepared.t_preprocess_s, "t_predict_s": t1 - t0,
                "t_export_s": t2 - t1, "t_measure_s": t3 - t2}
@@ -214,22 +232,6 @@ def run_scan(predictor: Predictor, store: ResultStore, scan: Scan, prepared: Pre
             error = f"{scan.flair}: prediction failed ({type(exc).__name__}: {exc})"
     log.warning("%s: %s", scan.describe(), error)
     return error_record(scan, str(error))
-
-
-def _invalid_rows(scans: Sequence[Scan]) -> dict[int, str]:
-    """Rows whose IDs cannot name files, or whose file names collide with an earlier row."""
-    invalid: dict[int, str] = {}
-    seen: dict[str, int] = {}
-    for scan in scans:
-        reason = unsafe_reason(scan)
-        if reason is None and scan.key in seen:
-            reason = (f"subject {scan.subject_id!r} / session {scan.session_id!r} would write the same files "
-                      f"({scan.key}_*) as row {seen[scan.key]}")
-        if reason is not None:
-            invalid[scan.row] = f"row {scan.row}: {reason}"
-        else:
-            seen[scan.key] = scan.row
-    return invalid
 
 
 def _console_logging() -> bool:
@@ -289,21 +291,27 @@ def _process(predictor: Predictor, store: ResultStore, todo: list[Scan],
     dataset = ScanDataset(todo, predictor)
     bar = tqdm(total=len(todo), desc="scans", unit="scan", disable=not opts.progress, file=sys.stderr)
     last = time.perf_counter()
-    for index, prepared, error in _prepared_stream(dataset, opts.num_workers):
-        scan = todo[index]
-        record = run_scan(predictor, store, scan, prepared, error, pv_distance_mm=opts.pv_distance_mm)
-        if record["status"] == "error":
-            n_failed += 1
-        else:
-            n_ok += 1
-            stages.append({k: record[k] for k in TIMING_COLUMNS})
-        store.write(scan, record)
-        now = time.perf_counter()
-        walls.append(now - last)
-        last = now
-        bar.set_postfix(ok=n_ok, failed=n_failed)
-        bar.update(1)
-    bar.close()
+    try:
+        for index, prepared, error in _prepared_stream(dataset, opts.num_workers):
+            scan = todo[index]
+            record = run_scan(predictor, store, scan, prepared, error, pv_distance_mm=opts.pv_distance_mm)
+            if record["status"] == "error":
+                n_failed += 1
+            else:
+                n_ok += 1
+                stages.append({k: record[k] for k in TIMING_COLUMNS})
+            store.write(scan, record)
+            now = time.perf_counter()
+            walls.append(now - last)
+            last = now
+            bar.set_postfix(ok=n_ok, failed=n_failed)
+            bar.update(1)
+    except KeyboardInterrupt:
+        raise Interrupted(f"{n_ok + n_failed} of the {len(todo)} scans of this run were finished ({n_ok} ok; "
+                          f"their records are in {store.rows_dir}); rerun the same command to resume, finished "
+                          "scans are skipped") from None
+    finally:
+        bar.close()
     return n_ok, n_failed, walls, stages
 
 
@@ -313,7 +321,7 @@ def infer(cfg: Any) -> int:
     Args:
         cfg: the composed ``configs/infer.yaml`` (a DictConfig or any mapping): ``ckpt_path``,
             ``input``, ``out_dir``, ``overwrite``, ``num_parts``, ``part_id``, ``num_workers``,
-            ``progress``, ``pv_distance_mm``, ``torch_threads``, ``strategy`` (``null``: one process;
+            ``progress``, ``pv_distance_mm``, ``register_t1`` (``null``: the checkpoint's), ``torch_threads``, ``strategy`` (``null``: one process;
             ``ddp``/``ddp_spawn``: Lightning ``predict``, see :mod:`wmhseg.inference.distributed`),
             ``accelerator``, ``devices``, ``num_nodes`` and ``inference``
             (:class:`~wmhseg.inference.predictor.InferenceSettings`).
@@ -330,8 +338,10 @@ def infer(cfg: Any) -> int:
         opts = RunOptions(cfg)
         if opts.torch_threads:
             torch.set_num_threads(int(opts.torch_threads))
-        scans = read_manifest(opts.input)
+        scans = read_manifest(opts.input, bids_filters=opts.bids_filters)
         predictor = Predictor.from_checkpoint(opts.ckpt_path, **opts.inference)
+        if opts.register_t1 is not None:  # the run's choice over the checkpoint's
+            predictor.preprocess_spec = replace(predictor.preprocess_spec, register_t1=str(opts.register_t1))
     except WmhsegError as exc:
         log.error("%s", exc)
         print(f"wmhseg infer: error: {exc}", file=sys.stderr)
@@ -339,13 +349,13 @@ def infer(cfg: Any) -> int:
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     _write_provenance(opts, cfg, predictor, len(scans))
     store = ResultStore(opts.out_dir, predictor.model_id)
-    invalid = _invalid_rows(scans)
+    invalid = invalid_rows(scans)
     share = [s for i, s in enumerate(scans) if i % opts.num_parts == opts.part_id]
     failed_invalid = [s for s in share if s.row in invalid]
     for scan in failed_invalid:
         log.warning("%s", invalid[scan.row])
     candidates = [s for s in share if s.row not in invalid]
-    todo = [s for s in candidates if opts.overwrite or not store.is_done(s)]
+    todo = store.to_do(candidates, overwrite=opts.overwrite)
     n_skipped = len(candidates) - len(todo)
     log.info("%d scans in %s; this run: %d to do, %d already done", len(scans), opts.input, len(todo), n_skipped)
     if opts.strategy is None:
@@ -369,8 +379,14 @@ def infer(cfg: Any) -> int:
     records = store.collect(scans, invalid)
     tables = "waiting for the other parts" if records is None else "volumes.csv"
     if records is not None:
+        for record, flags in zip(records, cohort_flags(records), strict=True):
+            record["qc_flags"] = flags
         with_metrics = any(s.label is not None for s in scans)
         store.write_tables(records, with_metrics=with_metrics)
+        if opts.qc:
+            t_qc = time.perf_counter()
+            write_qc(opts.out_dir, records, convention=opts.qc_convention)
+            tables += f", qc/index.html ({time.perf_counter() - t_qc:.1f} s)"
         if with_metrics:
             _write_agreement(opts.out_dir, records)
             tables += ", metrics.csv, agreement.json"

@@ -10,7 +10,9 @@ Outputs in ``out_dir`` (each written atomically):
 * ``models.csv``: every term of every model (fixed effects, variance components, the
   short-minus-long contrast, the headline values as reported, the Cox terms);
 * ``left_out.csv``: every row left out of some analysis and why;
-* ``survival_patients.csv``: per ALS patient baseline WMH, WMH progression and survival;
+* ``survival.json``: Kaplan-Meier split, Cox models (baseline, time-varying, landmark), PH tests,
+  prognostic value (see :mod:`wmhseg.stats.survival`);
+* ``survival_patients.csv``: per ALS patient baseline WMH, baseline ALSFRS-R and survival;
 * ``figures/``: trajectories, ALSFRS-R vs WMH, Kaplan-Meier curves;
 * ``report.md`` (or ``report.html``).
 """
@@ -26,14 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
+from scipy import stats
 
 from wmhseg.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from wmhseg.stats.cox import CoxFit
 from wmhseg.stats.dataset import StudyData, build_dataset
 from wmhseg.stats.mixed import Estimate, MixedFit
 from wmhseg.stats.models import HEADLINE_KEYS, MODEL_NAMES, PER_WMH, TIME, fit_study_models
+from wmhseg.stats.sensitivity import Sensitivity, run_sensitivity
 from wmhseg.stats.settings import AnalysisSettings, SettingsError
+from wmhseg.stats.structure import SlopeCheck, check_random_slopes
 from wmhseg.stats.survival import SurvivalResult, run_survival
 from wmhseg.stats.tables import check_clinical, check_volumes, load_clinical, load_volumes
 
@@ -73,6 +78,8 @@ class AnalysisResult:
         settings: the settings used; ``sources``: names of the two input tables.
         study: the joined data set with its ledger of left-out rows.
         fits: the four mixed models; ``headline``: their headline estimates.
+        slopes: random intercept vs random slope for models 1 and 2 (both fits, REML LRT).
+        sensitivity: the headlines under alternative analyses, flagged where a conclusion changes.
         survival: per-patient summaries, Kaplan-Meier splits and the Cox model.
         seconds: wall time of each stage; ``provenance``: versions and settings for the report.
     """
@@ -83,6 +90,8 @@ class AnalysisResult:
     fits: dict[str, MixedFit]
     headline: dict[str, Estimate]
     survival: SurvivalResult
+    slopes: dict[str, SlopeCheck] = field(default_factory=dict)
+    sensitivity: list[Sensitivity] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)
 
@@ -101,38 +110,46 @@ class AnalysisResult:
             fit = self.fits[MODEL_NAMES[key]]
             scale = f" (x{PER_WMH:g}: points per {PER_WMH:g} mm3)" if key.startswith("alsfrs") else ""
             parts.append(_row(fit, "headline", key, self.headline[key], note=f"headline.json value{scale}"))
-        cox = self.survival.cox
-        if cox.error is None and len(cox.terms):
-            t = cox.terms
-            parts.append(
-                pd.DataFrame(
-                    {
-                        "model": "cox_time_to_outcome",
-                        "term": t["term"],
-                        "estimate": t["coef"],
-                        "std_err": t["std_err"],
-                        "ci_low": np.log(t["hr_ci_low"]),
-                        "ci_high": np.log(t["hr_ci_high"]),
-                        "p_value": t["p_value"],
-                        "n_subjects": cox.n_subjects,
-                        "n_obs": cox.n_subjects,
-                        "converged": cox.converged,
-                        "optimizer": "newton",
-                        "kind": "cox",
-                        "formula": cox.formula,
-                        "hazard_ratio": t["hazard_ratio"],
-                        "hr_ci_low": t["hr_ci_low"],
-                        "hr_ci_high": t["hr_ci_high"],
-                        "ph_p_value": t["ph_p_value"],
-                        "note": f"estimate = log hazard ratio; {cox.n_events} events",
-                    }
-                )
-            )
+        for check in self.slopes.values():
+            other = check.slope if check.slope.name not in self.fits else check.intercept
+            parts.append(other.table())
+            note = "REML likelihood-ratio test of a random time slope; p from the 50:50 chi2(1):chi2(2) mixture"
+            lrt = pd.DataFrame([{"model": check.slope.name, "term": "random slope LRT", "estimate": check.chi2,
+                                 "p_value": check.p_value, "kind": "lrt", "converged": check.slope.converged,
+                                 "note": check.error or note}])
+            parts.append(lrt)
+        for sens in self.sensitivity:
+            flag = "CONCLUSION CHANGES" if sens.changed else "same conclusion"
+            note = f"{sens.analysis} ({sens.unit}): {sens.alternative} vs headline {sens.headline}: {flag}"
+            parts.append(_row(sens.fit, "sensitivity", sens.key, sens.estimate, note=note))
+        for name, cox in self.survival.cox_models().items():
+            parts.append(_cox_rows(name, cox, self.settings.alpha))
         table = pd.concat(parts, ignore_index=True)
         for col in MODELS_COLUMNS:
             if col not in table.columns:
                 table[col] = pd.NA
+        for col in ("n_subjects", "n_obs"):
+            table[col] = pd.array(pd.to_numeric(table[col]), dtype="Float64").astype("Int64")
         return table[MODELS_COLUMNS]
+
+
+def _cox_rows(name: str, cox: CoxFit, alpha: float) -> pd.DataFrame:
+    """``models.csv`` rows of a Cox model (estimate = log hazard ratio); one row if not fitted."""
+    base = {"model": name, "n_subjects": cox.n, "n_obs": cox.n, "converged": cox.converged,
+            "optimizer": "newton", "method": "wald", "kind": "cox", "formula": " + ".join(cox.names)}
+    if cox.error:
+        return pd.DataFrame([{**base, "kind": "not fitted", "term": "", "note": cox.error}])
+    terms = cox.to_dict(alpha)["terms"]
+    z = stats.norm.ppf(1 - alpha / 2)
+    rows = []
+    for i, term in enumerate(cox.names):
+        t = terms[term]
+        rows.append({**base, "term": term, "estimate": cox.coef[i], "std_err": cox.std_err[i],
+                     "ci_low": cox.coef[i] - z * cox.std_err[i], "ci_high": cox.coef[i] + z * cox.std_err[i],
+                     "p_value": t["p_value"], "hazard_ratio": t["hazard_ratio"], "hr_ci_low": t["ci_low"],
+                     "hr_ci_high": t["ci_high"], "ph_p_value": t["ph_p_value"],
+                     "note": f"estimate = log hazard ratio; {cox.events} events"})
+    return pd.DataFrame(rows)
 
 
 def _row(fit: MixedFit, kind: str, term: str, e: Estimate, note: str = "") -> pd.DataFrame:
@@ -230,11 +247,22 @@ def _run(vol, clin, settings: AnalysisSettings, sources: dict[str, str], t0: flo
     fits, headline = fit_study_models(
         study, random_slope=settings.random_slope, alpha=settings.alpha, method=settings.inference
     )
+    slopes = check_random_slopes(
+        study, fits, headline, random_slope=settings.random_slope, alpha=settings.alpha, method=settings.inference
+    )
+    sensitivity = run_sensitivity(study, headline, alpha=settings.alpha, method=settings.inference)
     t2 = time.perf_counter()
-    survival = run_survival(study, alpha=settings.alpha)
+    survival = run_survival(
+        study,
+        alpha=settings.alpha,
+        landmark_months=settings.landmark_months,
+        bootstrap_samples=settings.bootstrap_samples,
+        seed=settings.seed,
+    )
     t3 = time.perf_counter()
     seconds = {"tables": t1 - t0, "mixed models": t2 - t1, "survival": t3 - t2}
-    for fit in fits.values():
+    every = {f.name: f for c in slopes.values() for f in (c.intercept, c.slope)} | fits
+    for fit in every.values():
         if fit.error and not fit.ok:
             log.warning("%s not fitted: %s", fit.name, fit.error)
         elif not fit.converged:
@@ -246,6 +274,8 @@ def _run(vol, clin, settings: AnalysisSettings, sources: dict[str, str], t0: flo
         fits=fits,
         headline=headline,
         survival=survival,
+        slopes=slopes,
+        sensitivity=sensitivity,
         seconds=seconds,
         provenance=_provenance(settings, sources, seconds),
     )
@@ -299,6 +329,9 @@ def write_outputs(result: AnalysisResult, out_dir: str | os.PathLike) -> dict[st
     t0 = time.perf_counter()
     paths: dict[str, Path] = {
         "headline": atomic_write_json(out / "headline.json", result.headline_dict()),
+        "survival": atomic_write_json(
+            out / "survival.json", result.survival.to_dict(result.settings.cutoff_months, result.settings.alpha)
+        ),
         "models": atomic_write_csv(out / "models.csv", result.models_table()),
         "left_out": atomic_write_csv(out / "left_out.csv", result.study.left_out),
         "survival_patients": atomic_write_csv(out / "survival_patients.csv", result.survival.patients),
@@ -313,6 +346,17 @@ def write_outputs(result: AnalysisResult, out_dir: str | os.PathLike) -> dict[st
     text = render_report(result, {k: str(p.relative_to(out)) for k, p in figures.items()}, fmt)
     paths["report"] = atomic_write_text(out / f"report.{fmt}", text)
     return paths
+
+
+def left_out_line(study: StudyData, path: str | os.PathLike) -> str:
+    """One line with the counts of rows left out after the joins, and where they are listed."""
+    left = study.left_out
+    if not len(left):
+        return "left out: no rows"
+    by_table = left.groupby("table").size()
+    parts = [f"{n} {table} rows" for table, n in by_table.items()]  # "3 volumes rows, 40 clinical rows"
+    everywhere = int((left["left_out_of"] == "all analyses").sum())
+    return f"left out: {', '.join(parts)} ({everywhere} of all analyses, the rest of some); listed in {path}"
 
 
 def _config_dict(cfg: Any) -> dict[str, Any]:
@@ -345,7 +389,8 @@ def analyze(cfg: Mapping[str, Any]) -> dict[str, Any]:
             ``out_dir``, and any :class:`AnalysisSettings` field.
 
     Returns:
-        ``{"headline": <headline.json content>, "outputs": {name: path}, "seconds": {...}}``.
+        ``{"left_out": <one line>, "headline": <headline.json content>, "outputs": {name: path},
+        "seconds": {...}}``.
 
     Raises:
         SettingsError: a setting is missing or invalid.
@@ -367,6 +412,7 @@ def analyze(cfg: Mapping[str, Any]) -> dict[str, Any]:
     paths = write_outputs(result, conf["out_dir"])
     log.info("analysis written to %s in %.2f s", conf["out_dir"], sum(result.seconds.values()))
     return {
+        "left_out": left_out_line(result.study, paths["left_out"]),
         "headline": result.headline_dict(),
         "outputs": {k: str(v) for k, v in paths.items()},
         "seconds": dict(result.seconds),

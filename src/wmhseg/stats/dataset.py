@@ -226,6 +226,9 @@ def build_dataset(
         "cohort",
         *[c for c in covariates if c not in ("age", "sex")],
     ]
+    if "icv_mm3" in merged.columns:  # from the volume table, or else the clinical table
+        merged["icv_mm3"] = pd.to_numeric(merged["icv_mm3"], errors="coerce")
+        columns.append("icv_mm3")
     data = (
         merged[columns]
         .sort_values(["subject_id", "years_since_baseline"], kind="stable")

@@ -17,9 +17,9 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
 from wmhseg.io import atomic_path
+from wmhseg.stats.kaplan import KMSplit
 from wmhseg.stats.mixed import MixedFit
 from wmhseg.stats.settings import FIGURE_FORMATS
-from wmhseg.stats.survival import KMSplit
 
 __all__ = ["FIGURE_FORMATS", "COLORS", "trajectory_figure", "alsfrs_figure", "km_figure", "save_figure"]
 
@@ -153,9 +153,10 @@ def km_figure(splits: dict[str, KMSplit]) -> Figure:
             continue
         for lab, curve in split.curves.items():
             sign = ">" if lab == "high" else "≤"
-            label = f"{lab}: {sign} {split.median:,.0f} {_KM_UNITS.get(var, '')} (n={split.n[lab]}, {split.events[lab]} events)"
-            ax.step(curve["time"], curve["survival"], where="post", color=COLORS[lab], lw=2, label=label)
-            band = curve.dropna(subset=["ci_low", "ci_high"])
+            label = f"{lab}: {sign} {split.median:,.0f} {_KM_UNITS.get(var, '')} (n={curve.n}, {curve.events} events)"
+            table = curve.table
+            ax.step(table["time"], table["survival"], where="post", color=COLORS[lab], lw=2, label=label)
+            band = table.dropna(subset=["ci_low", "ci_high"])
             ax.fill_between(
                 band["time"], band["ci_low"], band["ci_high"], step="post", color=COLORS[lab], alpha=0.15
             )

@@ -27,9 +27,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import optimize
 
-from wmhseg.stats.reml import RemlProblem, Satterthwaite, reml_relative_cov, t_inference, theta_from_cov
+from wmhseg.stats.reml import (
+    RemlProblem,
+    Satterthwaite,
+    polish,
+    reml_relative_cov,
+    t_inference,
+    theta_from_cov,
+)
 
 __all__ = [
     "OPTIMIZERS",
@@ -301,19 +307,11 @@ def fit_mixed(
 def _attach_inference(out: MixedFit, model: Any, res: Any, names: list[str]) -> None:
     """lme4's estimates, covariance and Satterthwaite pieces at MixedLM's REML estimate.
 
-    MixedLM's optimum is polished on the profiled REML deviance (a few Nelder-Mead steps from it,
-    kept only when the deviance falls) so that estimates agree with lme4's to about 1e-7.
+    MixedLM's optimum is polished on the profiled REML deviance (Newton steps, kept only when the
+    deviance falls) so that estimates agree with lme4's to about 1e-7.
     """
     problem = RemlProblem(model.endog, model.exog, model.exog_re, model.groups)
-    theta = theta_from_cov(np.asarray(res.cov_re, dtype=float) / float(res.scale))
-    polished = optimize.minimize(
-        problem.profiled_deviance,
-        theta,
-        method="Nelder-Mead",
-        options={"xatol": 1e-10, "fatol": 1e-12, "initial_simplex": _simplex(theta)},
-    )
-    if polished.fun < problem.profiled_deviance(theta):
-        theta = np.where(problem.diagonal, np.abs(polished.x), polished.x)
+    theta = polish(problem, theta_from_cov(np.asarray(res.cov_re, dtype=float) / float(res.scale)))
     inf = Satterthwaite.at(problem, np.r_[theta, problem.sigma(theta)])
     out.inference = inf
     out.reml_deviance = problem.profiled_deviance(theta)
@@ -336,8 +334,3 @@ def _attach_inference(out: MixedFit, model: Any, res: Any, names: list[str]) -> 
             "singular fit: a random-effect variance is estimated at (or next to) zero; "
             "the model is over-parametrised for these data"
         )
-
-
-def _simplex(theta: np.ndarray) -> np.ndarray:
-    step = 1e-4 * np.maximum(np.abs(theta), 1e-3)
-    return np.vstack([theta, theta + np.diag(step)])

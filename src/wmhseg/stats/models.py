@@ -28,7 +28,7 @@ import pandas as pd
 from wmhseg.stats.dataset import StudyData
 from wmhseg.stats.mixed import Estimate, MixedFit, fit_mixed
 
-__all__ = ["HEADLINE_KEYS", "MODEL_NAMES", "PER_WMH", "fit_study_models", "covariate_terms"]
+__all__ = ["HEADLINE_KEYS", "MODEL_NAMES", "PER_WMH", "fit_study_models", "fit_spec", "headline_specs", "covariate_terms"]
 
 HEADLINE_KEYS = (
     "wmh_progression_als_vs_control",
@@ -118,6 +118,89 @@ def _fit(
     return fit
 
 
+def headline_specs(study: StudyData, outcome_column: str = "wmh_mm3", per_unit: float = PER_WMH) -> list[_Spec]:
+    """The four headline models' data and designs.
+
+    Args:
+        study: the analysis data set.
+        outcome_column: the WMH column (``wmh_mm3``, or a transformed copy added to ``study.scans``
+            for a sensitivity analysis): the outcome of models 1-2 and the predictor of models 3-4.
+        per_unit: models 3-4 report their WMH slope per this many units of that column.
+    """
+    scans = study.scans
+    survivors = scans[scans["cohort"].notna()]
+    als_frs = scans[(scans["group"] == "ALS") & scans["alsfrs_r"].notna()]
+    als_frs_groups = als_frs[als_frs["survival_group"].notna()]
+    frs_shortage = (
+        None if als_frs["subject_id"].nunique() >= 2 else "needs ALSFRS-R scores from 2 ALS patients"
+    )
+    specs = [
+        _Spec(
+            "wmh_progression_als_vs_control",
+            outcome_column,
+            f"{TIME} * C(group, Treatment('control'))",
+            scans,
+            True,
+            _shortage(scans, "group", ["control", "ALS"], "participants"),
+            {f"{TIME}:group[T.ALS]": 1.0},
+        ),
+        _Spec(
+            "wmh_progression_short_vs_long",
+            outcome_column,
+            f"{TIME} * C(cohort, Treatment('control'))",
+            survivors,
+            True,
+            _shortage(survivors, "cohort", ["control", "long", "short"], "participants"),
+            {f"{TIME}:cohort[T.short]": 1.0, f"{TIME}:cohort[T.long]": -1.0},
+        ),
+        _Spec(
+            "alsfrs_per_500mm3_wmh",
+            "alsfrs_r",
+            outcome_column,
+            als_frs,
+            False,
+            frs_shortage,
+            {outcome_column: 1.0},
+            per_unit,
+        ),
+        _Spec(
+            "alsfrs_wmh_slope_short_vs_long",
+            "alsfrs_r",
+            f"{outcome_column} * C(survival_group, Treatment('long'))",
+            als_frs_groups,
+            False,
+            _shortage(als_frs_groups, "survival_group", ["long", "short"], "participants with ALSFRS-R"),
+            {f"{outcome_column}:survival_group[T.short]": 1.0},
+            per_unit,
+        ),
+    ]
+    return specs
+
+
+def fit_spec(
+    spec: _Spec,
+    study: StudyData,
+    *,
+    re_formula: str | None = None,
+    alpha: float = 0.05,
+    method: str = "satterthwaite",
+    name: str | None = None,
+) -> tuple[MixedFit, Estimate]:
+    """Fit one headline model and take its headline estimate."""
+    fit = _fit(
+        name or MODEL_NAMES[spec.key],
+        spec.outcome,
+        spec.design,
+        spec.data,
+        study.covariates,
+        re_formula,
+        alpha,
+        spec.shortage,
+        method,
+    )
+    return fit, fit.contrast(spec.weights, spec.scale)
+
+
 def fit_study_models(
     study: StudyData, *, random_slope: bool = False, alpha: float = 0.05, method: str = "satterthwaite"
 ) -> tuple[dict[str, MixedFit], dict[str, Estimate]]:
@@ -133,68 +216,10 @@ def fit_study_models(
         ``(fits, headline)``: fits keyed by model name, estimates keyed by
         :data:`HEADLINE_KEYS` (NaN values when a model could not be fitted).
     """
-    scans = study.scans
-    survivors = scans[scans["cohort"].notna()]
-    als_frs = scans[(scans["group"] == "ALS") & scans["alsfrs_r"].notna()]
-    als_frs_groups = als_frs[als_frs["survival_group"].notna()]
-    frs_shortage = (
-        None if als_frs["subject_id"].nunique() >= 2 else "needs ALSFRS-R scores from 2 ALS patients"
-    )
-    specs = [
-        _Spec(
-            "wmh_progression_als_vs_control",
-            "wmh_mm3",
-            f"{TIME} * C(group, Treatment('control'))",
-            scans,
-            True,
-            _shortage(scans, "group", ["control", "ALS"], "participants"),
-            {f"{TIME}:group[T.ALS]": 1.0},
-        ),
-        _Spec(
-            "wmh_progression_short_vs_long",
-            "wmh_mm3",
-            f"{TIME} * C(cohort, Treatment('control'))",
-            survivors,
-            True,
-            _shortage(survivors, "cohort", ["control", "long", "short"], "participants"),
-            {f"{TIME}:cohort[T.short]": 1.0, f"{TIME}:cohort[T.long]": -1.0},
-        ),
-        _Spec(
-            "alsfrs_per_500mm3_wmh",
-            "alsfrs_r",
-            "wmh_mm3",
-            als_frs,
-            False,
-            frs_shortage,
-            {"wmh_mm3": 1.0},
-            PER_WMH,
-        ),
-        _Spec(
-            "alsfrs_wmh_slope_short_vs_long",
-            "alsfrs_r",
-            "wmh_mm3 * C(survival_group, Treatment('long'))",
-            als_frs_groups,
-            False,
-            _shortage(als_frs_groups, "survival_group", ["long", "short"], "participants with ALSFRS-R"),
-            {"wmh_mm3:survival_group[T.short]": 1.0},
-            PER_WMH,
-        ),
-    ]
     fits: dict[str, MixedFit] = {}
     headline: dict[str, Estimate] = {}
-    for spec in specs:
+    for spec in headline_specs(study):
         re_formula = f"~{TIME}" if (random_slope and spec.time_model) else None
-        fit = _fit(
-            MODEL_NAMES[spec.key],
-            spec.outcome,
-            spec.design,
-            spec.data,
-            study.covariates,
-            re_formula,
-            alpha,
-            spec.shortage,
-            method,
-        )
+        fit, headline[spec.key] = fit_spec(spec, study, re_formula=re_formula, alpha=alpha, method=method)
         fits[fit.name] = fit
-        headline[spec.key] = fit.contrast(spec.weights, spec.scale)
     return fits, headline

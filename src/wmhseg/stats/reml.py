@@ -22,12 +22,13 @@ Every quantity needs only per-participant sums (``Z'Z``, ``Z'X``, ``Z'y``) and b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-__all__ = ["RemlProblem", "Satterthwaite", "theta_from_cov", "t_inference", "reml_relative_cov"]
+__all__ = ["RemlProblem", "Satterthwaite", "polish", "theta_from_cov", "t_inference", "reml_relative_cov"]
 
 
 def theta_from_cov(psi: np.ndarray) -> np.ndarray:
@@ -42,6 +43,16 @@ def theta_from_cov(psi: np.ndarray) -> np.ndarray:
         for i in range(j + 1, q):
             low[i, j] = (psi[i, j] - low[i, :j] @ low[j, :j]) / low[j, j] if low[j, j] > 0 else 0.0
     return low.T[np.triu_indices(q)]
+
+
+class Gls(NamedTuple):
+    """``log|V|``, ``log|X'V^-1 X|``, ``(X'V^-1 X)^-1``, the GLS ``beta`` and ``r'V^-1 r``."""
+
+    logdet_v: float
+    logdet_x: float
+    xtvx_inv: np.ndarray
+    beta: np.ndarray
+    rss: float
 
 
 class RemlProblem:
@@ -60,7 +71,12 @@ class RemlProblem:
         self.n, self.p = x.shape
         self.q = z.shape[1]
         n_groups = int(codes.max()) + 1
-        xy = np.column_stack([x, y])
+        # Work with X = Q R (orthonormal Q) and y minus its OLS fit: the same GLS residuals and
+        # log|X'V^-1 X| up to 2 log|det R|, without the cancellation of large sums of squares.
+        q_mat, self._r = np.linalg.qr(x)
+        self._beta_ols = np.linalg.solve(self._r, q_mat.T @ y)
+        self._logdet_r = 2.0 * float(np.sum(np.log(np.abs(np.diag(self._r)))))
+        xy = np.column_stack([q_mat, y - x @ self._beta_ols])
 
         def group_sums(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             out = np.empty((n_groups, a.shape[1], b.shape[1]))
@@ -85,8 +101,8 @@ class RemlProblem:
         upper[self._cols] = np.asarray(theta, dtype=float)
         return upper.T
 
-    def gls(self, theta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, float]:
-        """``(log|V|, X'V^-1 X, beta, r'V^-1 r)`` at ``theta`` (``V`` relative to ``sigma^2``).
+    def gls(self, theta: np.ndarray) -> Gls:
+        """GLS quantities at ``theta`` (``V`` relative to ``sigma^2``).
 
         Raises:
             numpy.linalg.LinAlgError: ``X'V^-1 X`` is singular.
@@ -97,37 +113,40 @@ class RemlProblem:
         _, logdet_a = np.linalg.slogdet(a)
         quad = self._full - np.einsum("gki,gkj->ij", b, np.linalg.solve(a, b))
         p = self.p
-        xtvx, xtvy, ytvy = quad[:p, :p], quad[:p, p], quad[p, p]
-        beta = np.linalg.solve(xtvx, xtvy)
-        return float(logdet_a.sum()), xtvx, beta, float(ytvy - beta @ xtvy)
+        qtvq, qtvy, ytvy = quad[:p, :p], quad[:p, p], quad[p, p]
+        gamma = np.linalg.solve(qtvq, qtvy)
+        beta = np.linalg.solve(self._r, gamma) + self._beta_ols
+        sign, logdet_q = np.linalg.slogdet(qtvq)
+        if sign <= 0:
+            raise np.linalg.LinAlgError("X'V^-1 X is not positive definite")
+        r_inv = np.linalg.inv(self._r)
+        xtvx_inv = r_inv @ np.linalg.inv(qtvq) @ r_inv.T
+        return Gls(float(logdet_a.sum()), logdet_q + self._logdet_r, xtvx_inv, beta, float(ytvy - gamma @ qtvy))
 
     def sigma(self, theta: np.ndarray) -> float:
         """The REML residual SD at ``theta``: ``sqrt(r'V^-1 r / (n - p))``."""
-        return float(np.sqrt(self.gls(theta)[3] / (self.n - self.p)))
+        return float(np.sqrt(self.gls(theta).rss / (self.n - self.p)))
 
     def deviance(self, varpar: np.ndarray) -> float:
         """REML deviance at ``varpar = (theta..., sigma)`` (lmerTest's ``devfun_vp``)."""
         theta, sigma2 = varpar[:-1], float(varpar[-1]) ** 2
-        logdet_v, xtvx, _, rss = self.gls(theta)
-        _, logdet_x = np.linalg.slogdet(xtvx)
-        return logdet_v + rss / sigma2 + (self.n - self.p) * np.log(2 * np.pi * sigma2) + logdet_x
+        g = self.gls(theta)
+        return g.logdet_v + g.rss / sigma2 + (self.n - self.p) * np.log(2 * np.pi * sigma2) + g.logdet_x
 
     def profiled_deviance(self, theta: np.ndarray) -> float:
         """The REML deviance with ``sigma`` profiled out (what lme4 minimises over ``theta``)."""
         try:
-            logdet_v, xtvx, _, rss = self.gls(theta)
+            g = self.gls(theta)
         except np.linalg.LinAlgError:
             return np.inf
-        sign, logdet_x = np.linalg.slogdet(xtvx)
-        if sign <= 0 or rss <= 0:
+        if g.rss <= 0:
             return np.inf
         dof = self.n - self.p
-        return logdet_v + logdet_x + dof * (1.0 + np.log(2 * np.pi * rss / dof))
+        return g.logdet_v + g.logdet_x + dof * (1.0 + np.log(2 * np.pi * g.rss / dof))
 
     def fixed_cov(self, varpar: np.ndarray) -> np.ndarray:
         """``sigma^2 (X'V^-1 X)^-1`` at ``varpar`` (lme4's ``vcov``)."""
-        _, xtvx, _, _ = self.gls(varpar[:-1])
-        return float(varpar[-1]) ** 2 * np.linalg.inv(xtvx)
+        return float(varpar[-1]) ** 2 * self.gls(varpar[:-1]).xtvx_inv
 
     def varpar(self, psi: np.ndarray) -> np.ndarray:
         """``(theta..., sigma)`` at a relative covariance ``psi`` (sigma at its REML value)."""
@@ -135,8 +154,31 @@ class RemlProblem:
         return np.r_[theta, self.sigma(theta)]
 
 
+def polish(problem: RemlProblem, theta: np.ndarray, iterations: int = 4) -> np.ndarray:
+    """Newton steps on the profiled REML deviance from ``theta`` (central-difference gradient and
+    Hessian), each kept only if the deviance falls; returns lme4's canonical ``theta`` (a
+    non-negative diagonal). Takes an optimizer's answer to the optimum's full precision."""
+    f = problem.profiled_deviance
+    best = f(theta)
+    for _ in range(iterations):
+        h = 1e-4 * np.maximum(np.abs(theta), 1e-3)
+        grad = np.array([(f(theta + e) - f(theta - e)) / (2 * e.sum()) for e in np.diag(h)])
+        hess = _hessian(f, theta)
+        try:
+            step = np.linalg.solve(hess, grad) if np.all(np.linalg.eigvalsh(hess) > 0) else grad * 0
+        except np.linalg.LinAlgError:
+            break
+        trial = theta - step
+        value = f(trial)
+        if not value < best:
+            break
+        theta, best = trial, value
+    low = problem.lower(theta)
+    return theta_from_cov(low @ low.T)
+
+
 def _steps(x: np.ndarray) -> np.ndarray:
-    return 1e-3 * np.maximum(np.abs(x), 1e-2)
+    return 1e-2 * np.maximum(np.abs(x), 1e-2)
 
 
 def _hessian(f, x: np.ndarray) -> np.ndarray:
@@ -192,7 +234,7 @@ class Satterthwaite:
         eigen = np.linalg.eigvalsh(hess)
         return cls(
             varpar=varpar,
-            beta=problem.gls(varpar[:-1])[2],
+            beta=problem.gls(varpar[:-1]).beta,
             cov=problem.fixed_cov(varpar),
             jacobian=_jacobian(problem.fixed_cov, varpar),
             varpar_cov=2.0 * np.linalg.pinv(hess),

@@ -28,7 +28,7 @@ _CAPTIONS = {
     "alsfrs_vs_wmh": "ALSFRS-R against WMH volume in ALS patients (left, model 3) and by survival group (right, "
     "model 4); lines are the models' mean fits.",
     "kaplan_meier": "Kaplan-Meier curves of time to outcome for patients above vs at or below the median baseline "
-    "WMH (left) and WMH progression (right), with pointwise {level}% bands and log-rank p-values.",
+    "WMH, with pointwise {level}% bands and the log-rank p-value.",
 }
 
 
@@ -220,57 +220,87 @@ def _data_section(doc: _Doc, result: AnalysisResult) -> None:
             doc.table(shown)
 
 
+_COX_TITLES = {
+    "cox_baseline": "Cox model from the baseline MRI (baseline WMH)",
+    "cox_time_varying": "Cox model with time-varying WMH (the latest scan's WMH; counting-process rows)",
+}
+
+
+def _months(v: float) -> str:
+    return f"{v:.1f}" if np.isfinite(v) else "not reached"
+
+
+def _km_item(split, a: float) -> str:
+    if split.error:
+        return f"Kaplan-Meier split at the median baseline WMH: could not be computed, because {split.error}."
+    parts = []
+    for lab, sign in (("low", "at or below"), ("high", "above")):
+        c = split.curves[lab]
+        parts.append(
+            f"{sign} (n={c.n}, {c.events} events): median {_months(c.median)} months "
+            f"({round(100 * (1 - a), 1):g}% CI {_months(c.median_ci_low)} to {_months(c.median_ci_high)})"
+        )
+    return (
+        f"Kaplan-Meier split at the median baseline WMH ({split.median:,.1f} mm³): {'; '.join(parts)}; log-rank "
+        f"χ² = {split.chi2:.2f}, {format_p(split.p_value)} ({_verdict_p(split.p_value, a)})."
+    )
+
+
+def _cox_block(doc: _Doc, title: str, cox, a: float) -> None:
+    if cox.error:
+        doc.p(f"{title}: could not be estimated, because {cox.error}. No hazard ratio or PH test is reported.")
+        return
+    doc.p(
+        f"{title}: {cox.n} patients, {cox.events} events, Efron ties; Harrell's C = {_fmt(cox.concordance)}. "
+        f"Proportional hazards (R cox.zph, KM transform): global χ² = {cox.ph_global_chi2:.2f}, "
+        f"{format_p(cox.ph_global_p)}."
+    )
+    terms = cox.to_dict(a)["terms"]
+    rows = [{"term": k, **{c: _fmt(v if v is not None else float("nan")) for c, v in t.items()}} for k, t in terms.items()]
+    doc.table(pd.DataFrame(rows))
+    flagged = [k for k, t in terms.items() if t["ph_p_value"] is not None and t["ph_p_value"] < a]
+    if flagged or cox.ph_global_p < a:
+        doc.p(
+            f"Possible violation of proportional hazards (p < {a:g}) for: {', '.join(flagged) or 'the model as a whole'}; "
+            "read those hazard ratios as averages over follow-up."
+        )
+    doc.ul([f"warning while fitting: {m}" for m in cox.messages])
+
+
 def _survival_section(doc: _Doc, result: AnalysisResult) -> None:
     sv = result.survival
     a = result.settings.alpha
+    c = sv.counts
     doc.h(2, "Survival analyses")
     doc.p(
-        f"{len(sv.patients)} ALS patients have a survival time and an event flag "
-        f"({int(sv.patients['event'].sum()) if len(sv.patients) else 0} reached the outcome)."
+        f"{c['patients']} ALS patients have a survival time, an event flag and an analysed scan ({c['events']} "
+        f"reached the outcome; {c['short']} short and {c['long']} long survivors, {c['censored_before_cutoff']} "
+        f"censored before the cut-off); {c['no_survival_data']} ALS patients have no survival data. Time is counted "
+        "from the baseline MRI and every covariate is known at the time it is used, so no patient has to survive to "
+        "a later scan to be counted."
     )
     doc.ul(sv.notes)
-    names = {"baseline_wmh": ("baseline WMH", "mm³"), "wmh_slope": ("WMH progression", "mm³/year")}
-    items = []
-    for var, split in sv.km.items():
-        label, unit = names.get(var, (var, ""))
-        if split.error:
-            items.append(f"Kaplan-Meier split at the median {label}: not computed ({split.error}).")
-            continue
-        med = {
-            k: (f"{v:.1f} months" if np.isfinite(v) else "not reached")
-            for k, v in split.median_survival.items()
-        }
-        items.append(
-            f"Split at the median {label} ({split.median:,.1f} {unit}): median survival {med['high']} above "
-            f"(n={split.n['high']}, {split.events['high']} events) and {med['low']} at or below (n={split.n['low']}, "
-            f"{split.events['low']} events); log-rank χ² = {split.chi2:.2f}, {format_p(split.p_value)} "
-            f"({_verdict_p(split.p_value, a)})."
+    doc.ul([_km_item(split, a) for split in sv.km.values()])
+    for name, cox in sv.cox.items():
+        _cox_block(doc, _COX_TITLES.get(name, name), cox, a)
+    _cox_block(
+        doc,
+        f"Landmark analysis at {sv.landmark_months:g} months (WMH slope from the scans up to the landmark, per "
+        "1000 mm³/year; survival counted from the landmark among patients alive and uncensored then)",
+        sv.landmark,
+        a,
+    )
+    pv = sv.prognostic
+    if pv.error:
+        doc.p(f"Prognostic value of baseline WMH: could not be estimated, because {pv.error}.")
+    else:
+        doc.p(
+            f"Prognostic value of baseline WMH ({pv.n} patients with baseline ALSFRS-R, {pv.events} events): Harrell's "
+            f"C {pv.c_clinical:.3f} for the clinical model ({', '.join(result.study.covariates)}, baseline ALSFRS-R) and "
+            f"{pv.c_clinical_wmh:.3f} with baseline WMH added; difference {pv.c_difference:+.3f} "
+            f"({round(100 * (1 - a), 1):g}% bootstrap interval {_fmt(pv.c_difference_ci_low)} to "
+            f"{_fmt(pv.c_difference_ci_high)}, {pv.bootstrap_samples} resamples of patients, seed {pv.seed})."
         )
-    doc.ul(items)
-    cox = sv.cox
-    if cox.error:
-        doc.p(f"Cox model ({cox.formula}): not fitted ({cox.error}).")
-        return
-    doc.p(
-        f"Cox proportional-hazards model ({cox.n_subjects} patients, {cox.n_events} events; Efron ties): "
-        f"{cox.formula}. Hazard ratios with {round(100 * (1 - a), 1):g}% CIs; the proportional-hazards check is the "
-        f"Grambsch-Therneau test of the scaled Schoenfeld residuals against the rank of time "
-        f"(global p = {_fmt(cox.ph_global_p_value)})."
-    )
-    if not cox.converged:
-        doc.p("Warning: the Cox model's score is not zero at the estimate (it may not have converged).")
-    doc.ul([f"Cox model: {m}" for m in cox.messages])
-    tab = cox.terms.copy()
-    for col in tab.columns[1:]:
-        tab[col] = tab[col].map(_fmt)
-    doc.table(tab)
-    flagged = cox.terms[cox.terms["ph_p_value"] < a]["term"].tolist()
-    doc.p(
-        f"Possible violation of proportional hazards (p < {a:g}) for: {', '.join(flagged)}; read those hazard ratios "
-        "as averages over follow-up."
-        if flagged
-        else f"No covariate shows a violation of proportional hazards at α = {a:g}."
-    )
 
 
 def _verdict_p(p: float, alpha: float) -> str:
@@ -314,6 +344,60 @@ def _models_section(doc: _Doc, result: AnalysisResult) -> None:
         doc.p("Every model converged with the first optimizer, without warnings.")
 
 
+def _structure_section(doc: _Doc, result: AnalysisResult) -> None:
+    """Random intercept vs random slope for models 1 and 2, both estimates side by side."""
+    if not result.slopes:
+        return
+    a = result.settings.alpha
+    doc.h(2, "Random-effects structure")
+    doc.p(
+        "The WMH-progression models are fitted with a random intercept per participant (as in the study) and with "
+        "a random intercept and time slope; the REML likelihood-ratio test has the boundary-corrected 50:50 "
+        f"χ²(1):χ²(2) mixture p-value. The headline uses the {'random-slope' if result.settings.random_slope else 'random-intercept'} "
+        "model (setting random_slope)."
+    )
+    rows, items = [], []
+    for key, check in result.slopes.items():
+        for label, fit, e in (("random intercept", check.intercept, check.intercept_estimate),
+                              ("random intercept + slope", check.slope, check.slope_estimate)):
+            rows.append({"headline": key, "random effects": label, "estimate": _fmt(e.estimate, 4),
+                         "SE": _fmt(e.std_err, 4), "df": _fmt(e.df if e.df is not None else float("nan"), 4),
+                         "CI": f"{_fmt(e.ci_low, 4)} to {_fmt(e.ci_high, 4)}", "p": format_p(e.p_value),
+                         "fit": "singular" if fit.singular else ("converged" if fit.converged else "NOT converged")})
+        items.append(f"{key}: {check.verdict(a)}.")
+        for fit in (check.intercept, check.slope):
+            if fit.singular or (fit.attempts and len(fit.attempts) > 1):
+                items.append(f"{fit.name}: optimizer attempts {'; '.join(fit.attempts)}"
+                             + ("; singular fit" if fit.singular else "") + ".")
+    doc.table(pd.DataFrame(rows))
+    doc.ul(items)
+
+
+def _sensitivity_section(doc: _Doc, result: AnalysisResult) -> None:
+    if not result.sensitivity:
+        return
+    a = result.settings.alpha
+    doc.h(2, "Sensitivity analyses")
+    doc.p(
+        "Each headline re-estimated on log(WMH + 1 mm³), on WMH as % of intracranial volume (when icv_mm3 is "
+        "given) and, for model 3, with years since baseline as a covariate (WMH growth and ALSFRS-R decline share "
+        f"the time axis). A conclusion (significant at α = {a:g} and its sign) that differs from the headline's is "
+        "flagged."
+    )
+    rows = [
+        {"headline": s.key, "analysis": s.analysis, "unit": s.unit, "estimate": _fmt(s.estimate.estimate, 4),
+         "CI": f"{_fmt(s.estimate.ci_low, 4)} to {_fmt(s.estimate.ci_high, 4)}", "p": format_p(s.estimate.p_value),
+         "conclusion": s.alternative, "headline conclusion": s.headline, "changed": "YES" if s.changed else "no"}
+        for s in result.sensitivity
+    ]
+    doc.table(pd.DataFrame(rows))
+    changed = [f"{s.key} ({s.analysis})" for s in result.sensitivity if s.changed]
+    doc.p(
+        f"Conclusions that change: {', '.join(changed)}." if changed
+        else "No conclusion changes under these analyses."
+    )
+
+
 def render_report(result: AnalysisResult, figures: dict[str, str], fmt: str = "md") -> str:
     """The report text.
 
@@ -338,6 +422,8 @@ def render_report(result: AnalysisResult, figures: dict[str, str], fmt: str = "m
         doc.p(
             f"Warning: {', '.join(unconverged)} did not converge; treat their estimates with caution (see Models)."
         )
+    _structure_section(doc, result)
+    _sensitivity_section(doc, result)
     _data_section(doc, result)
     _survival_section(doc, result)
     _models_section(doc, result)

@@ -45,6 +45,9 @@ class AnalysisSettings:
             freedom, as lmerTest) or ``wald`` (normal; ``df`` null).
         alpha: 1 - confidence level of every interval, and the significance level the report
             uses (0 < alpha < 1).
+        landmark_months: landmark of the survival analysis of WMH progression (> 0).
+        bootstrap_samples: resamples for the interval of the C-index difference (0 = none).
+        seed: seed of the bootstrap.
         figures: draw figures.
         figure_format: ``png``, ``svg`` or ``pdf``; ``figure_dpi``: resolution of PNGs.
         report_format: ``md`` or ``html``.
@@ -59,6 +62,9 @@ class AnalysisSettings:
     random_slope: bool = False
     inference: str = "satterthwaite"
     alpha: float = 0.05
+    landmark_months: float = 12.0
+    bootstrap_samples: int = 200
+    seed: int = 0
     figures: bool = True
     figure_format: str = "png"
     figure_dpi: int = 110
@@ -113,6 +119,17 @@ class AnalysisSettings:
             self, "report_format", _choice("report_format", self.report_format, REPORT_FORMATS)
         )
         object.__setattr__(self, "inference", _choice("inference", self.inference, INFERENCE_METHODS))
+        try:
+            landmark = float(self.landmark_months)
+        except (TypeError, ValueError):
+            landmark = math.nan
+        if not math.isfinite(landmark) or landmark <= 0:
+            raise SettingsError(f"landmark_months={self.landmark_months!r}: must be a positive number of months")
+        object.__setattr__(self, "landmark_months", landmark)
+        for name, low in (("bootstrap_samples", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise SettingsError(f"{name}={value!r}: must be an integer >= {low}")
         if (
             not isinstance(self.figure_dpi, int)
             or isinstance(self.figure_dpi, bool)

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from wmhseg.errors import InputError
+from wmhseg.ids import MISSING_WORDS
 
 __all__ = [
     "TableError",
@@ -52,7 +53,7 @@ CLINICAL_COLUMNS = (
 )
 GROUPS = ("control", "ALS")
 SEXES = ("F", "M")
-_MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "<na>"})
+_MISSING = MISSING_WORDS  # the one rule for missing cells and IDs (wmhseg.ids)
 _SHOW_ROWS = 5
 
 
@@ -65,7 +66,8 @@ class VolumeTable:
     """A checked volume table.
 
     Attributes:
-        scans: rows with ``status == 'ok'``: ``subject_id, session_id, wmh_mm3, n_lesions, line``.
+        scans: rows with ``status == 'ok'``: ``subject_id, session_id, wmh_mm3, n_lesions, line``
+            (``n_lesions`` is a nullable integer column, ``Int64``).
         failed: the other rows (``subject_id, session_id, status, error, line``), left out of
             every analysis.
         source: the table's name in messages (its path when read from a file).
@@ -215,7 +217,8 @@ def check_volumes(frame: pd.DataFrame, *, source: str = "volume table") -> Volum
     """Check a volume table (as written by ``infer.py``) and keep the usable scans.
 
     Required columns: ``subject_id, session_id, wmh_mm3``; ``status`` (rows other than ``ok``
-    are left out and listed), ``n_lesions`` and ``error`` are optional.
+    are left out and listed), ``n_lesions``, ``icv_mm3`` (intracranial volume) and ``error`` are
+    optional.
 
     Args:
         frame: the table, typically from :func:`read_table`.
@@ -247,17 +250,21 @@ def check_volumes(frame: pd.DataFrame, *, source: str = "volume table") -> Volum
     negative = np.flatnonzero(ok & (wmh < 0))
     if negative.size:
         raise TableError(f"{source}: column wmh_mm3 is negative on {lines(negative)}")
+    n_lesions = pd.array([pd.NA] * len(frame), dtype="Int64")
     if "n_lesions" in frame.columns:
-        n_lesions = _numeric(frame, "n_lesions", source, required=False, low=0)
-    else:
-        n_lesions = np.full(len(frame), np.nan)
+        counts = _numeric(frame, "n_lesions", source, required=False, low=0)
+        fractional = np.flatnonzero(np.isfinite(counts) & (counts != np.round(counts)))
+        if fractional.size:
+            raise TableError(f"{source}: column n_lesions is not a whole number on {lines(fractional)}")
+        n_lesions = pd.array(np.where(np.isfinite(counts), counts, np.nan), dtype="Float64").astype("Int64")
     error = (
         frame["error"].astype(str).str.strip() if "error" in frame.columns else pd.Series([""] * len(frame))
     )
     line = np.arange(len(frame)) + 2
-    scans = pd.DataFrame(
-        {"subject_id": subj, "session_id": sess, "wmh_mm3": wmh, "n_lesions": n_lesions, "line": line}
-    )[ok].reset_index(drop=True)
+    columns = {"subject_id": subj, "session_id": sess, "wmh_mm3": wmh, "n_lesions": n_lesions, "line": line}
+    if "icv_mm3" in frame.columns:
+        columns["icv_mm3"] = _numeric(frame, "icv_mm3", source, required=False, low=0)
+    scans = pd.DataFrame(columns)[ok].reset_index(drop=True)
     failed = pd.DataFrame(
         {"subject_id": subj, "session_id": sess, "status": status, "error": error.to_numpy(), "line": line}
     )[~ok].reset_index(drop=True)

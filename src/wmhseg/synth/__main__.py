@@ -1,10 +1,12 @@
 """``python -m wmhseg.synth``: write synthetic data sets to disk.
 
-    python -m wmhseg.synth study OUT_DIR [--n-als 30 --n-control 30 --seed 0 --spacing 2]
+    python -m wmhseg.synth study OUT_DIR [--n-als 30 --n-control 30 --seed 0 --spacing 2 --followups realistic]
     python -m wmhseg.synth cohort OUT_DIR [--n-als 232 --n-control 207 --seed 0]
     python -m wmhseg.synth independent OUT_DIR [--n 4 --seed 0]
 
 ``study`` writes scans + manifest + clinical table + truth (:func:`wmhseg.synth.study.write_study`);
+its follow-ups are ``realistic`` (repositioned head, contrast drift, a scanner change for some
+subjects: :mod:`wmhseg.synth.followups`) or ``ideal`` (the baseline's grid, pose and scanner);
 ``cohort`` writes a volume table + clinical table + truth without images
 (:func:`wmhseg.synth.cohort.write_cohort`); ``independent`` writes phantoms of the independent
 validation family with a manifest (:func:`wmhseg.synth.independent.write_family`).
@@ -30,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spacing", type=float, default=2.0, help="voxel size of the scans (study)")
     parser.add_argument("--shape", type=int, nargs=3, default=None, help="grid size of the scans (study)")
     parser.add_argument("--anatomy", default="mni", choices=("mni", "procedural"))
+    parser.add_argument("--followups", default="realistic", choices=("realistic", "ideal"),
+                        help="how follow-up scans are acquired (study)")
     args = parser.parse_args(argv)
 
     if args.what == "independent":
@@ -40,9 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {"n_als": args.n_als, "n_control": args.n_control}
     params = CohortParams(seed=args.seed, **{k: v for k, v in sizes.items() if v is not None})
     if args.what == "study":
+        from wmhseg.synth.followups import IDEAL, FollowUps
         from wmhseg.synth.study import write_study
 
-        paths = write_study(args.out_dir, params, anatomy=args.anatomy, spacing=args.spacing, shape=args.shape)
+        followups = IDEAL if args.followups == "ideal" else FollowUps()
+        paths = write_study(args.out_dir, params, anatomy=args.anatomy, spacing=args.spacing, shape=args.shape,
+                            followups=followups)
     else:
         paths = write_cohort(simulate_cohort(params), args.out_dir)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))

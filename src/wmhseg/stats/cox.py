@@ -1,0 +1,289 @@
+"""Cox proportional-hazards models (statsmodels ``PHReg``, Efron ties, delayed entry) with R's
+``cox.zph`` proportional-hazards tests and Harrell's concordance.
+
+Data are counting-process rows ``(start, stop]`` with an event flag on the row that ends in the
+event (``start = 0`` for ordinary survival data).
+
+* :func:`fit_cox` fits with ``PHReg`` and then takes Newton steps on the Efron partial likelihood
+  (score and information from :func:`efron_sums`) until the score is below 1e-9 per event, as R's
+  ``coxph`` iterates to convergence; a fit whose score does not vanish is not converged.
+* PH tests (:func:`zph_tests`) are R's ``cox.zph`` with its default ``transform="km"``: the score
+  test of ``beta_j * g(t)`` terms, ``g(t) = 1 - KM(t-)`` centred over the events, using the
+  information of the model augmented with those terms, per term and for all terms at once
+  (``GLOBAL``).
+* :func:`concordance` is Harrell's C as R's ``concordance`` computes it for a Cox model: at each
+  event time the patient who failed is compared with each patient still at risk (a censoring at
+  the same time counts as later); higher risk score = concordant, tied scores count one half, tied
+  event times are not compared.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
+
+# a hazard ratio above exp(15) per standard deviation of a covariate is not a finite estimate but
+# the sign of separation (the partial likelihood keeps rising as the coefficient grows)
+_MAX_LOG_HR_PER_SD = 15.0
+
+__all__ = ["CoxFit", "CoxData", "efron_sums", "fit_cox", "newton", "zph_tests", "concordance", "design"]
+
+
+@dataclass(frozen=True)
+class CoxData:
+    """Counting-process rows: ``start < stop``, ``event`` 0/1, covariates ``x`` named ``names``."""
+
+    start: np.ndarray
+    stop: np.ndarray
+    event: np.ndarray
+    x: np.ndarray
+    names: tuple[str, ...]
+    n_subjects: int
+
+    @property
+    def n_events(self) -> int:
+        return int(self.event.sum())
+
+
+@dataclass
+class CoxFit:
+    """A fitted (or failed) Cox model; NaN where a number could not be computed.
+
+    Attributes:
+        names: covariates; ``coef``, ``std_err``: log hazard ratios and their SEs.
+        ph_chi2, ph_p: per-covariate ``cox.zph`` tests; ``ph_global_chi2``, ``ph_global_p``: GLOBAL.
+        concordance: Harrell's C of the linear predictor.
+        converged: the partial-likelihood score vanishes at the estimate; ``error``: why not fitted.
+        messages: warnings raised while fitting.
+    """
+
+    names: tuple[str, ...]
+    n: int = 0
+    events: int = 0
+    coef: np.ndarray = field(default_factory=lambda: np.array([]))
+    std_err: np.ndarray = field(default_factory=lambda: np.array([]))
+    ph_chi2: np.ndarray = field(default_factory=lambda: np.array([]))
+    ph_p: np.ndarray = field(default_factory=lambda: np.array([]))
+    ph_global_chi2: float = float("nan")
+    ph_global_p: float = float("nan")
+    concordance: float = float("nan")
+    converged: bool = False
+    error: str | None = None
+    messages: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in ("coef", "std_err", "ph_chi2", "ph_p"):
+            if len(getattr(self, name)) != len(self.names):
+                setattr(self, name, np.full(len(self.names), np.nan))
+
+    def to_dict(self, alpha: float = 0.05) -> dict[str, object]:
+        """The ``survival.json`` entry of this model; NaN -> None, ``error`` None when fitted."""
+
+        def num(v: float) -> float | None:
+            return float(v) if np.isfinite(v) else None
+
+        z = stats.norm.ppf(1 - alpha / 2)
+        p = self.p_values()
+        terms = {
+            name: {
+                "coef": num(self.coef[i]),
+                "std_err": num(self.std_err[i]),
+                "hazard_ratio": num(np.exp(self.coef[i])),
+                "ci_low": num(np.exp(self.coef[i] - z * self.std_err[i])),
+                "ci_high": num(np.exp(self.coef[i] + z * self.std_err[i])),
+                "p_value": num(p[i]),
+                "ph_chi2": num(self.ph_chi2[i]),
+                "ph_p_value": num(self.ph_p[i]),
+            }
+            for i, name in enumerate(self.names)
+        }
+        return {
+            "n": self.n,
+            "events": self.events,
+            "converged": self.converged,
+            "ph_global_chi2": num(self.ph_global_chi2),
+            "ph_global_p": num(self.ph_global_p),
+            "concordance": num(self.concordance),
+            "terms": terms,
+            "error": self.error,
+        }
+
+    def p_values(self) -> np.ndarray:
+        """Two-sided Wald p-values of the coefficients."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return 2.0 * stats.norm.sf(np.abs(self.coef / self.std_err))
+
+
+def _at_or_after(keys: np.ndarray, values: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """For each of ``times``: the sum of ``values`` over rows whose key is at or after it."""
+    order = np.argsort(keys, kind="stable")
+    suffix = np.cumsum(values[order][::-1], axis=0)[::-1]
+    suffix = np.concatenate([suffix, np.zeros((1, *values.shape[1:]))])
+    return suffix[np.searchsorted(keys[order], times, side="left")]
+
+
+def efron_sums(data: CoxData, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per distinct event time ``t``: the score ``sum_dead x - sum_r xbar_r`` (k x p), the Efron
+    information ``sum_r V_r`` (k x p x p) and ``t`` itself (k), ``r = 0..d-1`` over the ``d`` tied
+    deaths whose weights are scaled by ``1 - r/d``. The risk set at ``t`` is ``start < t <= stop``."""
+    x = data.x - data.x.mean(axis=0)
+    eta = x @ beta
+    w = np.exp(eta - eta.max())
+    times = np.unique(data.stop[data.event == 1])
+    moments = [w, w[:, None] * x, (w[:, None] * x)[:, :, None] * x[:, None, :]]
+    late_entry = bool(np.any(data.start >= times[0]))  # otherwise nobody enters after an event
+    risk = [
+        _at_or_after(data.stop, m, times) - (_at_or_after(data.start, m, times) if late_entry else 0.0)
+        for m in moments
+    ]
+    dead = data.event == 1
+    k = np.searchsorted(times, data.stop[dead])
+    n_dead = np.bincount(k, minlength=len(times))
+    died = []
+    for m in moments:
+        acc = np.zeros((len(times), *m.shape[1:]))
+        np.add.at(acc, k, m[dead])
+        died.append(acc)
+    x_dead = np.zeros((len(times), x.shape[1]))
+    np.add.at(x_dead, k, x[dead])
+    score, info = x_dead, np.zeros((len(times), x.shape[1], x.shape[1]))
+    for r in range(int(n_dead.max())):
+        active = (r < n_dead).astype(float)
+        f = r / n_dead
+        a0 = risk[0] - f * died[0]
+        mean = (risk[1] - f[:, None] * died[1]) / a0[:, None]
+        second = (risk[2] - f[:, None, None] * died[2]) / a0[:, None, None]
+        score = score - active[:, None] * mean
+        info = info + active[:, None, None] * (second - mean[:, :, None] * mean[:, None, :])
+    return score, info, times
+
+
+def _km_left(data: CoxData, times: np.ndarray) -> np.ndarray:
+    """Kaplan-Meier survival just before each of ``times`` (the event times), with delayed entry."""
+    surv, out = 1.0, np.empty(len(times))
+    for k, t in enumerate(times):
+        out[k] = surv
+        n_risk = np.sum((data.start < t) & (data.stop >= t))
+        surv *= 1.0 - np.sum((data.stop == t) & (data.event == 1)) / n_risk
+    return out
+
+
+def zph_tests(data: CoxData, beta: np.ndarray) -> tuple[np.ndarray, float]:
+    """``cox.zph`` (transform ``km``) chi-square statistics: one per covariate, and GLOBAL."""
+    score, info, times = efron_sums(data, beta)
+    g = 1.0 - _km_left(data, times)
+    deaths = np.array([np.sum((data.stop == t) & (data.event == 1)) for t in times])
+    g = g - np.sum(g * deaths) / deaths.sum()
+    p = data.x.shape[1]
+    u = np.r_[np.zeros(p), g @ score]
+    imat = np.block(
+        [
+            [info.sum(0), np.einsum("k,kij->ij", g, info)],
+            [np.einsum("k,kij->ij", g, info), np.einsum("k,kij->ij", g * g, info)],
+        ]
+    )
+    per_term = np.empty(p)
+    for j in range(p):
+        kk = np.r_[np.arange(p), p + j]
+        uj = u[kk]
+        per_term[j] = uj @ np.linalg.solve(imat[np.ix_(kk, kk)], uj)
+    return per_term, float(u @ np.linalg.solve(imat, u))
+
+
+def concordance(data: CoxData, risk: np.ndarray) -> float:
+    """Harrell's C of a risk score (higher = earlier event), R's ``concordance`` rules."""
+    dead = np.flatnonzero(data.event == 1)
+    t = data.stop[dead][:, None]
+    other = (data.start[None, :] < t) & (
+        (data.stop[None, :] > t) | ((data.stop[None, :] == t) & (data.event[None, :] == 0))
+    )
+    diff = risk[dead][:, None] - risk[None, :]
+    tol = 1e-10 * np.maximum(np.abs(risk[dead])[:, None], 1.0)
+    agree = np.sum(other & (diff > tol))
+    disagree = np.sum(other & (diff < -tol))
+    tied = np.sum(other & (np.abs(diff) <= tol))
+    total = agree + disagree + tied
+    return float((agree + 0.5 * tied) / total) if total else float("nan")
+
+
+def newton(
+    data: CoxData, beta: np.ndarray, steps: int = 20, tol: float = 1e-6
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Newton iterations on the Efron partial likelihood from ``beta`` until the score is below
+    ``tol`` per event: ``(beta, information, converged)``."""
+    limit = tol * max(data.n_events, 1)
+    for _ in range(steps):
+        score, info, _ = efron_sums(data, beta)
+        u, imat = score.sum(0), info.sum(0)
+        if np.all(np.isfinite(u)) and np.max(np.abs(u), initial=0.0) < limit:
+            return beta, imat, bool(np.all(np.isfinite(beta)))
+        beta = beta + np.linalg.solve(imat, u)
+    return beta, imat, False
+
+
+def fit_cox(data: CoxData, min_events_per_term: float = 1.0) -> CoxFit:
+    """Fit a Cox model with Efron ties; never raises for data that cannot support it.
+
+    Args:
+        data: counting-process rows.
+        min_events_per_term: fewer than ``terms * this + 1`` events is an error (not fitted).
+    """
+    from statsmodels.duration.hazard_regression import PHReg
+
+    out = CoxFit(data.names, n=data.n_subjects, events=data.n_events)
+    p = len(data.names)
+    if out.events < p * min_events_per_term + 1:
+        out.error = f"too few events ({out.events}) for {p} covariates"
+        return out
+    constant = [n for n, col in zip(data.names, data.x.T, strict=True) if np.ptp(col) == 0]
+    if constant:
+        out.error = f"covariate {constant[0]} has the same value for every patient"
+        return out
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = PHReg(data.stop, data.x, status=data.event, entry=data.start, ties="efron")
+            start = np.asarray(model.fit().params, dtype=float)
+            beta, imat, good = newton(data, start, tol=1e-9)
+            cov = np.linalg.inv(imat)
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
+            out.error = f"the Cox model could not be fitted: {' '.join(str(exc).split())}"
+            return out
+    out.messages = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
+    spread = data.x.std(axis=0)
+    infinite = [n for n, b, sd in zip(data.names, beta, spread, strict=True) if abs(b) * sd > _MAX_LOG_HR_PER_SD]
+    if not good or np.any(np.diag(cov) <= 0) or infinite:
+        what = f"the coefficient of {infinite[0]} runs to infinity" if infinite else "Newton's method did not converge"
+        out.error = f"the partial likelihood has no finite maximum ({what}; a covariate may separate events)"
+        return out
+    out.converged = True
+    out.coef, out.std_err = beta, np.sqrt(np.diag(cov))
+    out.ph_chi2, out.ph_global_chi2 = zph_tests(data, beta)
+    out.ph_p = stats.chi2.sf(out.ph_chi2, 1)
+    out.ph_global_p = float(stats.chi2.sf(out.ph_global_chi2, p))
+    out.concordance = concordance(data, data.x @ beta)
+    return out
+
+
+def design(frame, columns: Sequence[str]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Numeric covariate matrix from ``frame``: numbers as they are, ``sex`` as ``sex_M`` (1 = M),
+    other categorical columns as ``<col>_<level>`` indicators against their first level."""
+    import pandas as pd
+
+    blocks, names = [], []
+    for col in columns:
+        values = frame[col]
+        if isinstance(values.dtype, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(values):
+            text = values.astype(str)
+            levels = ["F", "M"] if col == "sex" else sorted(pd.unique(text))
+            for level in levels[1:]:
+                blocks.append((text == level).to_numpy(dtype=float))
+                names.append(f"{col}_{level}")
+        else:
+            blocks.append(values.to_numpy(dtype=float))
+            names.append(col)
+    return np.column_stack(blocks) if blocks else np.empty((len(frame), 0)), tuple(names)
