@@ -15,7 +15,6 @@ Example (Hydra)::
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from wmhseg.data.dataset import (
 from wmhseg.data.preprocessing import PreprocessSpec
 from wmhseg.data.split import split_by_subject
 from wmhseg.data.synthesis import SynthesisSpec
-from wmhseg.errors import InputError
+from wmhseg.errors import InputError, check_known_keys
 from wmhseg.labels import LabelSpec
 from wmhseg.manifest import Scan, read_manifest, validate_scans
 
@@ -54,12 +53,7 @@ def _plain(value: Any) -> Any:
     return value
 
 def _independent_settings(d: Mapping[str, Any]) -> dict[str, Any]:
-    known = ("n_subjects", "seed", "voxel_mm", "spacing_scale")
-    for k in d:
-        if k not in known:
-            hint = difflib.get_close_matches(k, known, n=1)
-            raise InputError(f"unknown data.independent setting {k!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-                             + f" (known: {', '.join(known)})")
+    check_known_keys(d, ("n_subjects", "seed", "voxel_mm", "spacing_scale"), "data.independent")
     return dict(d)
 
 

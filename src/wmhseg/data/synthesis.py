@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -38,7 +37,7 @@ import torch
 from monai.transforms import MapTransform, Rand3DElasticd, RandomizableTransform
 from scipy import ndimage
 
-from wmhseg.errors import InputError
+from wmhseg.errors import InputError, check_known_keys
 
 __all__ = ["SynthesisSpec", "RandSynthesised", "render_labels"]
 
@@ -113,12 +112,7 @@ class SynthesisSpec:
     def from_dict(cls, d: Mapping[str, Any] | None) -> SynthesisSpec:
         """Build from a config mapping; an unknown key is an :class:`InputError` with a suggestion."""
         d = dict(d or {})
-        known = [f.name for f in fields(cls)]
-        for k in d:
-            if k not in known:
-                hint = difflib.get_close_matches(k, known, n=1)
-                raise InputError(f"unknown synthesis setting {k!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-                                 + f" (known: {', '.join(known)})")
+        check_known_keys(d, [f.name for f in fields(cls)], "synthesis")
         return cls(**d)
 
 

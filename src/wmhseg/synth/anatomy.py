@@ -166,11 +166,6 @@ class ProceduralHead:
         codes[brain] = 7
         codes[brain & (r < inner)] = 8
         codes[brain & (r > inner - 0.02) & (sulci > 0.9)] = 2
-        # the interhemispheric fissure, lined with cortex, down to the corpus callosum
-        above = (uz > 0.3) | ((np.abs(uy) > 0.4) & (uz > -0.1))
-        half = np.abs(ux) - 0.012 * (1.0 + 0.5 * fold)
-        codes[brain & above & (half < self.cortex * 0.45) & (codes == 8)] = 7
-        codes[brain & above & (half < 0)] = 2
         codes[(_ellipsoid(ux, uy, uz, (0.2, -0.03, 0.02), (0.08, 0.15, 0.09)) < 1)
               | (_ellipsoid(ux, uy, uz, (-0.2, -0.03, 0.02), (0.08, 0.15, 0.09)) < 1)] = 6
         ev, horn, vmm = self._ventricles(ux, uy, uz)
