@@ -64,3 +64,22 @@ def test_written_family_is_a_manifest_and_is_reused(tmp_path):
     stamp = manifest.stat().st_mtime_ns
     assert write_family(tmp_path, n_subjects=2, seed=3, voxel_mm=4.0, spacing_scale=2.5) == manifest
     assert manifest.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_datamodule_validates_on_the_family_as_a_second_loader(tiny_dataset, tmp_path):
+    from wmhseg.data.datamodule import WMHDataModule
+    from wmhseg.errors import InputError
+
+    dm = WMHDataModule(manifest=str(tiny_dataset), data_dir=str(tmp_path), patch_size=(16, 16, 16),
+                       val_fraction=0.25, validate="headers", augmentation={"enabled": False},
+                       independent={"n_subjects": 1, "seed": 2, "voxel_mm": 4.0, "spacing_scale": 2.5})
+    dm.prepare_data()
+    dm.setup("fit")
+    in_family, other = dm.val_dataloader()
+    batch = next(iter(other))
+    assert batch["image"].shape[:2] == (1, 2) and batch["label"].shape[1] == 1
+    assert (batch["label"] == 1).any()  # binary WMH target of the phantom
+    assert len(in_family) == 2
+    with pytest.raises(InputError, match="did you mean 'n_subjects'"):
+        WMHDataModule(manifest=str(tiny_dataset), independent={"n_subject": 2})

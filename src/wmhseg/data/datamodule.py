@@ -52,6 +52,7 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     return value
 
+
 def _independent_settings(d: Mapping[str, Any]) -> dict[str, Any]:
     check_known_keys(d, ("n_subjects", "seed", "voxel_mm", "spacing_scale"), "data.independent")
     return dict(d)
@@ -87,7 +88,8 @@ class WMHDataModule(L.LightningDataModule):
         augmentation: :class:`~wmhseg.data.augment.AugmentSpec` settings.
         synthesis: :class:`~wmhseg.data.synthesis.SynthesisSpec` settings: with ``prob`` > 0
             that share of training patches is synthesised from its label map.
-        independent: ``{"n_subjects": N, "seed": S}``: also validate on N phantoms of the
+        independent: ``{"n_subjects": N, "seed": S}`` (and ``voxel_mm``, ``spacing_scale`` of
+            :func:`~wmhseg.synth.independent.write_family`): also validate on N phantoms of the
             independent family (:mod:`wmhseg.synth.independent`), written into
             ``data_dir/independent``; logged as ``val_independent/*`` beside ``val/*``.
         augment_on: ``"workers"`` (in the DataLoader), ``"device"`` (after the batch reaches the

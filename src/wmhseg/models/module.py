@@ -211,7 +211,7 @@ class WMHSegModule(L.LightningModule):
         self.optimizer_factory = optimizer or functools.partial(torch.optim.AdamW, lr=1e-3)
         self.scheduler_factory = scheduler
         self.config_yaml = config_yaml or ""
-        self._val_records: dict[int, dict[str, float]] = {}
+        self._val_records: dict[tuple[int, int], dict[str, float]] = {}  # (loader, scan) -> metrics
 
     # ------------------------------------------------------------------ forward and training
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -258,7 +258,7 @@ class WMHSegModule(L.LightningModule):
         # (padded by repeating the first items): this index identifies each scan across ranks.
         self._val_records[(dataloader_idx, batch_idx * self.trainer.world_size + self.trainer.global_rank)] = record
 
-    def _gather_val_records(self) -> dict[int, dict[str, float]]:
+    def _gather_val_records(self) -> dict[tuple[int, int], dict[str, float]]:
         records = dict(self._val_records)
         if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * self.trainer.world_size
