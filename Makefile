@@ -21,7 +21,7 @@ INDEPENDENT := $(DEMO_DIR)/independent
 .PHONY: help install test lint demo demo-clean bench bench-quick clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/; s|[$$][(]TORCH_SPEC[)]|$(TORCH_SPEC)|' | expand -t 14
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +49,8 @@ demo: $(REPORT)/headline.json $(INDEPENDENT)/metrics.csv  ## train -> simulate a
 	print(f'Independent phantoms ({len(m)}): Dice {m.dice.mean():.3f} (per scan ' + ', '.join(f'{d:.2f}' for d in m.dice) \
 	      + f'), volume ICC {a[\"icc_a1\"]:.2f} against their labels')"
 	@echo
-	@echo "Report: $(abspath $(REPORT))/report.md"
+	@echo "Report: $(abspath $(REPORT))/report.html (and report.md)"
+	@echo "QC gallery: $(abspath $(INFER_OUT))/qc/index.html"
 	@echo "Headline estimates next to the values the study was simulated with:"
 	@$(PY) -m wmhseg.stats.compare $(REPORT)/headline.json $(STUDY)/truth.json
 

@@ -1,65 +1,34 @@
 """Longitudinal mixed-effects and survival statistics of WMH volumes, with a report.
 
     python analyze.py volumes=CSV clinical=CSV out_dir=DIR [cutoff_months=24 random_slope=true ...]
+    python analyze.py --help                         # the settings
 
 Settings are in configs/analyze.yaml. A bad table or setting prints one line naming the file,
-column and rows, and exits with status 2.
+column and rows, and exits with status 2; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
 
-import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from wmhseg.errors import InputError
+from wmhseg.cli import guard, run
 
-_CONFIG_FLAGS = (
-    "--config-name",
-    "-cn",
-    "--config-dir",
-    "-cd",
-    "--config-path",
-    "-cp",
-    "--experimental-rerun",
-)
-_INFO_FLAGS = (
-    "--help",
-    "-h",
-    "--hydra-help",
-    "--info",
-    "-i",
-    "--cfg",
-    "-c",
-    "--version",
-    "--shell-completion",
-    "-sc",
-)
-
-
-def _out_dir_given(argv: list[str]) -> bool:
-    """Hydra's run folder is ``out_dir``: without it Hydra fails before the analysis can say why."""
-    if any(a.split("=")[0] in _CONFIG_FLAGS + _INFO_FLAGS for a in argv):
-        return True
-    return any(a.lstrip("+").startswith("out_dir=") for a in argv)
+USAGE = "python analyze.py volumes=CSV clinical=CSV out_dir=DIR [setting=value ...]"
 
 
 @hydra.main(config_path="configs", config_name="analyze", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    """Run the analysis as ``cfg`` says and print where the report is."""
     from wmhseg.stats.analysis import analyze
 
-    try:
-        summary = analyze(cfg)
-    except InputError as err:
-        print(f"analyze.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    summary = guard("analyze.py", analyze, cfg)
     print(summary["left_out"])
     print(f"report: {summary['outputs']['report']}")
 
 
 if __name__ == "__main__":
-    if not _out_dir_given(sys.argv[1:]):
-        print("analyze.py: error: missing required setting out_dir (give out_dir=DIR)", file=sys.stderr)
-        sys.exit(2)
-    main()
+    run("analyze.py", main, config_dir=Path(__file__).resolve().parent / "configs", config_name="analyze",
+        usage=USAGE)

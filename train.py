@@ -17,17 +17,23 @@ import os
 # data-loader workers or DDP ranks. Read once when torch loads, so it must be set before the import.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from pathlib import Path  # noqa: E402
+
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from wmhseg.training import train  # noqa: E402
+from wmhseg.cli import guard, run  # noqa: E402
+
+USAGE = "python train.py experiment=NAME [data.manifest=CSV] [hydra.run.dir=DIR] [setting=value ...]"
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Train as ``cfg`` says; return val/dice (for Hydra sweepers)."""
-    return train(cfg)["metrics"].get("val/dice")
+    from wmhseg.training import train
+
+    return guard("train.py", train, cfg)["metrics"].get("val/dice")
 
 
 if __name__ == "__main__":
-    main()
+    run("train.py", main, config_dir=Path(__file__).resolve().parent / "configs", config_name="train", usage=USAGE)

@@ -22,6 +22,7 @@ from test_infer_helpers import (
     write_nifti,
 )
 
+from wmhseg.errors import CheckpointError, InputError, ManifestError
 from wmhseg.inference.runner import infer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -201,10 +202,15 @@ def test_bison_checkpoint_splits_periventricular_and_deep(tmp_path):
 def test_bad_checkpoint_or_manifest_stops_with_code_2(cohort, tmp_path):
     ckpt, manifest, _ = cohort
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
-    assert infer(infer_cfg(tmp_path / "bad.ckpt", manifest, tmp_path / "o1")) == 2
-    assert infer(infer_cfg(ckpt, tmp_path / "missing.csv", tmp_path / "o2")) == 2
-    assert infer(infer_cfg(ckpt, manifest, tmp_path / "o3", num_parts=2, part_id=2)) == 2
-    assert infer({"ckpt_path": str(ckpt), "input": str(manifest), "out_dir": "???"}) == 2
+    with pytest.raises(CheckpointError, match="bad.ckpt"):
+        infer(infer_cfg(tmp_path / "bad.ckpt", manifest, tmp_path / "o1"))
+    with pytest.raises(ManifestError, match="missing.csv"):
+        infer(infer_cfg(ckpt, tmp_path / "missing.csv", tmp_path / "o2"))
+    with pytest.raises(InputError, match="part_id=2"):
+        infer(infer_cfg(ckpt, manifest, tmp_path / "o3", num_parts=2, part_id=2))
+    with pytest.raises(InputError, match="out_dir is required"):
+        infer({"ckpt_path": str(ckpt), "input": str(manifest), "out_dir": "???"})
+    assert not any((tmp_path / d).exists() for d in ("o1", "o2", "o3"))
 
 
 def test_command_line(cohort, tmp_path):

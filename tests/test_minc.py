@@ -108,7 +108,7 @@ def minc_run(tmp_path_factory):
     manifest = root / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     out = root / "out"
-    code = infer(infer_cfg(ckpt, manifest, out))
+    code = infer(infer_cfg(ckpt, manifest, out, register_t1="auto"))  # the run's choice over the checkpoint's
     vol = pd.read_csv(out / "volumes.csv", dtype=IDS, keep_default_na=False, na_values=[""])
     return code, out, cases, vol
 
@@ -129,6 +129,9 @@ def test_infer_on_minc_writes_nifti_masks_on_the_minc_flair_grid(minc_run):
         np.testing.assert_allclose(_world_of(mask, mask_img.affine),
                                    _world_of(case["label_ras"] == 9, case["affine_ras"]), atol=2e-3)
         assert row.wmh_mm3 == pytest.approx(case["wmh_mm3"], rel=1e-6)
+        # T1 and FLAIR share one grid: the alignment check finds nothing to correct
+        assert row.t1_registration == "checked" and row.t1_shift_mm < 1.0, row.t1_shift_mm
+        assert row.t1_align_mi_after == row.t1_align_mi_before and row.t_register_s > 0
 
 
 def test_an_unreadable_minc_file_fails_its_row_only(minc_run):

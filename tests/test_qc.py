@@ -90,7 +90,7 @@ def test_cohort_flags_robust_outlier_and_thresholds():
     records = [{"status": "ok", "wmh_mm3": float(v), "mean_lesion_prob": 0.85} for v in vols]
     records[5]["wmh_mm3"] = 2000 * math.exp(0.5 * 8)  # 8 SD above on the log scale
     records[6]["mean_lesion_prob"] = 0.55
-    records[7].update(fov_cut_share=0.6, wmh_outside_wm_share=0.5, t1_flair_misalignment_mm=7.0)
+    records[7].update(fov_cut_share=0.6, wmh_outside_wm_share=0.5, t1_shift_mm=7.0)
     records.append({"status": "error", "error": "f.nii.gz: truncated"})
     flags = cohort_flags(records)
     # the robust z of the others, computed independently of the module (Iglewicz-Hoaglin)

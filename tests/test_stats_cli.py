@@ -49,6 +49,7 @@ def test_analyze_writes_every_output(tables, tmp_path):
     figures = sorted(p.name for p in (out / "figures").iterdir())
     assert figures == [
         "alsfrs_vs_wmh.png",
+        "forest_plot.png",
         "kaplan_meier.png",
         "wmh_trajectories_als_vs_control.png",
         "wmh_trajectories_by_survival_group.png",
@@ -159,7 +160,7 @@ def test_cli_bad_table_exits_2_with_one_line(tables, tmp_path):
 
 def test_stats_and_cohort_never_import_torch():
     code = (
-        "import sys, wmhseg.stats, wmhseg.stats.figures, wmhseg.stats.report, wmhseg.synth.cohort\n"
+        "import sys, wmhseg.cli, wmhseg.stats, wmhseg.stats.figures, wmhseg.stats.report, wmhseg.synth.cohort\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'monai', 'lightning', 'torchio'})\n"
         "print(heavy); sys.exit(1 if heavy else 0)\n"
     )
@@ -170,4 +171,5 @@ def test_stats_and_cohort_never_import_torch():
 def test_cli_without_out_dir_exits_2(tables):
     proc = run_cli(f"volumes={tables['volumes']}", f"clinical={tables['clinical']}")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "analyze.py: error: missing required setting out_dir (give out_dir=DIR)"
+    assert proc.stderr.strip() == ("analyze.py: error: missing required setting out_dir; usage: python analyze.py "
+                                   "volumes=CSV clinical=CSV out_dir=DIR [setting=value ...]")

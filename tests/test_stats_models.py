@@ -14,6 +14,7 @@ from wmhseg.stats.dataset import build_dataset
 from wmhseg.stats.mixed import fit_mixed, reml_relative_cov
 from wmhseg.stats.models import HEADLINE_KEYS, MODEL_NAMES, fit_study_models
 from wmhseg.stats.reml import t_inference
+from wmhseg.stats.report import headline_sentences
 from wmhseg.stats.structure import mixture_p
 from wmhseg.stats.tables import check_clinical, check_volumes
 from wmhseg.synth.cohort import CohortParams, simulate_cohort
@@ -200,6 +201,9 @@ def test_models_not_fitted_without_survival_groups():
     assert head["wmh_progression_als_vs_control"]["estimate"] is not None
     fit = result.fits[MODEL_NAMES["wmh_progression_short_vs_long"]]
     assert "at least 2 participants per level" in fit.error and "long (0)" in fit.error
+    sentence = headline_sentences(result)["wmh_progression_short_vs_long"]
+    assert "could not be estimated, because needs at least 2 participants" in sentence
+    assert "not significant" not in sentence
     table = result.models_table()
     assert (table.loc[table["model"] == fit.name, "kind"] == "not fitted").any()
 

@@ -34,13 +34,14 @@ from typing import Any
 import numpy as np
 
 from wmhseg.errors import InputError, ScanError
+from wmhseg.xfm import RAS_LPS as _F
+from wmhseg.xfm import itk_matrix
 
 __all__ = ["REGISTER_MODES", "Alignment", "align_t1", "to_sitk"]
 
 REGISTER_MODES = ("auto", "always", "never")
-_F = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (ITK's world), its own inverse
 _BINS = 32
-_MAX_SAMPLES = 200_000
+_MAX_SAMPLES = 50_000
 _SEED = 20240601  # metric sampling is random; a fixed seed makes results reproducible
 
 
@@ -136,16 +137,6 @@ def _score(fixed, moving, transform) -> float:
     return -float(reg.MetricEvaluate(fixed, moving))
 
 
-def _matrix(transform) -> np.ndarray:
-    """4x4 LPS matrix of a SimpleITK linear transform (fixed -> moving points)."""
-    origin = np.asarray(transform.TransformPoint((0.0, 0.0, 0.0)))
-    m = np.eye(4)
-    for j in range(3):
-        m[:3, j] = np.asarray(transform.TransformPoint(tuple(np.eye(3)[j]))) - origin
-    m[:3, 3] = origin
-    return m
-
-
 def _mean_shift(matrix_lps: np.ndarray, points: np.ndarray) -> float:
     moved = points @ matrix_lps[:3, :3].T + matrix_lps[:3, 3]
     return float(np.linalg.norm(moved - points, axis=1).mean())
@@ -165,6 +156,33 @@ def _head(fixed) -> np.ndarray:
     return origin + (idx * spacing) @ direction.T
 
 
+def _register(fixed, moving, mode: str, tolerance_mm: float, max_shift_mm: float) -> tuple:
+    """``(registered, shift_mm, score_before, score_after, LPS matrix)``; SimpleITK errors propagate."""
+    import SimpleITK as sitk
+
+    points, n_voxels = _head(fixed), int(np.prod(fixed.GetSize()))
+    start = sitk.Euler3DTransform()
+    start.SetCenter(tuple(points.mean(0)))
+    before = _score(fixed, moving, start)
+    if mode == "auto":
+        coarse = _method(n_voxels, _levels(fixed, [4.0]), 60)
+        coarse.SetInitialTransform(sitk.Euler3DTransform(start), inPlace=False)
+        shift = _mean_shift(itk_matrix(coarse.Execute(fixed, moving)), points)
+        if not shift > tolerance_mm:
+            return False, shift, before, before, np.eye(4)
+    full = _method(n_voxels, _levels(fixed, [4.0, 2.0, 1.0]), 100)
+    full.SetInitialTransform(sitk.Euler3DTransform(start), inPlace=False)
+    found = full.Execute(fixed, moving)
+    lps = itk_matrix(found)
+    shift = _mean_shift(lps, points)
+    after = _score(fixed, moving, found)
+    if not np.isfinite(after) or after < before - 1e-3 or shift > max_shift_mm:
+        raise ScanError(f"rigid registration of the T1 to the FLAIR did not converge: mutual information "
+                        f"{before:.4f} -> {after:.4f}, mean head shift {shift:.1f} mm "
+                        f"({full.GetOptimizerStopConditionDescription()})")
+    return True, shift, before, after, lps
+
+
 def align_t1(t1: np.ndarray, t1_affine: np.ndarray, flair: np.ndarray, flair_affine: np.ndarray, *,
              mode: str = "auto", tolerance_mm: float = 1.0, max_shift_mm: float = 30.0) -> Alignment:
     """Check (and per ``mode`` correct) the alignment of a T1 with its FLAIR; see the module docstring.
@@ -177,46 +195,19 @@ def align_t1(t1: np.ndarray, t1_affine: np.ndarray, flair: np.ndarray, flair_aff
 
     Raises:
         InputError: an unknown ``mode``.
-        ScanError: the registration failed, lowered the score or diverged.
+        ScanError: the registration failed (a SimpleITK error), lowered the score or diverged.
     """
-    import SimpleITK as sitk
-
     if mode not in REGISTER_MODES:
         raise InputError(f"register_t1={mode!r} is not one of {REGISTER_MODES}")
     t0 = time.perf_counter()
-    identity = np.eye(4)
+    t1_affine = np.asarray(t1_affine, dtype=np.float64)
     if mode == "never":
-        return Alignment(mode, False, float("nan"), float("nan"), float("nan"), identity,
-                         np.asarray(t1_affine, dtype=np.float64), 0.0)
-    fixed, moving = to_sitk(flair, flair_affine), to_sitk(t1, t1_affine)
-    points, n_voxels = _head(fixed), int(np.prod(fixed.GetSize()))
-    start = sitk.Euler3DTransform()
-    start.SetCenter(tuple(points.mean(0)))
-    before = _score(fixed, moving, start)
-    shift = float("nan")
-    if mode == "auto":
-        coarse = _method(n_voxels, _levels(fixed, [4.0]), 60)
-        coarse.SetInitialTransform(sitk.Euler3DTransform(start), inPlace=False)
-        try:
-            shift = _mean_shift(_matrix(coarse.Execute(fixed, moving)), points)
-        except RuntimeError as exc:
-            raise ScanError(f"checking the T1's alignment failed ({str(exc).strip().splitlines()[-1]})") from exc
-        if not shift > tolerance_mm:
-            return Alignment(mode, False, shift, before, before, identity, np.asarray(t1_affine, np.float64),
-                             time.perf_counter() - t0)
-    full = _method(n_voxels, _levels(fixed, [4.0, 2.0, 1.0]), 100)
-    full.SetInitialTransform(sitk.Euler3DTransform(start), inPlace=False)
+        return Alignment(mode, False, float("nan"), float("nan"), float("nan"), np.eye(4), t1_affine, 0.0)
     try:
-        found = full.Execute(fixed, moving)
-    except RuntimeError as exc:
-        raise ScanError(f"rigid registration of the T1 to the FLAIR failed ({str(exc).strip().splitlines()[-1]})") from exc
-    lps = _matrix(found)
-    shift = _mean_shift(lps, points)
-    after = _score(fixed, moving, found)
-    if not np.isfinite(after) or after < before - 1e-3 or shift > max_shift_mm:
-        raise ScanError(f"rigid registration of the T1 to the FLAIR did not converge: mutual information "
-                        f"{before:.4f} -> {after:.4f}, mean head shift {shift:.1f} mm "
-                        f"({full.GetOptimizerStopConditionDescription()})")
+        registered, shift, before, after, lps = _register(to_sitk(flair, flair_affine), to_sitk(t1, t1_affine),
+                                                          mode, tolerance_mm, max_shift_mm)
+    except RuntimeError as exc:  # SimpleITK: e.g. no overlap between the two images
+        raise ScanError(f"aligning the T1 to the FLAIR failed ({str(exc).strip().splitlines()[-1]})") from exc
     correction = _F @ lps @ _F
-    t1_new = np.linalg.inv(correction) @ np.asarray(t1_affine, dtype=np.float64)
-    return Alignment(mode, True, shift, before, after, correction, t1_new, time.perf_counter() - t0)
+    return Alignment(mode, registered, shift, before, after, correction, np.linalg.inv(correction) @ t1_affine,
+                     time.perf_counter() - t0)

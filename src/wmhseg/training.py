@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from wmhseg.checkpoint import build_network, load_checkpoint, read_meta
-from wmhseg.errors import InputError
+from wmhseg.errors import InputError, Interrupted
 from wmhseg.io import atomic_write_json
 from wmhseg.labels import LabelSpec
 from wmhseg.models.module import WMHSegModule, to_plain
@@ -193,6 +193,27 @@ def checkpoint_paths(trainer: L.Trainer) -> tuple[str | None, str | None]:
     return best, last
 
 
+def _lightning_logs_once() -> None:
+    """Under an application's logging (Hydra: console and log file), Lightning's messages go through it
+    alone: the ``lightning`` package also prints them on stderr through a handler of its own."""
+    if not logging.getLogger().handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+            logger.removeHandler(handler)
+        logger.propagate = True
+
+
+def _resume_hint(trainer: L.Trainer) -> str:
+    """What an interrupted fit finished and how to go on from it."""
+    _, last = checkpoint_paths(trainer)
+    done = f"training stopped in epoch {trainer.current_epoch} at step {trainer.global_step}"
+    if last and Path(last).is_file():
+        return f"{done}; resume from the last checkpoint with the same settings and ckpt_path={last}"
+    return f"{done}, before any checkpoint was written; rerun the same command to start over"
+
+
 def _float_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, value in metrics.items():
@@ -243,6 +264,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         InputError: a bad configuration value (named in the message) or a missing ``ckpt_path``.
     """
     start = time.perf_counter()
+    _lightning_logs_once()
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
     ckpt_path = _resume_path(cfg)
@@ -260,11 +282,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if ckpt_path is not None:
         check_resume_compatible(ckpt_path, model)
-    trainer: L.Trainer = instantiate(trainer_config(cfg.trainer), callbacks=callbacks, logger=loggers or False)
+    try:
+        trainer: L.Trainer = instantiate(trainer_config(cfg.trainer), callbacks=callbacks, logger=loggers or False)
+    except InstantiationException as exc:  # e.g. accelerator=gpu on a machine without one
+        raise InputError(f"trainer: {exc.__cause__ or exc}") from exc
 
     if cfg.get("train", True):
         log.info("Training; outputs in %s", cfg.paths.output_dir)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except SystemExit:  # Lightning turns Ctrl-C into exit(1) after its own clean-up
+            if trainer.interrupted:
+                raise Interrupted(_resume_hint(trainer)) from None
+            raise
     else:
         trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = _float_metrics(trainer.callback_metrics)

@@ -34,12 +34,13 @@ import numpy as np
 
 from wmhseg.errors import ScanError
 
-__all__ = ["read_linear_transform", "stereotaxic_scale", "parse_minc_xfm", "parse_matrix_text", "native_volumes"]
+__all__ = ["read_linear_transform", "stereotaxic_scale", "parse_minc_xfm", "parse_matrix_text", "native_volumes",
+           "itk_matrix", "RAS_LPS"]
 
 _MINC_MAGIC = "MNI Transform File"
 _ITK_MAGIC = "#Insight Transform File"
 _NONLINEAR = ("Grid_Transform", "Thin_Plate_Spline_Transform")
-_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # ITK's LPS <-> RAS (its own inverse)
+RAS_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> ITK's LPS world (its own inverse)
 
 
 def _statements(text: str) -> list[tuple[str, str]]:
@@ -122,13 +123,19 @@ def _read_itk(path: Path) -> np.ndarray:
         raise ScanError(f"{path}: SimpleITK cannot read the transform ({str(exc).strip().splitlines()[-1]})") from exc
     if not tx.IsLinear():
         raise ScanError(f"{path}: the ITK transform ({tx.GetName()}) is not linear; a linear transform is needed")
-    origin = np.asarray(tx.TransformPoint((0.0, 0.0, 0.0)))
-    lps = np.eye(4)
-    for j in range(3):
-        lps[:3, j] = np.asarray(tx.TransformPoint(tuple(np.eye(3)[j]))) - origin
-    lps[:3, 3] = origin
-    stx_to_native = _LPS @ lps @ _LPS
+    stx_to_native = RAS_LPS @ itk_matrix(tx) @ RAS_LPS
     return np.linalg.inv(stx_to_native)
+
+
+def itk_matrix(transform) -> np.ndarray:
+    """The 4x4 matrix (LPS mm) of a linear SimpleITK transform, found by mapping the origin and
+    the unit vectors (works for every linear transform type and for composites of them)."""
+    origin = np.asarray(transform.TransformPoint((0.0, 0.0, 0.0)))
+    m = np.eye(4)
+    for j in range(3):
+        m[:3, j] = np.asarray(transform.TransformPoint(tuple(np.eye(3)[j]))) - origin
+    m[:3, 3] = origin
+    return m
 
 
 def read_linear_transform(path: str | os.PathLike) -> np.ndarray:

@@ -69,6 +69,27 @@ def _choose(value: str, options: Sequence[str], name: str) -> str:
     raise InputError(f"{name}={value!r} is not one of {tuple(options)}{hint}")
 
 
+def _check_device(device: str) -> str:
+    """``device`` if this machine has it; ``auto`` is always fine."""
+    if device == "auto":
+        return device
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"inference.device={device!r} is not one of auto, cpu, cuda, cuda:N") from exc
+    if dev.type == "cpu":
+        return device
+    if dev.type != "cuda":
+        raise InputError(f"inference.device={device!r} is not one of auto, cpu, cuda, cuda:N")
+    if not torch.cuda.is_available():
+        build = "a CPU-only torch build" if torch.version.cuda is None else "no CUDA device is visible"
+        raise InputError(f"inference.device={device!r} but CUDA is not available here ({build}, torch "
+                         f"{torch.__version__}); use inference.device=cpu or auto")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"inference.device={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 @dataclass
 class InferenceSettings:
     """How :class:`Predictor` runs the network; ``None`` takes the checkpoint's value.
@@ -107,6 +128,7 @@ class InferenceSettings:
     channels_last: Any = "auto"
 
     def __post_init__(self) -> None:
+        self.device = _check_device(str(self.device))
         self.precision = _choose(str(self.precision), PRECISIONS, "precision")
         if isinstance(self.roi_size, str):
             _choose(self.roi_size, _ROI_MODES, "roi_size")

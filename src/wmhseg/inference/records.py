@@ -53,7 +53,8 @@ REGISTRATION_COLUMNS = ("t1_registration", "t1_align_mi_before", "t1_align_mi_af
                         "t1_transform", "t_register_s")
 log = logging.getLogger("wmhseg.infer")
 UNCERTAINTY_COLUMNS = ("wmh_mm3_sd", "wmh_mm3_ci_low", "wmh_mm3_ci_high")
-TIMING_COLUMNS = ("t_load_s", "t_preprocess_s", "t_predict_s", "t_export_s", "t_measure_s", "t_total_s")
+TIMING_COLUMNS = ("t_load_s", "t_preprocess_s", "t_predict_s", "t_export_s", "t_measure_s", "t_uncertainty_s",
+                  "t_total_s")
 VOLUME_COLUMNS = (
     "subject_id", "session_id", "wmh_mm3", "n_lesions", "status", "error", "warnings",
     "wmh_periventricular_mm3", "wmh_deep_mm3", "pv_rule", "icv_mm3", "brain_mm3", "mean_lesion_prob",

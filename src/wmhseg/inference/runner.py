@@ -11,7 +11,8 @@ Outputs under ``out_dir`` (see DESIGN.md for the fixed part):
 
 A scan that fails gets ``status=error`` and a message naming the file and the problem; the
 others go on. The return value is the exit code: 0 when every scan of this run's share is done,
-1 when any failed, 2 when the run could not start (bad checkpoint, manifest or setting).
+1 when any failed; a run that cannot start (bad checkpoint, manifest or setting) raises
+:class:`~wmhseg.errors.InputError` (infer.py prints it in one line and exits 2).
 
 Loading and preprocessing run in DataLoader workers (``num_workers``) while the network predicts.
 A cohort can be split into ``num_parts`` jobs (``part_id`` = 0 .. num_parts-1; scan ``i`` goes
@@ -44,6 +45,7 @@ from wmhseg.inference.loading import PreparedScan, preloaded_transforms, prepare
 from wmhseg.inference.measures import tissue_volumes, wmh_measures
 from wmhseg.inference.predictor import Predictor
 from wmhseg.inference.records import TIMING_COLUMNS, ResultStore, error_record, invalid_rows
+from wmhseg.inference.uncertainty import UncertaintySettings, VolumeUncertainty
 from wmhseg.io import atomic_write_json, atomic_write_text
 from wmhseg.manifest import Scan, check_scan, read_manifest
 from wmhseg.metrics import label_lesions, segmentation_metrics
@@ -67,9 +69,11 @@ class RunOptions:
 
     def __init__(self, cfg: Any) -> None:
         get = cfg.get if hasattr(cfg, "get") else lambda k, d=None: getattr(cfg, k, d)
-        for key in ("ckpt_path", "input", "out_dir"):
+        for key in ("input", "out_dir"):
             value = _get_required(cfg, key)
             setattr(self, key, Path(str(value)).expanduser())
+        self.ckpt_paths = _checkpoint_paths(_get_required(cfg, "ckpt_path"))
+        self.ckpt_path = self.ckpt_paths[0]
         self.overwrite = bool(get("overwrite", False))
         self.num_parts = int(get("num_parts", 1))
         self.part_id = int(get("part_id", 0))
@@ -87,6 +91,7 @@ class RunOptions:
         self.bids_filters = _plain(get("bids_filters", None)) or {}
         inference = get("inference", None) or {}
         self.inference = {k: _plain(v) for k, v in dict(inference).items()}
+        self.uncertainty = UncertaintySettings.pop_from(self.inference)
         if self.num_parts < 1 or not 0 <= self.part_id < self.num_parts:
             raise InputError(f"part_id={self.part_id} must satisfy 0 <= part_id < num_parts={self.num_parts}")
         if self.num_workers < 0:
@@ -95,6 +100,19 @@ class RunOptions:
             raise InputError(f"pv_distance_mm={self.pv_distance_mm} must be > 0")
         if self.qc_convention not in QC_CONVENTIONS:
             raise InputError(f"qc_convention={self.qc_convention!r} is not one of {QC_CONVENTIONS}")
+        if self.uncertainty.mode != "none" and self.strategy is not None:
+            raise InputError(f"inference.uncertainty={self.uncertainty.mode} runs in one process per part "
+                             "(num_parts/part_id), not with strategy")
+
+
+def _checkpoint_paths(value: Any) -> list[Path]:
+    """``ckpt_path``: one checkpoint, a list of them, or a comma-separated string."""
+    value = _plain(value)
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    paths = [Path(str(v).strip()).expanduser() for v in items if str(v).strip()]
+    if not paths:
+        raise InputError("ckpt_path names no checkpoint")
+    return paths
 
 
 def _get_required(cfg: Any, key: str) -> Any:
@@ -184,8 +202,9 @@ def _crop_to(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def process_prepared(predictor: Predictor, store: ResultStore, scan: Scan, prepared: PreparedScan, *,
-                     pv_distance_mm: float = 10.0) -> dict[str, Any]:
-    """Layers 2-3 and measures for one prepared scan: writes its mask and returns its ok-record."""
+                     pv_distance_mm: float = 10.0, uncertainty: VolumeUncertainty | None = None) -> dict[str, Any]:
+    """Layers 2-3 and measures for one prepared scan: writes its mask and returns its ok-record
+    (with the volume's interval when ``uncertainty`` is given)."""
     t0 = time.perf_counter()
     working = predictor.predict(prepared.image)
     t1 = time.perf_counter()
@@ -205,26 +224,30 @@ def process_prepared(predictor: Predictor, store: ResultStore, scan: Scan, prepa
         metrics = segmentation_metrics(pred, ref, voxel_sizes(prepared.affine))
         metrics["ref_wmh_mm3"] = int(ref.sum()) * measures["voxel_mm3"]
         metrics["ref_n_lesions"] = label_lesions(ref)[1]
+    t3 = time.perf_counter()
+    if uncertainty is not None:  # before the stereotaxic scaling, which then applies to the interval too
+        measures.update(uncertainty(predictor, prepared, float(measures["wmh_mm3"])))
+    t4 = time.perf_counter()
     if scan.xfm is not None:  # the images lie in stereotaxic space: report native volumes
         scale = stereotaxic_scale(scan.xfm)
         measures = native_volumes(measures, scale)
         if metrics is not None:
             metrics["ref_wmh_mm3"] /= scale
     measures.update(prepared.alignment)
-    t3 = time.perf_counter()
     timings = {"t_load_s": prepared.t_load_s, "t_preprocess_s": prepared.t_preprocess_s, "t_predict_s": t1 - t0,
-               "t_export_s": t2 - t1, "t_measure_s": t3 - t2}
+               "t_export_s": t2 - t1, "t_measure_s": t3 - t2, "t_uncertainty_s": t4 - t3}
     timings["t_total_s"] = sum(timings.values())
     timings = {k: round(v, 4) for k, v in timings.items()}
     return store.ok_record(scan, measures, warnings=prepared.warnings, timings=timings, metrics=metrics)
 
 
 def run_scan(predictor: Predictor, store: ResultStore, scan: Scan, prepared: PreparedScan | None, error: str | None,
-             *, pv_distance_mm: float = 10.0) -> dict[str, Any]:
+             *, pv_distance_mm: float = 10.0, uncertainty: VolumeUncertainty | None = None) -> dict[str, Any]:
     """One item of :class:`ScanDataset` -> its record (ok, or error naming the file and problem)."""
     if prepared is not None:
         try:
-            return process_prepared(predictor, store, scan, prepared, pv_distance_mm=pv_distance_mm)
+            return process_prepared(predictor, store, scan, prepared, pv_distance_mm=pv_distance_mm,
+                                    uncertainty=uncertainty)
         except WmhsegError as exc:
             error = str(exc)
         except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. out of memory on one big scan
@@ -269,6 +292,19 @@ def _write_provenance(opts: RunOptions, cfg: Any, predictor: Predictor, n_scans:
         atomic_write_text(opts.out_dir / "training_config.yaml", str(predictor.meta["config"]))
 
 
+def _volume_uncertainty(opts: RunOptions) -> VolumeUncertainty | None:
+    """What ``inference.uncertainty`` asks for (the other checkpoints loaded for ``ensemble``)."""
+    mode = opts.uncertainty.mode
+    if mode == "none":
+        if len(opts.ckpt_paths) > 1:
+            raise InputError(f"ckpt_path names {len(opts.ckpt_paths)} checkpoints; that needs inference.uncertainty=ensemble")
+        return None
+    if mode == "tta" and len(opts.ckpt_paths) > 1:
+        raise InputError("inference.uncertainty=tta takes one checkpoint; several are an ensemble")
+    members = [Predictor.from_checkpoint(p, **opts.inference) for p in opts.ckpt_paths[1:]]
+    return VolumeUncertainty(opts.uncertainty, members)
+
+
 def _write_agreement(out_dir: Path, records: list[dict[str, Any]]) -> None:
     pairs = [(r["wmh_mm3"], (r.get("metrics") or {}).get("ref_wmh_mm3")) for r in records
              if r.get("status") == "ok" and r.get("metrics")]
@@ -280,8 +316,8 @@ def _write_agreement(out_dir: Path, records: list[dict[str, Any]]) -> None:
         bland_altman_plot(pred, ref, out_dir / "bland_altman.png")
 
 
-def _process(predictor: Predictor, store: ResultStore, todo: list[Scan],
-             opts: RunOptions) -> tuple[int, int, list[float], list[dict[str, float]]]:
+def _process(predictor: Predictor, store: ResultStore, todo: list[Scan], opts: RunOptions,
+             uncertainty: VolumeUncertainty | None) -> tuple[int, int, list[float], list[dict[str, float]]]:
     """Run the scans of ``todo``; return (n_ok, n_failed, per-scan wall times, stage timings of ok scans)."""
     from tqdm.auto import tqdm
 
@@ -294,7 +330,8 @@ def _process(predictor: Predictor, store: ResultStore, todo: list[Scan],
     try:
         for index, prepared, error in _prepared_stream(dataset, opts.num_workers):
             scan = todo[index]
-            record = run_scan(predictor, store, scan, prepared, error, pv_distance_mm=opts.pv_distance_mm)
+            record = run_scan(predictor, store, scan, prepared, error, pv_distance_mm=opts.pv_distance_mm,
+                              uncertainty=uncertainty)
             if record["status"] == "error":
                 n_failed += 1
             else:
@@ -327,25 +364,25 @@ def infer(cfg: Any) -> int:
             (:class:`~wmhseg.inference.predictor.InferenceSettings`).
 
     Returns:
-        The exit code: 0 all done, 1 some scan failed, 2 the run could not start.
+        The exit code: 0 all done, 1 some scan failed.
+
+    Raises:
+        InputError: the run cannot start (a bad checkpoint, manifest or setting), named in the message.
+        Interrupted: Ctrl-C; the message says how many scans were finished and how to resume.
 
     Example:
         >>> infer({"ckpt_path": "last.ckpt", "input": "manifest.csv", "out_dir": "out"})  # doctest: +SKIP
         0
     """
     t_start = time.perf_counter()
-    try:
-        opts = RunOptions(cfg)
-        if opts.torch_threads:
-            torch.set_num_threads(int(opts.torch_threads))
-        scans = read_manifest(opts.input, bids_filters=opts.bids_filters)
-        predictor = Predictor.from_checkpoint(opts.ckpt_path, **opts.inference)
-        if opts.register_t1 is not None:  # the run's choice over the checkpoint's
-            predictor.preprocess_spec = replace(predictor.preprocess_spec, register_t1=str(opts.register_t1))
-    except WmhsegError as exc:
-        log.error("%s", exc)
-        print(f"wmhseg infer: error: {exc}", file=sys.stderr)
-        return 2
+    opts = RunOptions(cfg)
+    if opts.torch_threads:
+        torch.set_num_threads(int(opts.torch_threads))
+    scans = read_manifest(opts.input, bids_filters=opts.bids_filters)
+    predictor = Predictor.from_checkpoint(opts.ckpt_path, **opts.inference)
+    if opts.register_t1 is not None:  # the run's choice over the checkpoint's
+        predictor.preprocess_spec = replace(predictor.preprocess_spec, register_t1=str(opts.register_t1))
+    uncertainty = _volume_uncertainty(opts)
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     _write_provenance(opts, cfg, predictor, len(scans))
     store = ResultStore(opts.out_dir, predictor.model_id)
@@ -356,10 +393,14 @@ def infer(cfg: Any) -> int:
         log.warning("%s", invalid[scan.row])
     candidates = [s for s in share if s.row not in invalid]
     todo = store.to_do(candidates, overwrite=opts.overwrite)
+    if uncertainty is not None:  # a finished scan without the interval asked for is redone
+        queued = {s.row for s in todo}
+        todo = [s for s in candidates
+                if s.row in queued or not math.isfinite((store.read(s) or {}).get("wmh_mm3_sd") or math.nan)]
     n_skipped = len(candidates) - len(todo)
     log.info("%d scans in %s; this run: %d to do, %d already done", len(scans), opts.input, len(todo), n_skipped)
     if opts.strategy is None:
-        n_ok, n_failed, walls, stages = _process(predictor, store, todo, opts)
+        n_ok, n_failed, walls, stages = _process(predictor, store, todo, opts, uncertainty)
     else:
         from wmhseg.inference.distributed import predict_distributed
 

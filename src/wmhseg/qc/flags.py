@@ -21,8 +21,8 @@ Flags (``qc_flags`` in volumes.csv, ``;``-separated, in this order):
 ``fov_cut``            the head covers more than ``fov_cut_share`` (25 %) of its largest
                        cross-section on a superior, anterior, posterior or lateral edge of
                        the field of view
-``misaligned``         a T1/FLAIR alignment measure, when the record carries one
-                       (``t1_flair_misalignment_mm`` above ``misalignment_mm``, 3 mm)
+``misaligned``         the T1 needed a correction of more than ``misalignment_mm`` (3 mm) to
+                       align with the FLAIR (``t1_shift_mm`` of the T1 registration check)
 =====================  =================================================================
 """
 
@@ -151,8 +151,8 @@ def cohort_flags(records: Sequence[dict[str, Any]], thresholds: QCThresholds | N
 
     Args:
         records: the per-scan records of the whole table (``status``, ``wmh_mm3``,
-            ``mean_lesion_prob``, ``wmh_outside_wm_share``, ``fov_cut_share`` and, when a
-            registration check exists, ``t1_flair_misalignment_mm``).
+            ``mean_lesion_prob``, ``wmh_outside_wm_share``, ``fov_cut_share`` and, when the
+            T1 registration check ran, ``t1_shift_mm``).
         thresholds: where each flag starts.
 
     Example:
@@ -180,7 +180,7 @@ def cohort_flags(records: Sequence[dict[str, Any]], thresholds: QCThresholds | N
             flags.append("wmh_outside_wm")
         if _number(r.get("fov_cut_share")) > th.fov_cut_share:
             flags.append("fov_cut")
-        if _number(r.get("t1_flair_misalignment_mm")) > th.misalignment_mm:
+        if _number(r.get("t1_shift_mm")) > th.misalignment_mm:
             flags.append("misaligned")
         out.append(";".join(flags))
     return out

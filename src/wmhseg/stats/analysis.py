@@ -281,8 +281,10 @@ def _run(vol, clin, settings: AnalysisSettings, sources: dict[str, str], t0: flo
     )
 
 
-def _figures(result: AnalysisResult, fig_dir: Path) -> dict[str, Path]:
+def _figures(result: AnalysisResult, fig_dir: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Render each figure once; save it in ``figure_format`` and as PNG. Returns both path maps."""
     from wmhseg.stats.figures import alsfrs_figure, km_figure, save_figure, trajectory_figure
+    from wmhseg.stats.forest import forest_figure
 
     st = result.settings
     scans = result.study.scans
@@ -308,13 +310,16 @@ def _figures(result: AnalysisResult, fig_dir: Path) -> dict[str, Path]:
             fits[MODEL_NAMES["alsfrs_wmh_slope_short_vs_long"]],
         ),
         "kaplan_meier": lambda: km_figure(result.survival.km),
+        "forest_plot": lambda: forest_figure(result.models_table(), st.alpha),
     }
-    paths = {}
+    paths, pngs = {}, {}
     for name, build in figs.items():
-        paths[name] = save_figure(
-            build(), fig_dir / f"{name}.{st.figure_format}", st.figure_format, st.figure_dpi
+        fig = build()
+        paths[name] = save_figure(fig, fig_dir / f"{name}.{st.figure_format}", st.figure_format, st.figure_dpi)
+        pngs[name] = paths[name] if st.figure_format == "png" else save_figure(
+            fig, fig_dir / f"{name}.png", "png", st.figure_dpi
         )
-    return paths
+    return paths, pngs
 
 
 def write_outputs(result: AnalysisResult, out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -322,7 +327,8 @@ def write_outputs(result: AnalysisResult, out_dir: str | os.PathLike) -> dict[st
 
     Returns:
         Output name -> path (``headline``, ``models``, ``left_out``, ``survival_patients``,
-        ``report`` and one entry per figure).
+        ``report_md``, ``report_html`` (figures embedded), ``report`` (the one of
+        ``report_format``) and one entry per figure).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -336,15 +342,19 @@ def write_outputs(result: AnalysisResult, out_dir: str | os.PathLike) -> dict[st
         "left_out": atomic_write_csv(out / "left_out.csv", result.study.left_out),
         "survival_patients": atomic_write_csv(out / "survival_patients.csv", result.survival.patients),
     }
-    figures = _figures(result, out / "figures") if result.settings.figures else {}
+    figures, pngs = _figures(result, out / "figures") if result.settings.figures else ({}, {})
     paths.update(figures)
     result.seconds["figures"] = time.perf_counter() - t0
     result.provenance = _provenance(result.settings, result.sources, result.seconds)
+    from wmhseg.stats.html import write_html_report
     from wmhseg.stats.report import render_report
 
-    fmt = result.settings.report_format
-    text = render_report(result, {k: str(p.relative_to(out)) for k, p in figures.items()}, fmt)
-    paths["report"] = atomic_write_text(out / f"report.{fmt}", text)
+    def relative(figs: dict[str, Path]) -> dict[str, str]:
+        return {k: str(p.relative_to(out)) for k, p in figs.items()}
+
+    paths["report_md"] = atomic_write_text(out / "report.md", render_report(result, relative(figures), "md"))
+    paths["report_html"] = write_html_report(out / "report.html", render_report(result, relative(pngs), "html"))
+    paths["report"] = paths[f"report_{result.settings.report_format}"]
     return paths
 
 

@@ -166,8 +166,9 @@ class MixedFit:
         var = float(w @ self.cov.loc[w.index, w.index].to_numpy() @ w)
         se = float(np.sqrt(var)) * abs(scale) if var >= 0 else float("nan")
         df = self.inference.df(w.to_numpy()) if self.method == "satterthwaite" else None
-        if df is not None and not np.isfinite(df):
-            return Estimate.unavailable(self.n_subjects, self.n_obs, self.method)
+        if df is not None and not np.isfinite(df):  # the estimate stands; its test does not
+            nan = float("nan")
+            return Estimate(est, se, None, nan, nan, nan, self.n_subjects, self.n_obs, self.method)
         return Estimate.from_t(est, se, df, self.alpha, self.n_subjects, self.n_obs)
 
     def estimate(self, term: str, scale: float = 1.0) -> Estimate:
@@ -268,6 +269,31 @@ def fit_mixed(
         start = _start_params(model)
     out.messages.extend(f"start values: {m}" for m in dict.fromkeys(_texts(caught, kinds)))
     names = [clean_term(t) for t in model.exog_names]
+    kept = _fit_with_retries(model, start, optimizers, out, kinds)
+    if kept is None:
+        out.error = "every optimizer failed: " + "; ".join(out.attempts)
+        return out
+    method, res, good = kept
+    out.optimizer, out.converged, out.result = method, good, res
+    try:
+        _attach_inference(out, model, res, names)
+    except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
+        out.error = f"lme4's fixed-effect covariance could not be computed: {' '.join(str(exc).split())}"
+        out.converged = False
+        return out
+    if not good:
+        out.messages.append(
+            f"no optimizer converged; the estimates shown come from {method}, the first attempt that gave estimates"
+        )
+    return out
+
+
+def _fit_with_retries(
+    model: Any, start: Any, optimizers: Sequence[str], out: MixedFit, kinds: tuple[type[Warning], ...]
+) -> tuple[str, Any, bool] | None:
+    """REML fits with each optimizer in turn until one converges, attempts and warnings noted in
+    ``out``: ``(optimizer, results, converged)`` of the kept fit (the first with estimates when
+    none converges), None when every optimizer failed."""
     kept = None
     for method in optimizers:
         with warnings.catch_warnings(record=True) as caught:
@@ -286,22 +312,7 @@ def fit_mixed(
             kept = (method, res, good)
         if good:
             break
-    if kept is None:
-        out.error = "every optimizer failed: " + "; ".join(out.attempts)
-        return out
-    method, res, good = kept
-    out.optimizer, out.converged, out.result = method, good, res
-    try:
-        _attach_inference(out, model, res, names)
-    except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
-        out.error = f"lme4's fixed-effect covariance could not be computed: {' '.join(str(exc).split())}"
-        out.converged = False
-        return out
-    if not good:
-        out.messages.append(
-            f"no optimizer converged; the estimates shown come from {method}, the first attempt that gave estimates"
-        )
-    return out
+    return kept
 
 
 def _attach_inference(out: MixedFit, model: Any, res: Any, names: list[str]) -> None:

@@ -5,7 +5,6 @@ the same content.
 
 from __future__ import annotations
 
-import html
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -13,6 +12,8 @@ import pandas as pd
 
 from wmhseg.stats.mixed import Estimate
 from wmhseg.stats.models import MODEL_NAMES
+from wmhseg.stats.report_doc import Doc, fmt, format_p
+from wmhseg.stats.report_survival import survival_section
 
 if TYPE_CHECKING:
     from wmhseg.stats.analysis import AnalysisResult
@@ -21,22 +22,17 @@ __all__ = ["headline_sentences", "render_report", "format_p"]
 
 _LIST_LIMIT = 30
 _CAPTIONS = {
-    "wmh_trajectories_als_vs_control": "WMH volume over time in ALS patients and controls: thin lines are "
+    "wmh_trajectories_als_vs_control": "(The study's Figure 2A.) WMH volume over time in ALS patients and controls: thin lines are "
     "participants, thick lines the mean trajectories of model 1.",
-    "wmh_trajectories_by_survival_group": "WMH volume over time in controls, long and short survivors: thin lines "
+    "wmh_trajectories_by_survival_group": "(The study's Figure 2B.) WMH volume over time in controls, long and short survivors: thin lines "
     "are participants, thick lines the mean trajectories of model 2.",
-    "alsfrs_vs_wmh": "ALSFRS-R against WMH volume in ALS patients (left, model 3) and by survival group (right, "
+    "alsfrs_vs_wmh": "(The study's Figures 3A and 3B.) ALSFRS-R against WMH volume in ALS patients (left, model 3) and by survival group (right, "
     "model 4); lines are the models' mean fits.",
+    "forest_plot": "The key term of every model with its {level}% confidence interval: the four headline "
+    "estimates (zero marked) and the WMH hazard ratios of the Cox models (one marked, log axis).",
     "kaplan_meier": "Kaplan-Meier curves of time to outcome for patients above vs at or below the median baseline "
     "WMH, with pointwise {level}% bands and the log-rank p-value.",
 }
-
-
-def format_p(p: float) -> str:
-    """``'p < 0.0001'`` or ``'p = 0.032'``; ``'p n/a'`` when undefined."""
-    if p is None or not np.isfinite(p):
-        return "p n/a"
-    return "p < 0.0001" if p < 1e-4 else f"p = {p:.2g}" if p < 0.001 else f"p = {p:.3f}"
 
 
 def _ci(e: Estimate, digits: int, alpha: float) -> str:
@@ -67,7 +63,13 @@ def headline_sentences(result: AnalysisResult) -> dict[str, str]:
         if not np.isfinite(h[key].estimate):
             return f"{key}: could not be estimated, because {fit.error or 'the model gave no estimate'}."
         if not np.isfinite(h[key].std_err) or not np.isfinite(h[key].p_value):
-            why = "the model did not converge" if not fit.converged else "its variance is not positive"
+            why = (
+                "the model did not converge"
+                if not fit.converged
+                else "its variance is not positive"
+                if not np.isfinite(h[key].std_err)
+                else "the Satterthwaite degrees of freedom could not be computed (a singular fit?)"
+            )
             return (
                 f"{key}: estimate {h[key].estimate:,.3g}, but its standard error and p-value could not be "
                 f"estimated ({why}; {'; '.join(fit.attempts) or 'no optimizer ran'})."
@@ -103,81 +105,7 @@ def headline_sentences(result: AnalysisResult) -> dict[str, str]:
     return out
 
 
-class _Doc:
-    """Minimal document model rendered to Markdown or HTML."""
-
-    def __init__(self) -> None:
-        self.blocks: list[tuple[str, object]] = []
-
-    def h(self, level: int, text: str) -> None:
-        self.blocks.append(("h", (level, text)))
-
-    def p(self, text: str) -> None:
-        self.blocks.append(("p", text))
-
-    def ul(self, items: list[str]) -> None:
-        if items:
-            self.blocks.append(("ul", items))
-
-    def table(self, frame: pd.DataFrame) -> None:
-        if len(frame):
-            self.blocks.append(("table", frame))
-
-    def img(self, path: str, alt: str) -> None:
-        self.blocks.append(("img", (path, alt)))
-
-    def markdown(self) -> str:
-        parts = []
-        for kind, value in self.blocks:
-            if kind == "h":
-                parts.append(f"{'#' * value[0]} {value[1]}")
-            elif kind == "p":
-                parts.append(str(value))
-            elif kind == "ul":
-                parts.append("\n".join(f"- {item}" for item in value))
-            elif kind == "table":
-                frame = value.astype(str).apply(lambda c: c.str.replace("|", "\\|"))
-                head = "| " + " | ".join(map(str, frame.columns)) + " |"
-                rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-                body = ["| " + " | ".join(row) + " |" for row in frame.to_numpy().tolist()]
-                parts.append("\n".join([head, rule, *body]))
-            elif kind == "img":
-                parts.append(f"![{value[1]}]({value[0]})")
-        return "\n\n".join(parts) + "\n"
-
-    def html(self, title: str) -> str:
-        esc = html.escape
-        parts = [
-            f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{esc(title)}</title>",
-            "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #bbb;padding:2px 6px;font-size:90%}img{max-width:100%}</style></head><body>",
-        ]
-        for kind, value in self.blocks:
-            if kind == "h":
-                parts.append(f"<h{value[0]}>{esc(value[1])}</h{value[0]}>")
-            elif kind == "p":
-                parts.append(f"<p>{esc(str(value))}</p>")
-            elif kind == "ul":
-                parts.append("<ul>" + "".join(f"<li>{esc(i)}</li>" for i in value) + "</ul>")
-            elif kind == "table":
-                parts.append(value.to_html(index=False, escape=True, border=0))
-            elif kind == "img":
-                parts.append(f"<img src='{esc(value[0])}' alt='{esc(value[1])}'>")
-        parts.append("</body></html>\n")
-        return "\n".join(parts)
-
-
-def _fmt(x: object, digits: int = 3) -> str:
-    if isinstance(x, (float, np.floating)):
-        if not np.isfinite(x):
-            return ""
-        return (
-            f"{x:.{digits}g}" if abs(x) < 1e-3 or abs(x) >= 1e5 else f"{x:.{digits}f}".rstrip("0").rstrip(".")
-        )
-    return str(x)
-
-
-def _data_section(doc: _Doc, result: AnalysisResult) -> None:
+def _data_section(doc: Doc, result: AnalysisResult) -> None:
     c = result.study.counts
     s = result.sources
     doc.h(2, "Data")
@@ -220,94 +148,7 @@ def _data_section(doc: _Doc, result: AnalysisResult) -> None:
             doc.table(shown)
 
 
-_COX_TITLES = {
-    "cox_baseline": "Cox model from the baseline MRI (baseline WMH)",
-    "cox_time_varying": "Cox model with time-varying WMH (the latest scan's WMH; counting-process rows)",
-}
-
-
-def _months(v: float) -> str:
-    return f"{v:.1f}" if np.isfinite(v) else "not reached"
-
-
-def _km_item(split, a: float) -> str:
-    if split.error:
-        return f"Kaplan-Meier split at the median baseline WMH: could not be computed, because {split.error}."
-    parts = []
-    for lab, sign in (("low", "at or below"), ("high", "above")):
-        c = split.curves[lab]
-        parts.append(
-            f"{sign} (n={c.n}, {c.events} events): median {_months(c.median)} months "
-            f"({round(100 * (1 - a), 1):g}% CI {_months(c.median_ci_low)} to {_months(c.median_ci_high)})"
-        )
-    return (
-        f"Kaplan-Meier split at the median baseline WMH ({split.median:,.1f} mm³): {'; '.join(parts)}; log-rank "
-        f"χ² = {split.chi2:.2f}, {format_p(split.p_value)} ({_verdict_p(split.p_value, a)})."
-    )
-
-
-def _cox_block(doc: _Doc, title: str, cox, a: float) -> None:
-    if cox.error:
-        doc.p(f"{title}: could not be estimated, because {cox.error}. No hazard ratio or PH test is reported.")
-        return
-    doc.p(
-        f"{title}: {cox.n} patients, {cox.events} events, Efron ties; Harrell's C = {_fmt(cox.concordance)}. "
-        f"Proportional hazards (R cox.zph, KM transform): global χ² = {cox.ph_global_chi2:.2f}, "
-        f"{format_p(cox.ph_global_p)}."
-    )
-    terms = cox.to_dict(a)["terms"]
-    rows = [{"term": k, **{c: _fmt(v if v is not None else float("nan")) for c, v in t.items()}} for k, t in terms.items()]
-    doc.table(pd.DataFrame(rows))
-    flagged = [k for k, t in terms.items() if t["ph_p_value"] is not None and t["ph_p_value"] < a]
-    if flagged or cox.ph_global_p < a:
-        doc.p(
-            f"Possible violation of proportional hazards (p < {a:g}) for: {', '.join(flagged) or 'the model as a whole'}; "
-            "read those hazard ratios as averages over follow-up."
-        )
-    doc.ul([f"warning while fitting: {m}" for m in cox.messages])
-
-
-def _survival_section(doc: _Doc, result: AnalysisResult) -> None:
-    sv = result.survival
-    a = result.settings.alpha
-    c = sv.counts
-    doc.h(2, "Survival analyses")
-    doc.p(
-        f"{c['patients']} ALS patients have a survival time, an event flag and an analysed scan ({c['events']} "
-        f"reached the outcome; {c['short']} short and {c['long']} long survivors, {c['censored_before_cutoff']} "
-        f"censored before the cut-off); {c['no_survival_data']} ALS patients have no survival data. Time is counted "
-        "from the baseline MRI and every covariate is known at the time it is used, so no patient has to survive to "
-        "a later scan to be counted."
-    )
-    doc.ul(sv.notes)
-    doc.ul([_km_item(split, a) for split in sv.km.values()])
-    for name, cox in sv.cox.items():
-        _cox_block(doc, _COX_TITLES.get(name, name), cox, a)
-    _cox_block(
-        doc,
-        f"Landmark analysis at {sv.landmark_months:g} months (WMH slope from the scans up to the landmark, per "
-        "1000 mm³/year; survival counted from the landmark among patients alive and uncensored then)",
-        sv.landmark,
-        a,
-    )
-    pv = sv.prognostic
-    if pv.error:
-        doc.p(f"Prognostic value of baseline WMH: could not be estimated, because {pv.error}.")
-    else:
-        doc.p(
-            f"Prognostic value of baseline WMH ({pv.n} patients with baseline ALSFRS-R, {pv.events} events): Harrell's "
-            f"C {pv.c_clinical:.3f} for the clinical model ({', '.join(result.study.covariates)}, baseline ALSFRS-R) and "
-            f"{pv.c_clinical_wmh:.3f} with baseline WMH added; difference {pv.c_difference:+.3f} "
-            f"({round(100 * (1 - a), 1):g}% bootstrap interval {_fmt(pv.c_difference_ci_low)} to "
-            f"{_fmt(pv.c_difference_ci_high)}, {pv.bootstrap_samples} resamples of patients, seed {pv.seed})."
-        )
-
-
-def _verdict_p(p: float, alpha: float) -> str:
-    return "significant" if np.isfinite(p) and p < alpha else "not significant"
-
-
-def _models_section(doc: _Doc, result: AnalysisResult) -> None:
+def _models_section(doc: Doc, result: AnalysisResult) -> None:
     doc.h(2, "Models")
     rows = []
     for fit in result.fits.values():
@@ -344,7 +185,7 @@ def _models_section(doc: _Doc, result: AnalysisResult) -> None:
         doc.p("Every model converged with the first optimizer, without warnings.")
 
 
-def _structure_section(doc: _Doc, result: AnalysisResult) -> None:
+def _structure_section(doc: Doc, result: AnalysisResult) -> None:
     """Random intercept vs random slope for models 1 and 2, both estimates side by side."""
     if not result.slopes:
         return
@@ -360,9 +201,9 @@ def _structure_section(doc: _Doc, result: AnalysisResult) -> None:
     for key, check in result.slopes.items():
         for label, fit, e in (("random intercept", check.intercept, check.intercept_estimate),
                               ("random intercept + slope", check.slope, check.slope_estimate)):
-            rows.append({"headline": key, "random effects": label, "estimate": _fmt(e.estimate, 4),
-                         "SE": _fmt(e.std_err, 4), "df": _fmt(e.df if e.df is not None else float("nan"), 4),
-                         "CI": f"{_fmt(e.ci_low, 4)} to {_fmt(e.ci_high, 4)}", "p": format_p(e.p_value),
+            rows.append({"headline": key, "random effects": label, "estimate": fmt(e.estimate, 4),
+                         "SE": fmt(e.std_err, 4), "df": fmt(e.df if e.df is not None else float("nan"), 4),
+                         "CI": f"{fmt(e.ci_low, 4)} to {fmt(e.ci_high, 4)}", "p": format_p(e.p_value),
                          "fit": "singular" if fit.singular else ("converged" if fit.converged else "NOT converged")})
         items.append(f"{key}: {check.verdict(a)}.")
         for fit in (check.intercept, check.slope):
@@ -373,7 +214,7 @@ def _structure_section(doc: _Doc, result: AnalysisResult) -> None:
     doc.ul(items)
 
 
-def _sensitivity_section(doc: _Doc, result: AnalysisResult) -> None:
+def _sensitivity_section(doc: Doc, result: AnalysisResult) -> None:
     if not result.sensitivity:
         return
     a = result.settings.alpha
@@ -385,8 +226,8 @@ def _sensitivity_section(doc: _Doc, result: AnalysisResult) -> None:
         "flagged."
     )
     rows = [
-        {"headline": s.key, "analysis": s.analysis, "unit": s.unit, "estimate": _fmt(s.estimate.estimate, 4),
-         "CI": f"{_fmt(s.estimate.ci_low, 4)} to {_fmt(s.estimate.ci_high, 4)}", "p": format_p(s.estimate.p_value),
+        {"headline": s.key, "analysis": s.analysis, "unit": s.unit, "estimate": fmt(s.estimate.estimate, 4),
+         "CI": f"{fmt(s.estimate.ci_low, 4)} to {fmt(s.estimate.ci_high, 4)}", "p": format_p(s.estimate.p_value),
          "conclusion": s.alternative, "headline conclusion": s.headline, "changed": "YES" if s.changed else "no"}
         for s in result.sensitivity
     ]
@@ -406,7 +247,7 @@ def render_report(result: AnalysisResult, figures: dict[str, str], fmt: str = "m
         figures: figure name -> path relative to the report.
         fmt: ``md`` or ``html``.
     """
-    doc = _Doc()
+    doc = Doc()
     st = result.settings
     doc.h(1, "WMH longitudinal and survival analysis")
     doc.p(
@@ -425,7 +266,7 @@ def render_report(result: AnalysisResult, figures: dict[str, str], fmt: str = "m
     _structure_section(doc, result)
     _sensitivity_section(doc, result)
     _data_section(doc, result)
-    _survival_section(doc, result)
+    survival_section(doc, result)
     _models_section(doc, result)
     if figures:
         doc.h(2, "Figures")

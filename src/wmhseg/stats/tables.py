@@ -191,7 +191,7 @@ def _category(frame: pd.DataFrame, column: str, source: str, allowed: Sequence[s
     values = np.array([str(v).strip() for v in frame[column].astype(object).where(frame[column].notna(), "")])
     bad = np.flatnonzero(~np.isin(values, allowed))
     if bad.size:
-        first = values[bad[0]]
+        first = str(values[bad[0]])  # a plain str in messages, not np.str_
         close = [a for a in allowed if a.lower() == first.lower()] or difflib.get_close_matches(
             first, allowed, n=1
         )
