@@ -101,7 +101,7 @@ class SynthesisSpec:
         object.__setattr__(self, "shells_mm", _range("shells_mm", self.shells_mm, 0.0, 50.0))
         for name in ("class_std", "elastic_magnitude_mm", "blur_mm", "bias", "log_gamma", "noise_std"):
             if not 0 <= float(getattr(self, name)) <= 50:
-                raise InputError(f"synthesis.{name}={getattr(self, name)!r} must be a number >= 0")
+                raise InputError(f"synthesis.{name}={getattr(self, name)!r} must be within [0, 50]")
         if self.anisotropy < 1:
             raise InputError(f"synthesis.anisotropy={self.anisotropy!r} must be >= 1")
 
