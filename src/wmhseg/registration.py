@@ -127,9 +127,23 @@ def _method(n_voxels: int, levels: tuple[list[int], list[float]], iterations: in
     return reg
 
 
-def _score(fixed, moving, transform) -> float:
+def _coarse(*images, voxel_mm: float = 2.0) -> list:
+    """The images shrunk to voxels of about ``voxel_mm`` (the metric computes gradients of whole
+    images, which at 1 mm alone takes seconds)."""
     import SimpleITK as sitk
 
+    out = []
+    for img in images:
+        factor = max(1, int(round(voxel_mm / min(img.GetSpacing()))))
+        out.append(sitk.Shrink(img, [factor] * 3) if factor > 1 else img)
+    return out
+
+
+def _score(fixed, moving, transform) -> float:
+    """Mattes MI at ``transform`` on the images shrunk to about 2 mm."""
+    import SimpleITK as sitk
+
+    fixed, moving = _coarse(fixed, moving)
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=_BINS)
     reg.SetInterpolator(sitk.sitkLinear)
@@ -165,12 +179,21 @@ def _register(fixed, moving, mode: str, tolerance_mm: float, max_shift_mm: float
     start.SetCenter(tuple(points.mean(0)))
     before = _score(fixed, moving, start)
     if mode == "auto":
-        coarse = _method(n_voxels, _levels(fixed, [4.0]), 60)
+        small_fixed, small_moving = _coarse(fixed, moving)
+        coarse = _method(int(np.prod(small_fixed.GetSize())), _levels(small_fixed, [4.0]), 60)
         coarse.SetInitialTransform(sitk.Euler3DTransform(start), inPlace=False)
-        shift = _mean_shift(itk_matrix(coarse.Execute(fixed, moving)), points)
+        shift = _mean_shift(itk_matrix(coarse.Execute(small_fixed, small_moving)), points)
         if not shift > tolerance_mm:
             return False, shift, before, before, np.eye(4)
-    full = _method(n_voxels, _levels(fixed, [4.0, 2.0, 1.0]), 100)
+    small_fixed, small_moving = _coarse(fixed, moving)
+    if small_fixed is not fixed:  # 4 and 2 mm levels on the 2 mm images, then the full resolution
+        stage = _method(int(np.prod(small_fixed.GetSize())), _levels(small_fixed, [4.0, 2.0]), 100)
+        start = sitk.Euler3DTransform(start)
+        stage.SetInitialTransform(start, inPlace=True)  # the full resolution starts where this ends
+        stage.Execute(small_fixed, small_moving)
+        full = _method(n_voxels, ([1], [0.0]), 100)
+    else:
+        full = _method(n_voxels, _levels(fixed, [4.0, 2.0, 1.0]), 100)
     full.SetInitialTransform(sitk.Euler3DTransform(start), inPlace=False)
     found = full.Execute(fixed, moving)
     lps = itk_matrix(found)
