@@ -15,6 +15,9 @@ several ways, timed interleaved in one process:
                           folded into the convolutions and, on CPU, ``channels_last_3d``
                           (:mod:`wmhseg.inference.optimize`)
 ``crop_fp32_cl3d``        ``crop_fp32`` with weights and input in ``channels_last_3d``
+``crop_*_openvino``       ``crop_*_wmhseg``'s folded network converted to OpenVINO and run by
+                          its CPU plugin at that precision (``inference.backend: openvino``),
+                          when ``openvino`` is installed; conversion time apart
 ``crop_fp32_1thread``     ``crop_fp32`` with ``torch.set_num_threads(1)``
 ``crop_fp32_compile``     ``crop_fp32`` through ``torch.compile`` (compile time apart)
 ``sw128_b2_fp32``         sliding window roi 128^3, sw_batch_size 2, Gaussian
@@ -207,6 +210,8 @@ def _make_paths(net: torch.nn.Module, x: torch.Tensor, box: tuple[slice, ...], *
         cl = device.type == "cpu"
         rewritten, _ = inference_network(net, device, channels_last=cl)
         paths[f"crop_{prec}_wmhseg"] = whole(f"crop_{prec}_wmhseg", rewritten, dt, crop=True, channels_last=cl)
+        if device.type == "cpu":
+            _openvino_path(rewritten, prec, whole, paths, extra)
         net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last_3d)
         paths[f"crop_{prec}_cl3d"] = whole(f"crop_{prec}_cl3d", net_cl, dt, crop=True, channels_last=True)
         if quick:
@@ -225,6 +230,34 @@ def _make_paths(net: torch.nn.Module, x: torch.Tensor, box: tuple[slice, ...], *
             except Exception as exc:  # a compiler failure drops the variant, with the reason
                 extra[f"{name}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     return paths, extra
+
+
+def _openvino_path(rewritten: torch.nn.Module, prec: str, whole: Callable[..., Callable[[], torch.Tensor]],
+                   paths: dict[str, Callable[[], torch.Tensor]], extra: dict[str, Any]) -> None:
+    """Add ``crop_<prec>_openvino`` (the folded network through OpenVINO), or say why not."""
+    from wmhseg.inference.backends import OpenVinoNetwork, openvino_available
+
+    name = f"crop_{prec}_openvino"
+    if not openvino_available():
+        extra[f"{name}_skipped"] = "openvino is not installed (pip install 'wmhseg[openvino]')"
+        return
+    import openvino
+
+    seconds, model = time_once(lambda: OpenVinoNetwork(rewritten, precision=prec), torch.device("cpu"))
+    extra[f"{name}_convert_s"] = round(seconds, 2)
+    extra["openvino_version"] = openvino.__version__
+    paths[name] = whole(name, model, None, crop=True)
+
+
+def _backend_row(variants: dict[str, Any], outputs: dict[str, torch.Tensor], prec: str) -> dict[str, Any]:
+    """OpenVINO against PyTorch, both on the folded network at precision ``prec``."""
+    torch_s, ov = variants[f"crop_{prec}_wmhseg"]["median_s"], variants[f"crop_{prec}_openvino"]
+    diff = _agreement(outputs[f"crop_{prec}_wmhseg"], outputs[f"crop_{prec}_openvino"])["max_abs_prob_diff"]
+    return {"goal": f"1. network backend on CPU, {prec} (inference.backend)",
+            "baseline": f"torch, as infer.py runs it: {torch_s:.3f} s",
+            "candidate": f"openvino: {ov['median_s']:.3f} s (largest probability difference vs torch {diff})",
+            "ratio": round(ratio(torch_s, ov["median_s"]), 2), "target": "faster, same masks",
+            "met": ov["median_s"] < torch_s}
 
 
 def bf16_probe(device: torch.device, n: int = 512) -> dict[str, float]:
@@ -337,6 +370,7 @@ def run(*, quick: bool = False, device: str | torch.device = "cpu") -> dict[str,
         "target": f">= {SPEED_TARGET:g}x",
         "met": speed >= SPEED_TARGET,
     }]
+    rows += [_backend_row(variants, outputs, prec) for prec in precisions if f"crop_{prec}_openvino" in variants]
     if device.type == "cuda":
         rows.append({"goal": "4. GPU throughput", "baseline": f"sliding window: {60 / base:.0f} vol/min",
                      "candidate": f"{best}: {60 / variants[best]['median_s']:.0f} vol/min",

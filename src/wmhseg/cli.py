@@ -122,7 +122,7 @@ def guard(command: str, task: Callable[..., Any], *args: Any, **kwargs: Any) -> 
 
 
 def _interrupted(command: str, exc: BaseException) -> NoReturn:
-    what = one_line(exc) or "stopped before any result was written; rerun the same command"
+    what = one_line(exc) or "stopped; every file already written is complete (writes are atomic); rerun the same command"
     print(f"{command}: interrupted: {what}", file=sys.stderr, flush=True)
     sys.exit(EXIT_INTERRUPTED)
 

@@ -54,6 +54,7 @@ __all__ = [
     "read_manifest",
     "read_csv_manifest",
     "read_bids_folder",
+    "check_bids_filters",
     "check_scan",
     "validate_scans",
 ]
@@ -132,9 +133,11 @@ def _resolve(value: str, base: Path) -> Path:
 def read_csv_manifest(path: str | os.PathLike) -> list[Scan]:
     """Read a ``subject_id,session_id,t1,flair[,label][,xfm]`` CSV file; see the module docstring.
 
+    A row with an empty required cell is listed with its ``problem`` (an error for that scan alone).
+
     Raises:
-        ManifestError: unreadable file, missing columns, an empty required cell, or a
-            duplicate (subject_id, session_id); the message names the file and row.
+        ManifestError: unreadable file, missing columns, no rows, or a duplicate
+            (subject_id, session_id); the message names the file and row.
     """
     path = Path(path)
     try:

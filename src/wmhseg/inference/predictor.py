@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from wmhseg.checkpoint import build_network, file_sha256, load_checkpoint, read_meta
 from wmhseg.data.preprocessing import PreprocessSpec
 from wmhseg.errors import CheckpointError, InputError
+from wmhseg.inference.backends import BACKENDS, OpenVinoNetwork, resolve_backend
 from wmhseg.inference.export import partial_volume_mask, resample_to_grid
 from wmhseg.inference.loading import PreparedScan, prepare_scan
 from wmhseg.inference.optimize import inference_network
@@ -114,6 +115,9 @@ class InferenceSettings:
         size_divisor: whole-volume padding multiple; ``None`` derives it from the network's strides.
         channels_last: run the network in ``torch.channels_last_3d`` memory format; ``"auto"``:
             on CPU (oneDNN's fast kernels; about 1.6x on a whole head), not on GPU.
+        backend: ``"torch"`` (default here; ``infer.py`` defaults to ``"auto"``), ``"openvino"``
+            (CPU; falls back to torch with a message when OpenVINO is not installed) or
+            ``"auto"`` (OpenVINO when installed, on CPU, in fp32); see :mod:`wmhseg.inference.backends`.
     """
 
     device: str = "auto"
@@ -126,10 +130,12 @@ class InferenceSettings:
     threshold: float | None = None
     size_divisor: int | None = None
     channels_last: Any = "auto"
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
         self.device = _check_device(str(self.device))
         self.precision = _choose(str(self.precision), PRECISIONS, "precision")
+        self.backend = _choose(str(self.backend), BACKENDS, "backend")
         if isinstance(self.roi_size, str):
             _choose(self.roi_size, _ROI_MODES, "roi_size")
         elif self.roi_size is not None:
@@ -247,11 +253,14 @@ class Predictor:
         checkpoint_inference: the checkpoint's sliding-window defaults.
         size_divisor: whole-volume padding multiple when ``settings.size_divisor`` is ``None``.
         model_id: the checkpoint's hash, written with every result.
+        checkpoint_path: where the checkpoint lies; the OpenVINO backend caches its converted
+            network beside it (keyed by ``model_id``).
     """
 
     def __init__(self, network: torch.nn.Module, preprocess_spec: PreprocessSpec, label_spec: LabelSpec, *,
                  settings: InferenceSettings | None = None, checkpoint_inference: dict[str, Any] | None = None,
-                 size_divisor: int = 16, model_id: str = "", meta: dict[str, Any] | None = None) -> None:
+                 size_divisor: int = 16, model_id: str = "", meta: dict[str, Any] | None = None,
+                 checkpoint_path: str | os.PathLike | None = None) -> None:
         self.settings = settings or InferenceSettings()
         self.preprocess_spec = preprocess_spec
         self.label_spec = label_spec
@@ -271,9 +280,13 @@ class Predictor:
         self.blend_mode = s.blend_mode or ck.get("mode", "gaussian")
         self.threshold = float(s.threshold or ck.get("threshold", 0.5))
         self.size_divisor = int(s.size_divisor or size_divisor)
-        self.channels_last = (self.device.type == "cpu" if s.channels_last == "auto" else bool(s.channels_last))
+        self.backend = resolve_backend(s.backend, self.device, self.precision)  # logs why when it falls back
+        on_torch_cpu = self.device.type == "cpu" and self.backend == "torch"
+        self.channels_last = on_torch_cpu if s.channels_last == "auto" else bool(s.channels_last)
         # output-preserving rewrites of a copy: batch norm folded, channels-last on CPU
         self.network, self.folded_norms = inference_network(network, self.device, channels_last=self.channels_last)
+        self._forward: Any = self.network if self.backend == "torch" else OpenVinoNetwork.for_checkpoint(
+            self.network, precision=self.precision, checkpoint=checkpoint_path, model_id=model_id)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, **overrides: Any) -> Predictor:
@@ -302,7 +315,7 @@ class Predictor:
             raise CheckpointError(f"{path}: {exc}") from exc
         return cls(network, preprocess_spec, label_spec, settings=settings,
                    checkpoint_inference=meta.get("inference") or {}, size_divisor=_strides_divisor(net_config),
-                   model_id=file_sha256(path), meta=meta)
+                   model_id=file_sha256(path), meta=meta, checkpoint_path=path)
 
     # ---------------------------------------------------------------- layer 1
     def prepare(self, t1: str | os.PathLike, flair: str | os.PathLike, **kw: Any) -> PreparedScan:
@@ -332,7 +345,7 @@ class Predictor:
         for n in reversed(size):  # F.pad wants the last axis first
             extra = (-n) % div
             pads += [extra // 2, extra - extra // 2]
-        y = self.network(self._memory_format(F.pad(x, pads) if any(pads) else x))
+        y = self._forward(self._memory_format(F.pad(x, pads) if any(pads) else x))
         crop = tuple(slice(pads[2 * (2 - i)], pads[2 * (2 - i)] + size[i]) for i in range(3))
         return y[(slice(None), slice(None), *crop)].float()
 
@@ -340,7 +353,7 @@ class Predictor:
         from monai.inferers import sliding_window_inference
 
         return sliding_window_inference(x, roi_size=self.roi_size or [96, 96, 96], sw_batch_size=self.sw_batch_size,
-                                        predictor=lambda p: self.network(self._memory_format(p)).float(),
+                                        predictor=lambda p: self._forward(self._memory_format(p)).float(),
                                         overlap=self.overlap,
                                         mode=self.blend_mode)
 
@@ -395,4 +408,4 @@ class Predictor:
                 "sw_batch_size": self.sw_batch_size, "overlap": self.overlap, "blend_mode": self.blend_mode,
                 "tta_flips": self.settings.tta_flips, "threshold": self.threshold, "size_divisor": self.size_divisor,
                 "folded_batch_norms": self.folded_norms, "channels_last": self.channels_last,
-                "model_id": self.model_id}
+                "backend": self.backend, "model_id": self.model_id}

@@ -4,8 +4,9 @@ Every processed scan leaves ``out_dir/rows/<subject>_<session>.json`` (written a
 its mask). A scan is *done* when its record says ``ok``, was made by the same model from the same
 input paths, its mask exists, and its input files still hold what was processed: each file's
 size and modification time are compared with the record's, and when they differ its SHA-256
-decides (a file rewritten with the same content stays done). A rerun skips done scans and redoes
-a scan whose input changed, saying so in the log. ``volumes.csv`` and ``metrics.csv``
+decides (a file rewritten with the same content stays done; a record written before files were
+signed is trusted on its paths). A rerun skips done scans and redoes a scan whose input changed,
+saying so in the log. ``volumes.csv`` and ``metrics.csv``
 are rebuilt from the records of the whole manifest, so runs split into parts (or interrupted
 and resumed) give the same tables as one uninterrupted run.
 
