@@ -4,21 +4,22 @@ wmhseg resamples the T1 onto the FLAIR grid through the two affines, which assum
 not move between the two acquisitions. :func:`align_t1` checks that and, when asked, corrects it:
 
 * the score is Mattes mutual information (nats, higher is better) between the FLAIR and the T1
-  resampled through the affines, over the FLAIR's field of view. (Restricted to the head, the
+  resampled through the affines, over the FLAIR's field of view at about 2 mm. (Restricted to the head, the
   mutual information is flatter and the registration less reliable: it failed to recover a 4 mm
   shift on synthetic scans that the whole field of view recovers to 0.1 mm.) How far the head
   moves is measured on the head (Otsu foreground of the FLAIR);
 * ``mode="never"``: nothing is done; ``"always"``: the T1 is registered rigidly to the FLAIR
-  (6 degrees of freedom, Mattes MI, regular-step gradient descent, three resolutions);
-  ``"auto"``: a coarse registration (one level, 4x shrink) measures how far the T1 lies from its
-  best pose; when the head moves more than ``tolerance_mm`` on average, the full registration
+  (6 degrees of freedom, Mattes MI on at most 50,000 sampled voxels, regular-step gradient
+  descent, three resolutions: about 4 and 2 mm on images shrunk to 2 mm, then the full one);
+  ``"auto"``: a coarse registration (one level at about 4 mm) measures how far the T1 lies from
+  its best pose; when the head moves more than ``tolerance_mm`` on average, the full registration
   follows, else nothing changes;
 * a registration that fails, lowers the score, or ends far from the start (more than
   ``max_shift_mm`` on average: a divergence, not head motion) raises :class:`ScanError`.
 
 The result is a correction of the T1's affine (:attr:`Alignment.t1_affine`): resampling
-through the corrected affine puts the T1 on the FLAIR. :class:`RegisterT1d` applies it inside the
-preprocessing pipeline, so training and inference share the step.
+through the corrected affine puts the T1 on the FLAIR. :class:`wmhseg.data.preprocessing.RegisterT1d`
+applies it inside the preprocessing pipeline, so training and inference share the step.
 
 Example:
     >>> result = align_t1(t1, t1_affine, flair, flair_affine, mode="always")  # doctest: +SKIP
