@@ -116,7 +116,7 @@ def test_models_table_lists_every_term(full):
         "sex[T.M]",
     } <= set(m1["term"])
     assert {"var(subject intercept)", "var(residual)"} <= set(m1["term"])
-    assert set(table["kind"]) == {"fixed", "variance", "contrast", "headline", "cox", "lrt"}
+    assert set(table["kind"]) == {"fixed", "variance", "contrast", "headline", "cox", "lrt", "sensitivity"}
     heads = table[table["kind"] == "headline"].set_index("term")
     assert np.isclose(
         heads.loc["alsfrs_per_500mm3_wmh", "estimate"], result.headline["alsfrs_per_500mm3_wmh"].estimate

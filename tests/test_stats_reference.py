@@ -147,12 +147,15 @@ def test_random_slope_fits_and_lrt_match_lme4(cohort, key):
     assert close(check.p_value, want["slope_lrt"]["p_value"], 2e-2)
 
 
-def test_model3_with_time_matches_lmertest(cohort):
+def test_sensitivity_models_match_lmertest(cohort):
+    """Model 3 with time and the four models on log(WMH + 1)."""
     ref, result = cohort
-    want = ref["mixed"]["model3_with_time"]
-    fit = next(s for s in result.sensitivity if s.analysis == "model 3 + time").fit
-    for term, w in want["terms"].items():
-        e = fit.estimate(term)
-        assert abs(e.estimate - w["estimate"]) <= 1e-6 * max(abs(w["estimate"]), w["std_err"]), term
-        assert close(e.std_err, w["std_err"], 1e-3) and close(e.df, w["df"], 1e-2), term
-        assert close(e.p_value, w["p_value"], 2e-2), term
+    fits = {"model3_with_time": next(s for s in result.sensitivity if s.analysis == "model 3 + time").fit}
+    fits.update({s.fit.name: s.fit for s in result.sensitivity if s.analysis == "log WMH"})
+    assert len(fits) == 5
+    for name, fit in fits.items():
+        for term, w in ref["mixed"][name]["terms"].items():
+            e = fit.estimate(term)
+            assert abs(e.estimate - w["estimate"]) <= 1e-6 * max(abs(w["estimate"]), w["std_err"]), (name, term)
+            assert close(e.std_err, w["std_err"], 1e-3) and close(e.df, w["df"], 1e-2), (name, term)
+            assert close(e.p_value, w["p_value"], 2e-2), (name, term)

@@ -197,3 +197,25 @@ def test_time_dependent_auc_matches_its_definition():
         num = sum(w[i] * np.sum(control & (score <= score[i])) for i in np.flatnonzero(case))
         assert values["auc"] == pytest.approx(num / (control.sum() * w.sum()), rel=1e-10), label
     assert set(got) == {"12", "24", "36"}
+
+
+def test_efron_ties_where_everyone_at_risk_dies():
+    """Three deaths tied at the last time with nobody else at risk: the Efron sums stay finite and
+    equal the definition (weights of the tied deaths scaled by 1, 2/3, 1/3)."""
+    from wmhseg.stats.cox import efron_sums
+
+    x = np.array([[0.0], [1.0], [2.0], [0.5], [1.5]])
+    data = CoxData(np.zeros(5), np.array([1.0, 2.0, 3.0, 3.0, 3.0]), np.ones(5), x, ("x",), 5)
+    beta = np.array([0.3])
+    score, info, times = efron_sums(data, beta)
+    assert np.all(np.isfinite(score)) and np.all(np.isfinite(info))
+    xc = x[:, 0] - x[:, 0].mean()
+    w = np.exp(beta[0] * xc)
+    tied = np.array([2, 3, 4])
+    want_u, want_i = xc[tied].sum(), 0.0
+    for r in range(3):
+        wt = w[tied] * (1 - r / 3)
+        m = wt @ xc[tied] / wt.sum()
+        want_u -= m
+        want_i += wt @ (xc[tied] - m) ** 2 / wt.sum()
+    assert score[-1, 0] == pytest.approx(want_u, rel=1e-12) and info[-1, 0, 0] == pytest.approx(want_i, rel=1e-12)

@@ -38,7 +38,7 @@ from wmhseg.errors import InputError, ScanError
 from wmhseg.xfm import RAS_LPS as _F
 from wmhseg.xfm import itk_matrix
 
-__all__ = ["REGISTER_MODES", "Alignment", "align_t1", "to_sitk"]
+__all__ = ["REGISTER_MODES", "Alignment", "align_t1", "register_rigid", "to_sitk"]
 
 REGISTER_MODES = ("auto", "always", "never")
 _BINS = 32
@@ -164,14 +164,15 @@ def _head(fixed) -> np.ndarray:
     mask = sitk.OtsuThreshold(fixed, 0, 1, 128)
     idx = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)[:, ::-1]  # (x, y, z) ITK index order
     if len(idx) < 100:
-        raise ScanError("the FLAIR has almost no foreground; cannot check the T1's alignment")
+        raise ScanError("the fixed image (FLAIR) has almost no foreground; cannot register to it")
     idx = idx[:: max(1, len(idx) // 20000)]
     origin, spacing = np.asarray(fixed.GetOrigin()), np.asarray(fixed.GetSpacing())
     direction = np.asarray(fixed.GetDirection()).reshape(3, 3)
     return origin + (idx * spacing) @ direction.T
 
 
-def _register(fixed, moving, mode: str, tolerance_mm: float, max_shift_mm: float) -> tuple:
+def _register(fixed, moving, mode: str, tolerance_mm: float, max_shift_mm: float,
+              what: str = "the T1 to the FLAIR") -> tuple:
     """``(registered, shift_mm, score_before, score_after, LPS matrix)``; SimpleITK errors propagate."""
     import SimpleITK as sitk
 
@@ -201,10 +202,31 @@ def _register(fixed, moving, mode: str, tolerance_mm: float, max_shift_mm: float
     shift = _mean_shift(lps, points)
     after = _score(fixed, moving, found)
     if not np.isfinite(after) or after < before - 1e-3 or shift > max_shift_mm:
-        raise ScanError(f"rigid registration of the T1 to the FLAIR did not converge: mutual information "
+        raise ScanError(f"rigid registration of {what} did not converge: mutual information "
                         f"{before:.4f} -> {after:.4f}, mean head shift {shift:.1f} mm "
                         f"({full.GetOptimizerStopConditionDescription()})")
     return True, shift, before, after, lps
+
+
+def register_rigid(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray, *,
+                   what: str = "the images", max_shift_mm: float = 30.0) -> tuple[np.ndarray, float, float, float]:
+    """Rigid registration of ``moving`` to ``fixed`` (3-D arrays with RAS affines), as :func:`align_t1`
+    does it with ``mode="always"``, for any two images of one head (e.g. two visits).
+
+    Returns:
+        ``(moving_from_fixed, shift_mm, score_before, score_after)``: the 4x4 RAS matrix taking
+        fixed-world points to moving-world points, the mean displacement of the fixed image's
+        head voxels by it, and the Mattes mutual information at the identity and at the result.
+
+    Raises:
+        ScanError: a failed fit, a lower score or a mean shift over ``max_shift_mm`` (naming ``what``).
+    """
+    try:
+        _, shift, before, after, lps = _register(to_sitk(fixed, fixed_affine), to_sitk(moving, moving_affine),
+                                                 "always", 0.0, max_shift_mm, what)
+    except RuntimeError as exc:  # SimpleITK: e.g. no overlap between the two images
+        raise ScanError(f"rigid registration of {what} failed ({str(exc).strip().splitlines()[-1]})") from exc
+    return _F @ lps @ _F, shift, before, after
 
 
 def align_t1(t1: np.ndarray, t1_affine: np.ndarray, flair: np.ndarray, flair_affine: np.ndarray, *,

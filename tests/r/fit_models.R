@@ -95,12 +95,20 @@ mixed_models <- function(d) {
   m3 <- lmm(as.formula(paste("alsfrs_r ~ wmh_mm3", covs, "+ (1 | subject_id)")), frs)
   m3t <- lmm(as.formula(paste("alsfrs_r ~ wmh_mm3 + years_since_baseline", covs, "+ (1 | subject_id)")), frs)
   m4 <- lmm(as.formula(paste("alsfrs_r ~ wmh_mm3 * survival_group", covs, "+ (1 | subject_id)")), frs_g)
+  # sensitivity: the four models on log(WMH + 1)
+  for (frame in c("d", "survivors", "frs", "frs_g")) assign(frame, transform(get(frame), log_wmh = log1p(wmh_mm3)))
+  l1 <- lmm(as.formula(paste("log_wmh ~ years_since_baseline * group", covs, "+ (1 | subject_id)")), d)
+  l2 <- lmm(as.formula(paste("log_wmh ~ years_since_baseline * cohort", covs, "+ (1 | subject_id)")), survivors)
+  l3 <- lmm(as.formula(paste("alsfrs_r ~ log_wmh", covs, "+ (1 | subject_id)")), frs)
+  l4 <- lmm(as.formula(paste("alsfrs_r ~ log_wmh * survival_group", covs, "+ (1 | subject_id)")), frs_g)
   m1s$out$slope_lrt <- slope_lrt(m1$fit, m1s$fit)
   m2s$out$slope_lrt <- slope_lrt(m2$fit, m2s$fit)
   list(model1_wmh_als_vs_control = m1$out, model1_random_slope = m1s$out,
        model2_wmh_by_survival_group = m2$out, model2_random_slope = m2s$out,
        model3_alsfrs_vs_wmh = m3$out, model3_with_time = m3t$out,
-       model4_alsfrs_vs_wmh_by_survival_group = m4$out)
+       model4_alsfrs_vs_wmh_by_survival_group = m4$out,
+       model1_wmh_als_vs_control_log_wmh = l1$out, model2_wmh_by_survival_group_log_wmh = l2$out,
+       model3_alsfrs_vs_wmh_log_wmh = l3$out, model4_alsfrs_vs_wmh_by_survival_group_log_wmh = l4$out)
 }
 
 cox_out <- function(fit) {

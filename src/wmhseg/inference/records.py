@@ -57,7 +57,7 @@ UNCERTAINTY_COLUMNS = ("wmh_mm3_sd", "wmh_mm3_ci_low", "wmh_mm3_ci_high")
 TIMING_COLUMNS = ("t_load_s", "t_preprocess_s", "t_predict_s", "t_export_s", "t_measure_s", "t_uncertainty_s",
                   "t_total_s")
 VOLUME_COLUMNS = (
-    "subject_id", "session_id", "wmh_mm3", "n_lesions", "status", "error", "warnings",
+    "subject_id", "session_id", "wmh_mm3", "n_lesions", "status", "error", "warnings", "longitudinal",
     "wmh_periventricular_mm3", "wmh_deep_mm3", "pv_rule", "icv_mm3", "brain_mm3", "mean_lesion_prob",
     *UNCERTAINTY_COLUMNS, "qc_flags", "fov_cut_share", "wmh_outside_wm_share", "wmh_voxels", "voxel_x_mm", "voxel_y_mm", "voxel_z_mm", "voxel_mm3", "mask", "model_id", "row",
     *TIMING_COLUMNS, *STEREOTAXIC_COLUMNS, *REGISTRATION_COLUMNS,
@@ -238,6 +238,7 @@ class ResultStore:
         for col in ("subject_id", "session_id", "status", "error", "warnings", "pv_rule", "qc_flags", "mask",
                     "model_id", "t1_registration", "t1_transform"):
             vol[col] = vol[col].fillna("").astype(str)
+        vol["longitudinal"] = vol["longitudinal"].fillna(False).astype(bool)
         vol = _integers(vol, ("n_lesions", "wmh_voxels", "row"))
         paths = {"volumes": atomic_write_csv(self.out_dir / "volumes.csv", vol)}
         if with_metrics:

@@ -43,7 +43,7 @@ from wmhseg.inference.agreement import bland_altman_plot, volume_agreement
 from wmhseg.inference.export import voxel_sizes, write_mask
 from wmhseg.inference.loading import PreparedScan, preloaded_transforms, prepare_scan
 from wmhseg.inference.measures import tissue_volumes, wmh_measures
-from wmhseg.inference.predictor import Predictor
+from wmhseg.inference.predictor import Predictor, WorkingPrediction
 from wmhseg.inference.records import TIMING_COLUMNS, ResultStore, error_record, invalid_rows
 from wmhseg.inference.uncertainty import UncertaintySettings, VolumeUncertainty
 from wmhseg.io import atomic_write_json, atomic_write_text
@@ -54,7 +54,7 @@ from wmhseg.qc import write_qc
 from wmhseg.qc.flags import cohort_flags, scan_checks
 from wmhseg.xfm import native_volumes, stereotaxic_scale
 
-__all__ = ["infer", "RunOptions", "ScanDataset", "process_prepared", "run_scan"]
+__all__ = ["infer", "RunOptions", "ScanDataset", "process_prepared", "process_scans", "run_scan"]
 
 log = logging.getLogger("wmhseg.infer")
 _PACKAGES = ("wmhseg", "torch", "monai", "nibabel", "numpy", "scipy", "pandas", "lightning", "hydra-core")
@@ -89,6 +89,12 @@ class RunOptions:
         self.devices = get("devices", "auto")
         self.num_nodes = int(get("num_nodes", 1))
         self.bids_filters = _plain(get("bids_filters", None)) or {}
+        self.longitudinal = bool(get("longitudinal", False))
+        self.visit_times = get("visit_times", None) or None
+        if self.longitudinal:
+            lon = _longitudinal()
+            lon.check_supported(self.num_parts, get("strategy", None) or None)
+            self.longitudinal_options = lon.LongitudinalSettings(**(_plain(get("longitudinal_options", None)) or {}))
         inference = get("inference", None) or {}
         self.inference = {k: _plain(v) for k, v in dict(inference).items()}
         self.uncertainty = UncertaintySettings.pop_from(self.inference)
@@ -100,6 +106,8 @@ class RunOptions:
             raise InputError(f"pv_distance_mm={self.pv_distance_mm} must be > 0")
         if self.qc_convention not in QC_CONVENTIONS:
             raise InputError(f"qc_convention={self.qc_convention!r} is not one of {QC_CONVENTIONS}")
+        if self.uncertainty.mode != "none" and self.longitudinal:
+            raise InputError(f"inference.uncertainty={self.uncertainty.mode} is not available with longitudinal=true")
         if self.uncertainty.mode != "none" and self.strategy is not None:
             raise InputError(f"inference.uncertainty={self.uncertainty.mode} runs in one process per part "
                              "(num_parts/part_id), not with strategy")
@@ -113,6 +121,13 @@ def _checkpoint_paths(value: Any) -> list[Path]:
     if not paths:
         raise InputError("ckpt_path names no checkpoint")
     return paths
+
+
+def _longitudinal():
+    """The longitudinal module, imported when asked for (it builds on this one)."""
+    from wmhseg.inference import longitudinal
+
+    return longitudinal
 
 
 def _get_required(cfg: Any, key: str) -> Any:
@@ -202,11 +217,13 @@ def _crop_to(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def process_prepared(predictor: Predictor, store: ResultStore, scan: Scan, prepared: PreparedScan, *,
-                     pv_distance_mm: float = 10.0, uncertainty: VolumeUncertainty | None = None) -> dict[str, Any]:
+                     pv_distance_mm: float = 10.0, uncertainty: VolumeUncertainty | None = None,
+                     working: WorkingPrediction | None = None) -> dict[str, Any]:
     """Layers 2-3 and measures for one prepared scan: writes its mask and returns its ok-record
-    (with the volume's interval when ``uncertainty`` is given)."""
+    (with the volume's interval when ``uncertainty`` is given; ``working``: a prediction made
+    elsewhere, e.g. with the other visits' evidence)."""
     t0 = time.perf_counter()
-    working = predictor.predict(prepared.image)
+    working = predictor.predict(prepared.image) if working is None else working
     t1 = time.perf_counter()
     native = predictor.to_native(working, prepared.shape, prepared.affine)
     write_mask(native.mask, prepared.flair, store.mask_path(scan), affine=prepared.affine)
@@ -316,8 +333,8 @@ def _write_agreement(out_dir: Path, records: list[dict[str, Any]]) -> None:
         bland_altman_plot(pred, ref, out_dir / "bland_altman.png")
 
 
-def _process(predictor: Predictor, store: ResultStore, todo: list[Scan], opts: RunOptions,
-             uncertainty: VolumeUncertainty | None) -> tuple[int, int, list[float], list[dict[str, float]]]:
+def process_scans(predictor: Predictor, store: ResultStore, todo: list[Scan], opts: RunOptions,
+                  uncertainty: VolumeUncertainty | None) -> tuple[int, int, list[float], list[dict[str, float]]]:
     """Run the scans of ``todo``; return (n_ok, n_failed, per-scan wall times, stage timings of ok scans)."""
     from tqdm.auto import tqdm
 
@@ -379,6 +396,7 @@ def infer(cfg: Any) -> int:
     if opts.torch_threads:
         torch.set_num_threads(int(opts.torch_threads))
     scans = read_manifest(opts.input, bids_filters=opts.bids_filters)
+    opts.times = _longitudinal().read_visit_times(opts.visit_times) if opts.visit_times else None
     predictor = Predictor.from_checkpoint(opts.ckpt_path, **opts.inference)
     if opts.register_t1 is not None:  # the run's choice over the checkpoint's
         predictor.preprocess_spec = replace(predictor.preprocess_spec, register_t1=str(opts.register_t1))
@@ -400,7 +418,8 @@ def infer(cfg: Any) -> int:
     n_skipped = len(candidates) - len(todo)
     log.info("%d scans in %s; this run: %d to do, %d already done", len(scans), opts.input, len(todo), n_skipped)
     if opts.strategy is None:
-        n_ok, n_failed, walls, stages = _process(predictor, store, todo, opts, uncertainty)
+        n_ok, n_failed, walls, stages = (_longitudinal().process_longitudinal(predictor, store, todo, candidates, opts)
+                                         if opts.longitudinal else process_scans(predictor, store, todo, opts, uncertainty))
     else:
         from wmhseg.inference.distributed import predict_distributed
 
@@ -428,6 +447,9 @@ def infer(cfg: Any) -> int:
             t_qc = time.perf_counter()
             write_qc(opts.out_dir, records, convention=opts.qc_convention)
             tables += f", qc/index.html ({time.perf_counter() - t_qc:.1f} s)"
+        if opts.longitudinal:
+            _longitudinal().write_progression(opts.out_dir, records, opts.times, opts.longitudinal_options)
+            tables += ", progression.csv, longitudinal/"
         if with_metrics:
             _write_agreement(opts.out_dir, records)
             tables += ", metrics.csv, agreement.json"

@@ -119,10 +119,10 @@ class CoxFit:
 
 
 def _at_or_after(keys: np.ndarray, values: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """For each of ``times``: the sum of ``values`` over rows whose key is at or after it."""
+    """For each of ``times``: the column sums of ``values`` over rows whose key is at or after it."""
     order = np.argsort(keys, kind="stable")
     suffix = np.cumsum(values[order][::-1], axis=0)[::-1]
-    suffix = np.concatenate([suffix, np.zeros((1, *values.shape[1:]))])
+    suffix = np.concatenate([suffix, np.zeros((1, values.shape[1]))])
     return suffix[np.searchsorted(keys[order], times, side="left")]
 
 
@@ -131,32 +131,28 @@ def efron_sums(data: CoxData, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     information ``sum_r V_r`` (k x p x p) and ``t`` itself (k), ``r = 0..d-1`` over the ``d`` tied
     deaths whose weights are scaled by ``1 - r/d``. The risk set at ``t`` is ``start < t <= stop``."""
     x = data.x - data.x.mean(axis=0)
+    n, p = x.shape
     eta = x @ beta
     w = np.exp(eta - eta.max())
     times = np.unique(data.stop[data.event == 1])
-    moments = [w, w[:, None] * x, (w[:, None] * x)[:, :, None] * x[:, None, :]]
-    late_entry = bool(np.any(data.start >= times[0]))  # otherwise nobody enters after an event
-    risk = [
-        _at_or_after(data.stop, m, times) - (_at_or_after(data.start, m, times) if late_entry else 0.0)
-        for m in moments
-    ]
-    dead = data.event == 1
+    # the moments w, w x, w x x' side by side: one cumulative sum serves all three
+    moments = np.column_stack([w, w[:, None] * x, ((w[:, None] * x)[:, :, None] * x[:, None, :]).reshape(n, p * p)])
+    risk = _at_or_after(data.stop, moments, times)
+    if np.any(data.start >= times[0]):  # delayed entry: remove those who enter at or after t
+        risk = risk - _at_or_after(data.start, moments, times)
+    dead = np.flatnonzero(data.event == 1)
+    dead = dead[np.argsort(data.stop[dead], kind="stable")]
     k = np.searchsorted(times, data.stop[dead])
-    n_dead = np.bincount(k, minlength=len(times))
-    died = []
-    for m in moments:
-        acc = np.zeros((len(times), *m.shape[1:]))
-        np.add.at(acc, k, m[dead])
-        died.append(acc)
-    x_dead = np.zeros((len(times), x.shape[1]))
-    np.add.at(x_dead, k, x[dead])
-    score, info = x_dead, np.zeros((len(times), x.shape[1], x.shape[1]))
+    first = np.r_[0, np.flatnonzero(np.diff(k)) + 1]
+    died = np.add.reduceat(moments[dead], first, axis=0)
+    x_dead = np.add.reduceat(x[dead], first, axis=0)
+    n_dead = np.diff(np.r_[first, len(dead)])
+    score, info = x_dead, np.zeros((len(times), p, p))
     for r in range(int(n_dead.max())):
         active = (r < n_dead).astype(float)
-        f = r / n_dead
-        a0 = risk[0] - f * died[0]
-        mean = (risk[1] - f[:, None] * died[1]) / a0[:, None]
-        second = (risk[2] - f[:, None, None] * died[2]) / a0[:, None, None]
+        a = risk - (active * r / n_dead)[:, None] * died  # times with fewer deaths: an unused term
+        mean = a[:, 1 : 1 + p] / a[:, :1]
+        second = a[:, 1 + p :].reshape(-1, p, p) / a[:, 0, None, None]
         score = score - active[:, None] * mean
         info = info + active[:, None, None] * (second - mean[:, :, None] * mean[:, None, :])
     return score, info, times

@@ -340,6 +340,11 @@ def _attach_inference(out: MixedFit, model: Any, res: Any, names: list[str]) -> 
     out.variances["var(residual)"] = sigma2
     diag = np.abs(np.diag(low))
     out.singular = bool(np.any(diag < 1e-4 * max(diag.max(), 1e-12)) or np.any(diag < 1e-8))
+    if inf.hessian_eigen_min <= 0 and not out.singular:
+        out.messages.append(
+            "the REML deviance's Hessian is not positive definite at the estimate (as lmerTest warns: the fit "
+            "may not be at a minimum); Satterthwaite df use its pseudo-inverse"
+        )
     if out.singular:
         out.messages.append(
             "singular fit: a random-effect variance is estimated at (or next to) zero; "

@@ -133,6 +133,7 @@ def prognostic_value(
         )
     diffs = np.asarray(diffs)
     diffs = diffs[np.isfinite(diffs)]
+    out.bootstrap_samples = len(diffs)  # the resamples where both models could be refitted
     if len(diffs) >= 20:
         low, high = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
         out.c_difference_ci_low, out.c_difference_ci_high = float(low), float(high)

@@ -90,11 +90,6 @@ class RemlProblem:
         self._full = xy.T @ xy
         self._cols = np.triu_indices(self.q)  # lower triangle of L, column by column, via L'
 
-    @property
-    def diagonal(self) -> np.ndarray:
-        """Which ``theta`` entries are diagonal elements of ``L`` (lme4 bounds them at 0)."""
-        return self._cols[0] == self._cols[1]
-
     def lower(self, theta: np.ndarray) -> np.ndarray:
         """The factor ``L`` from ``theta``."""
         upper = np.zeros((self.q, self.q))

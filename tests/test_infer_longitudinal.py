@@ -1,0 +1,135 @@
+"""longitudinal=true on phantoms with a known motion, a new lesion and another voxel size, using
+the FLAIR-threshold network (its masks are exact, so every expected number is counted by hand)."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from test_infer_helpers import infer_cfg, make_checkpoint, phantom, write_manifest, write_nifti
+
+from wmhseg.changes import CHANGE_CODES
+from wmhseg.errors import InputError
+from wmhseg.inference.runner import infer
+from wmhseg.synth.anatomy import rotation_matrix
+
+IDS = {"subject_id": str, "session_id": str}
+ORIGIN = np.array([-20.0, -22.0, -18.0])
+NEW = (slice(28, 31), slice(30, 33), slice(8, 11))  # a 27-voxel lesion at visit 2 (the phantom's are 36 + 8)
+
+
+def _motion(angles_deg, shift_mm) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, :3] = rotation_matrix(angles_deg)
+    m[:3, 3] = shift_mm
+    return m
+
+
+def _visit(folder, name, motion, *, new=False, split_x=False):
+    t1, flair, label = phantom()
+    if new:
+        flair[NEW] = 300.0
+        label[NEW] = 9
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = ORIGIN
+    if split_x:  # the same content on 0.5 mm voxels along x
+        t1, flair, label = (np.repeat(a, 2, axis=0) for a in (t1, flair, label))
+        affine[0, 0] = 0.5
+        affine[0, 3] -= 0.25
+    affine = motion @ affine
+    return {"t1": write_nifti(folder / f"{name}_T1w.nii.gz", t1, affine),
+            "flair": write_nifti(folder / f"{name}_FLAIR.nii.gz", flair, affine),
+            "label": write_nifti(folder / f"{name}_label.nii.gz", label, affine)}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("longitudinal")
+    ckpt = make_checkpoint(root / "threshold.ckpt")
+    moved = _motion((2.0, -1.5, 3.0), (2.5, -3.0, 1.5))
+    rows = [
+        {"subject_id": "001", "session_id": "01", **_visit(root, "a1", np.eye(4))},
+        {"subject_id": "001", "session_id": "02", **_visit(root, "a2", moved, new=True)},
+        {"subject_id": "001", "session_id": "03", **_visit(root, "a3", _motion((-2, 1, 0), (0, 2, -1)), new=True,
+                                                          split_x=True)},
+        {"subject_id": "002", "session_id": "01", **_visit(root, "b1", np.eye(4))},
+        {"subject_id": "002", "session_id": "02", **_visit(root, "b2", _motion((0, 0, 0), (1000.0, 0, 0)))},
+        {"subject_id": "003", "session_id": "01", **_visit(root, "c1", np.eye(4))},
+    ]
+    manifest = write_manifest(root / "manifest.csv", rows)
+    times = root / "times.csv"
+    pd.DataFrame({"subject_id": ["001", "001", "001", "002", "002", "003"],
+                  "session_id": ["01", "02", "03", "01", "02", "01"],
+                  "years_since_baseline": [0.0, 0.5, 1.25, 0.0, 1.0, 0.0]}).to_csv(times, index=False)
+    out = root / "out"
+    code = infer(infer_cfg(ckpt, manifest, out, longitudinal=True, visit_times=str(times)))
+    return code, out, rows, moved
+
+
+@pytest.mark.slow
+def test_volumes_stay_exact_on_each_native_grid(run):
+    code, out, rows, _ = run
+    assert code == 0
+    vol = pd.read_csv(out / "volumes.csv", dtype=IDS, keep_default_na=False)
+    assert vol["longitudinal"].tolist() == [True, True, True, False, False, False]
+    expected = [44.0, 71.0, 71.0, 44.0, 44.0, 44.0]  # voxels x voxel volume, counted on the phantoms
+    assert vol["wmh_mm3"].tolist() == pytest.approx(expected)
+    for row, case in zip(vol.itertuples(), rows, strict=True):
+        mask = nib.load(out / row.mask)
+        label = nib.load(case["label"])
+        assert mask.shape == label.shape and np.allclose(mask.affine, label.affine)
+        pred, true = np.asarray(mask.dataobj) > 0, np.asarray(label.dataobj) == 9
+        if case is rows[2]:
+            # 0.5 mm along x: a 1 mm working voxel decides two native ones, so the rims may move by half
+            # a working voxel (independent segmentation of this scan: 130 of 142 voxels right, Dice 0.92)
+            assert 2 * np.sum(pred & true) / (pred.sum() + true.sum()) > 0.85
+        else:
+            assert np.array_equal(pred, true)
+    assert "not registered" in vol.loc[3, "warnings"] and "overlap" in vol.loc[4, "warnings"]
+
+
+def test_registration_recovers_the_known_motion(run):
+    _, out, _, moved = run
+    summary = json.loads((out / "longitudinal" / "001" / "subject.json").read_text())
+    found = np.vstack([np.array(summary["visit_from_base"][1]), [0, 0, 0, 1]])
+    head = np.argwhere(phantom()[1] > 50)[::7] + ORIGIN
+    pts = np.c_[head, np.ones(len(head))]
+    error = np.linalg.norm((pts @ found.T - pts @ moved.T)[:, :3], axis=1)
+    assert error.mean() < 0.5, f"mean registration error {error.mean():.2f} mm"
+
+
+def test_change_maps_and_progression(run):
+    _, out, rows, _ = run
+    folder = out / "longitudinal" / "001"
+    first = nib.load(folder / "01_to_02_changes.nii.gz")
+    flair2 = nib.load(rows[1]["flair"])
+    assert first.shape == flair2.shape and np.allclose(first.affine, flair2.affine)
+    labels = np.asarray(first.dataobj)
+    assert np.all(labels[NEW] == CHANGE_CODES["new"])
+    assert np.count_nonzero(labels == CHANGE_CODES["new"]) == 27
+    assert np.count_nonzero(labels == CHANGE_CODES["stable"]) == 44
+    second = np.asarray(nib.load(folder / "02_to_03_changes.nii.gz").dataobj)
+    assert second.shape == nib.load(rows[2]["flair"]).shape
+    assert set(np.unique(second)) == {0, CHANGE_CODES["stable"]}, "same lesions on finer voxels: nothing changed"
+    prog = pd.read_csv(out / "progression.csv", dtype={"subject_id": str}, keep_default_na=False)
+    assert list(prog.columns) == ["subject_id", "n_visits", "years", "wmh_first_mm3", "wmh_last_mm3",
+                                  "slope_mm3_per_year", "new_lesions", "new_lesion_mm3", "status", "error"]
+    a, b, c = (prog.iloc[i] for i in range(3))
+    slope = np.polyfit([0.0, 0.5, 1.25], [44.0, 71.0, 71.0], 1)[0]
+    assert (a.n_visits, a.years, a.status, a.error) == (3, 1.25, "ok", "")
+    assert float(a.slope_mm3_per_year) == pytest.approx(slope)
+    assert (int(a.new_lesions), float(a.new_lesion_mm3)) == (1, 27.0)
+    assert b.status == "independent" and "overlap" in b.error and float(b.slope_mm3_per_year) == pytest.approx(0.0, abs=1e-9)
+    assert (c.n_visits, c.status, c.error) == (1, "independent", "one visit measured")
+    assert not (out / "longitudinal" / "002" / "01_to_02_changes.nii.gz").exists()
+
+
+def test_longitudinal_refuses_parts(tmp_path, run):
+    _, _, rows, _ = run
+    manifest = write_manifest(tmp_path / "m.csv", rows[:2])
+    ckpt = make_checkpoint(tmp_path / "t.ckpt")
+    with pytest.raises(InputError, match="longitudinal=true needs one process"):
+        infer(infer_cfg(ckpt, manifest, tmp_path / "o", longitudinal=True, num_parts=2))
