@@ -180,14 +180,13 @@ def _register(fixed, moving, mode: str, tolerance_mm: float, max_shift_mm: float
     start = sitk.Euler3DTransform()
     start.SetCenter(tuple(points.mean(0)))
     before = _score(fixed, moving, start)
+    small_fixed, small_moving = _coarse(fixed, moving)
     if mode == "auto":
-        small_fixed, small_moving = _coarse(fixed, moving)
         coarse = _method(int(np.prod(small_fixed.GetSize())), _levels(small_fixed, [4.0]), 60)
         coarse.SetInitialTransform(sitk.Euler3DTransform(start), inPlace=False)
         shift = _mean_shift(itk_matrix(coarse.Execute(small_fixed, small_moving)), points)
         if not shift > tolerance_mm:
             return False, shift, before, before, np.eye(4)
-    small_fixed, small_moving = _coarse(fixed, moving)
     if small_fixed is not fixed:  # 4 and 2 mm levels on the 2 mm images, then the full resolution
         stage = _method(int(np.prod(small_fixed.GetSize())), _levels(small_fixed, [4.0, 2.0]), 100)
         start = sitk.Euler3DTransform(start)
