@@ -19,6 +19,7 @@ CKPT        := $(DEMO_DIR)/train/checkpoints/last.ckpt
 STUDY       := $(DEMO_DIR)/study
 INFER_OUT   := $(DEMO_DIR)/infer
 REPORT      := $(DEMO_DIR)/report
+INDEPENDENT := $(DEMO_DIR)/independent
 
 .PHONY: help install test lint demo demo-clean bench bench-quick clean
 
@@ -44,7 +45,12 @@ test: $(STAMP)  ## run the test suite (CPU, tiny synthetic volumes)
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check src tests benchmarks train.py infer.py analyze.py
 
-demo: $(REPORT)/headline.json  ## train -> simulate a study -> infer -> analyze, on CPU (finished steps are reused)
+demo: $(REPORT)/headline.json $(INDEPENDENT)/metrics.csv  ## train -> simulate a study -> infer -> analyze, on CPU (finished steps are reused)
+	@echo
+	@$(PY) -c "import json, pandas as pd; m = pd.read_csv('$(INDEPENDENT)/metrics.csv'); \
+	a = json.load(open('$(INDEPENDENT)/agreement.json')); \
+	print(f'Independent phantoms ({len(m)}): Dice {m.dice.mean():.3f} (per scan ' + ', '.join(f'{d:.2f}' for d in m.dice) \
+	      + f'), volume ICC {a[\"icc_a1\"]:.2f} against their labels')"
 	@echo
 	@echo "Report: $(abspath $(REPORT))/report.html (and report.md)"
 	@echo "QC gallery: $(abspath $(INFER_OUT))/qc/index.html"
@@ -52,20 +58,25 @@ demo: $(REPORT)/headline.json  ## train -> simulate a study -> infer -> analyze,
 	@$(PY) -m wmhseg.stats.compare $(REPORT)/headline.json $(STUDY)/truth.json
 
 $(CKPT): | $(STAMP)
-	@echo "== 1/4 training on synthetic brain-like scans ($(DEMO_DIR)/train)"
+	@echo "== 1/5 training on synthetic brain-like scans ($(DEMO_DIR)/train)"
 	$(PY) train.py experiment=synthetic hydra.run.dir=$(DEMO_DIR)/train
 
 $(STUDY)/manifest.csv: | $(STAMP)
-	@echo "== 2/4 simulating a longitudinal study: $(DEMO_ALS) ALS, $(DEMO_CTRL) controls ($(STUDY))"
+	@echo "== 2/5 simulating a longitudinal study: $(DEMO_ALS) ALS, $(DEMO_CTRL) controls ($(STUDY))"
 	$(PY) -m wmhseg.synth study $(STUDY) --n-als $(DEMO_ALS) --n-control $(DEMO_CTRL) --seed $(DEMO_SEED) \
 		--anatomy procedural --shape 80 96 80 --spacing 2
 
 $(INFER_OUT)/volumes.csv: $(CKPT) $(STUDY)/manifest.csv
-	@echo "== 3/4 segmenting every scan ($(INFER_OUT))"
+	@echo "== 3/5 segmenting every scan ($(INFER_OUT))"
 	$(PY) infer.py ckpt_path=$(CKPT) input=$(STUDY)/manifest.csv out_dir=$(INFER_OUT)
 
+# the phantoms of the independent family the training validated on (other anatomy, contrasts, grids)
+$(INDEPENDENT)/metrics.csv: $(CKPT)
+	@echo "== 5/5 segmenting the independent validation phantoms ($(INDEPENDENT))"
+	$(PY) infer.py ckpt_path=$(CKPT) input=$(DEMO_DIR)/train/data/independent/manifest.csv out_dir=$(INDEPENDENT)
+
 $(REPORT)/headline.json: $(INFER_OUT)/volumes.csv
-	@echo "== 4/4 longitudinal statistics ($(REPORT))"
+	@echo "== 4/5 longitudinal statistics ($(REPORT))"
 	$(PY) analyze.py volumes=$(INFER_OUT)/volumes.csv clinical=$(STUDY)/clinical.csv out_dir=$(REPORT)
 
 demo-clean:  ## remove the demo's outputs (the next `make demo` starts over)

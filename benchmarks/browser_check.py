@@ -14,12 +14,30 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["CHROMIUM", "screenshot"]
+__all__ = ["CHROMIUM", "screenshot", "dump_dom"]
 
 CHROMIUM = "/usr/bin/chromium"
 _FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
           "--disable-background-networking", "--disable-component-update", "--disable-sync",
           "--hide-scrollbars", "--virtual-time-budget=10000")
+
+
+def _run(page: Path, args: list[str], chromium: str, timeout: float) -> subprocess.CompletedProcess:
+    if not Path(chromium).is_file():
+        raise FileNotFoundError(f"{chromium}: Chromium is not installed (apt-get install chromium)")
+    if not page.is_file():
+        raise FileNotFoundError(f"{page}: no such page")
+    with tempfile.TemporaryDirectory(prefix="wmhseg-chromium-") as profile:
+        cmd = [chromium, *_FLAGS, f"--user-data-dir={profile}", *args, page.as_uri()]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"chromium exit {proc.returncode}: {proc.stderr[-2000:]}")
+    return proc
+
+
+def dump_dom(page: str | Path, *, chromium: str = CHROMIUM, timeout: float = 120.0) -> str:
+    """The document of the local HTML file ``page`` after Chromium ran its scripts."""
+    return _run(Path(page).resolve(), ["--dump-dom"], chromium, timeout).stdout
 
 
 def screenshot(page: str | Path, png: str | Path, *, width: int = 1280, height: int = 1400,
@@ -31,17 +49,10 @@ def screenshot(page: str | Path, png: str | Path, *, width: int = 1280, height: 
         RuntimeError: Chromium failed or wrote no picture (its output is in the message).
     """
     page, png = Path(page).resolve(), Path(png).resolve()
-    if not Path(chromium).is_file():
-        raise FileNotFoundError(f"{chromium}: Chromium is not installed (apt-get install chromium)")
-    if not page.is_file():
-        raise FileNotFoundError(f"{page}: no such page")
     png.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="wmhseg-chromium-") as profile:
-        cmd = [chromium, *_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
-               f"--screenshot={png}", page.as_uri()]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    if proc.returncode != 0 or not png.is_file():
-        raise RuntimeError(f"chromium exit {proc.returncode}: {proc.stderr[-2000:]}")
+    proc = _run(page, [f"--window-size={width},{height}", f"--screenshot={png}"], chromium, timeout)
+    if not png.is_file():
+        raise RuntimeError(f"chromium wrote no screenshot: {proc.stderr[-2000:]}")
     return png
 
 

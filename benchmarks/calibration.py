@@ -10,7 +10,10 @@ default headline) and with a random intercept and slope, with Satterthwaite t in
 * ``null_*``: no ALS-vs-control and no short-vs-long difference; the false-positive rate is the
   share of cohorts with p < 0.05 (nominal 5%);
 * ``effect_*``: the study's effects; the coverage is the share of 95% intervals holding the truth;
-* ``*_heterogeneous``: participants' WMH slopes vary (SD 300 mm3/year); ``*_homogeneous``: they do not.
+* ``*_heterogeneous``: participants' WMH slopes vary (SD 300 mm3/year); ``*_homogeneous``: they do not;
+* ``effect_no_prognosis_link``: slopes vary but not with prognosis. Where they do (the other
+  ``effect_*``), fast progressors die early with fewer scans and model 1, which does not condition
+  on survival group, is pulled toward the long survivors' slope: informative dropout.
 
 Each rate has its exact binomial (Clopper-Pearson) 95% interval for the number of seeds.
 """
@@ -37,6 +40,8 @@ SCENARIOS = {
     "null_homogeneous": {"als_extra_slope": 0.0, "short_extra_slope": 0.0, "slope_sd": 0.0},
     "effect_heterogeneous": {"slope_sd": 300.0},
     "effect_homogeneous": {"slope_sd": 0.0},
+    # progression independent of prognosis: death-driven dropout is then ignorable for model 1
+    "effect_no_prognosis_link": {"slope_sd": 300.0, "short_extra_slope": 0.0},
 }
 
 

@@ -59,3 +59,18 @@ def test_report_figures_are_embedded_and_shown_in_chromium(tmp_path):
     img = imread(str(browser_check.screenshot(page, tmp_path / "shot.png", width=1200, height=700)))
     assert _share(img, (0xC4, 0x4E, 0x52), tol=10 / 255) > 1e-5  # the estimate's red square
     assert _share(img, (0x40, 0x40, 0x40), tol=12 / 255) > 1e-5  # its interval line (0.25 grey)
+
+
+def test_gallery_sorts_by_a_clicked_column_in_chromium(tmp_path):
+    records = [{"subject_id": sub, "session_id": "01", "status": "ok", "wmh_mm3": wmh, "n_lesions": 1,
+                "qc_flags": ""} for sub, wmh in (("a", 500.0), ("b", 40.0), ("c", 3000.0))]
+    page = write_gallery(tmp_path, records).read_text(encoding="utf-8")
+    click = "<script>var h = document.querySelectorAll('th')[3]; h.click();{}</script></body>"
+    orders = {}
+    for name, clicks in (("ascending", ""), ("descending", " h.click();")):
+        clicked = tmp_path / "qc" / f"{name}.html"
+        clicked.write_text(page.replace("</body>", click.format(clicks)), encoding="utf-8")
+        dom = browser_check.dump_dom(clicked)
+        body = dom[dom.index("<tbody>"):]
+        orders[name] = sorted("abc", key=lambda s, body=body: body.index(f"data-key=\"{s}\""))
+    assert orders == {"ascending": ["b", "a", "c"], "descending": ["c", "a", "b"]}

@@ -234,3 +234,36 @@ def test_lightning_ddp_predict_gives_the_single_process_table(cohort, first_run,
     ddp = pd.read_csv(out / "volumes.csv", dtype=IDS).drop(columns=timing)
     single = pd.read_csv(first_run[1] / "volumes.csv", dtype=IDS).drop(columns=timing)
     pd.testing.assert_frame_equal(ddp, single)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1, 3])
+def test_prepared_stream_keeps_order_and_prepares_ahead_in_threads(num_workers):
+    """Scans come back in manifest order whatever the number of preparing threads, no process is
+    forked (a fork of a process holding OpenVINO's thread pool crashes), and at most
+    ``num_workers + 1`` scans are prepared ahead of the one being predicted."""
+    import threading
+    import time
+
+    from wmhseg.inference.runner import _prepared_stream
+
+    started: list[int] = []
+    threads: set[str] = set()
+
+    class Slow:
+        def __len__(self) -> int:
+            return 7
+
+        def __getitem__(self, i: int):
+            started.append(i)
+            threads.add(threading.current_thread().name)
+            time.sleep(0.01 * (7 - i))  # later items finish first
+            return i, None, None if i % 2 else f"scan {i} failed"
+
+    seen = []
+    for item in _prepared_stream(Slow(), num_workers):
+        assert len(started) <= item[0] + 1 + max(num_workers, 0) + 1
+        seen.append(item)
+    assert [i for i, _, _ in seen] == list(range(7))
+    assert [e for _, _, e in seen] == [None if i % 2 else f"scan {i} failed" for i in range(7)]
+    if num_workers:
+        assert threads and all(name.startswith("wmhseg-prepare") for name in threads)

@@ -23,6 +23,8 @@ def _models() -> pd.DataFrame:
          "ci_low": 400.0, "ci_high": 1400.0, "p_value": 0.001},
         {"model": "model3_alsfrs", "term": "alsfrs_per_500mm3_wmh", "kind": "headline", "estimate": -1.0,
          "ci_low": -1.5, "ci_high": -0.5, "p_value": 1e-6},
+        {"model": "model3_alsfrs_log_wmh", "term": "alsfrs_per_500mm3_wmh", "kind": "sensitivity", "estimate": -5.0,
+         "ci_low": -7.0, "ci_high": -3.0, "p_value": 1e-4, "note": "log WMH (per unit of log(WMH + 1)): same"},
         {"model": "cox_baseline", "term": "wmh_per_1000mm3", "kind": "cox", "estimate": math.log(1.2),
          "hazard_ratio": 1.2, "hr_ci_low": 1.05, "hr_ci_high": 1.37, "p_value": 0.01},
         {"model": "cox_baseline", "term": "age", "kind": "cox", "estimate": 0.02, "hazard_ratio": 1.02,
@@ -36,12 +38,13 @@ def _models() -> pd.DataFrame:
 def test_key_terms_are_the_headlines_and_the_cox_wmh_terms():
     terms = key_terms(_models())
     assert list(terms["panel"]) == ["WMH progression (mm³/year)", "ALSFRS-R points per 500 mm³ WMH",
+                                    "Sensitivity: log WMH (per unit of log(WMH + 1))",
                                     "Hazard ratio (log scale)", "Hazard ratio (log scale)"]
-    assert list(terms["null"]) == [0.0, 0.0, 1.0, 1.0]
-    assert terms.loc[2, ["estimate", "ci_low", "ci_high"]].tolist() == [1.2, 1.05, 1.37]  # hazard ratio, not log
+    assert list(terms["null"]) == [0.0, 0.0, 0.0, 1.0, 1.0]
+    assert terms.loc[3, ["estimate", "ci_low", "ci_high"]].tolist() == [1.2, 1.05, 1.37]  # hazard ratio, not log
     assert "age" not in " ".join(terms["label"])
     fig = forest_figure(_models())  # a non-finite interval is drawn, not raised
-    assert len(fig.axes) == 3
+    assert len(fig.axes) == 4
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert "900 [400, 1,400], p = 0.001" in texts
     assert any("interval not finite" in t for t in texts)

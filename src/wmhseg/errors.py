@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["WmhsegError", "InputError", "ScanError", "ManifestError", "CheckpointError", "Interrupted"]
+import difflib
+from collections.abc import Iterable
+
+__all__ = ["WmhsegError", "InputError", "ScanError", "ManifestError", "CheckpointError", "Interrupted",
+           "check_known_keys"]
 
 
 class WmhsegError(Exception):
@@ -27,3 +31,14 @@ class CheckpointError(InputError):
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during a command; the message says what was finished and how to resume."""
+
+
+def check_known_keys(given: Iterable[str], known: Iterable[str], section: str) -> None:
+    """Raise :class:`InputError` for the first key of ``given`` not in ``known``, with the closest
+    known key as a suggestion ("unknown <section> setting 'x'; did you mean 'y'?")."""
+    known = list(known)
+    for key in given:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            raise InputError(f"unknown {section} setting {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                             + f" (known: {', '.join(known)})")

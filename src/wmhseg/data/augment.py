@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Hashable, Mapping
 from dataclasses import asdict, dataclass, fields
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import MapTransform, RandFlipd, RandomizableTransform
 
-from wmhseg.errors import InputError
+from wmhseg.errors import InputError, check_known_keys
 
 __all__ = [
     "AugmentSpec",
@@ -102,11 +101,7 @@ class AugmentSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> AugmentSpec:
         d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        for k in d:
-            if k not in known:
-                hint = difflib.get_close_matches(k, known, n=1)
-                raise InputError(f"unknown augmentation setting {k!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+        check_known_keys(d, [f.name for f in fields(cls)], "augmentation")
         return cls(**d)
 
 

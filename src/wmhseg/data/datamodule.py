@@ -36,7 +36,8 @@ from wmhseg.data.dataset import (
 )
 from wmhseg.data.preprocessing import PreprocessSpec
 from wmhseg.data.split import split_by_subject
-from wmhseg.errors import InputError
+from wmhseg.data.synthesis import SynthesisSpec
+from wmhseg.errors import InputError, check_known_keys
 from wmhseg.labels import LabelSpec
 from wmhseg.manifest import Scan, read_manifest, validate_scans
 
@@ -50,6 +51,12 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         return [_plain(v) for v in value]
     return value
+
+
+def _independent_settings(d: Mapping[str, Any]) -> dict[str, Any]:
+    check_known_keys(d, ("n_subjects", "seed", "voxel_mm", "spacing_scale"), "data.independent")
+    return dict(d)
+
 
 _AUGMENT_ON = ("auto", "workers", "device")
 _VALIDATE = ("full", "headers", "none")
@@ -79,6 +86,12 @@ class WMHDataModule(L.LightningDataModule):
         cache_dir: disk cache folder (a subfolder per settings hash is used).
         num_workers: DataLoader workers (persistent when > 0); also threads building the cache.
         augmentation: :class:`~wmhseg.data.augment.AugmentSpec` settings.
+        synthesis: :class:`~wmhseg.data.synthesis.SynthesisSpec` settings: with ``prob`` > 0
+            that share of training patches is synthesised from its label map.
+        independent: ``{"n_subjects": N, "seed": S}`` (and ``voxel_mm``, ``spacing_scale`` of
+            :func:`~wmhseg.synth.independent.write_family`): also validate on N phantoms of the
+            independent family (:mod:`wmhseg.synth.independent`), written into
+            ``data_dir/independent``; logged as ``val_independent/*`` beside ``val/*``.
         augment_on: ``"workers"`` (in the DataLoader), ``"device"`` (after the batch reaches the
             accelerator, in ``on_after_batch_transfer``: much cheaper on a GPU) or ``"auto"``
             (device on GPU, workers otherwise).
@@ -111,6 +124,8 @@ class WMHDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         num_workers: int = 0,
         augmentation: Mapping[str, Any] | None = None,
+        synthesis: Mapping[str, Any] | None = None,
+        independent: Mapping[str, Any] | None = None,
         augment_on: str = "auto",
         train_repeats: int = 1,
         validate: str = "full",
@@ -120,6 +135,8 @@ class WMHDataModule(L.LightningDataModule):
         self.preprocess_spec = PreprocessSpec.from_dict(_plain(preprocessing or {}))
         self.label_spec = LabelSpec.from_dict(_plain(labels or {}))
         self.augment_spec = AugmentSpec.from_dict(_plain(augmentation or {}))
+        self.synthesis_spec = SynthesisSpec.from_dict(_plain(synthesis or {}))
+        self.independent = _independent_settings(_plain(independent)) if independent else None
         self.patch_size = tuple(int(p) for p in patch_size)
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             raise InputError(f"data.patch_size={list(patch_size)!r} must be three positive sizes")
@@ -150,7 +167,7 @@ class WMHDataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.train_scans: list[Scan] = []
         self.val_scans: list[Scan] = []
-        self._train_ds = self._val_ds = None
+        self._train_ds = self._val_ds = self._independent_ds = None
         self._device_augment: Compose | None = None
         self._augment_device = False
 
@@ -166,6 +183,10 @@ class WMHDataModule(L.LightningDataModule):
             from wmhseg.synth.images import write_dataset
 
             write_dataset(self.data_dir, **(self.synthetic or {}))
+        if self.independent:
+            from wmhseg.synth.independent import write_family
+
+            write_family(Path(self.data_dir) / "independent", **self.independent)
 
     def _use_device_augment(self) -> bool:
         if self.augment_on != "auto":
@@ -195,14 +216,18 @@ class WMHDataModule(L.LightningDataModule):
             self._device_augment = Compose(augment_transforms(self.augment_spec, self.patch_size))
         train_tf = train_transforms(self.preprocess_spec, self.label_spec, self.augment_spec, self.patch_size,
                                     samples_per_volume=self.samples_per_volume, pos_fraction=self.pos_fraction,
-                                    seed=self.seed, augment=not self._augment_device)
+                                    seed=self.seed, augment=not self._augment_device, synthesis=self.synthesis_spec)
         key = cache_key(self.preprocess_spec.to_dict(), self.label_spec.to_dict(), self.augment_spec.to_dict(),
-                        self.patch_size, self.seed)
+                        self.patch_size, self.seed, self.synthesis_spec.prob > 0)
         cache_dir = Path(self.cache_dir) / key if self.cache_dir else None
         self._train_ds = make_dataset(scan_items(self.train_scans), train_tf, self.cache,
                                       cache_dir=cache_dir and cache_dir / "train", num_workers=self.num_workers)
         self._val_ds = make_dataset(scan_items(self.val_scans), val_transforms(self.preprocess_spec, self.label_spec),
                                     self.cache, cache_dir=cache_dir and cache_dir / "val", num_workers=self.num_workers)
+        if self.independent:
+            phantoms = read_manifest(Path(self.data_dir) / "independent" / "manifest.csv")
+            self._independent_ds = make_dataset(scan_items(phantoms), val_transforms(self.preprocess_spec,
+                                                self.label_spec), "memory", num_workers=self.num_workers)
 
     # -- loaders -----------------------------------------------------------------------------
     def _loader(self, dataset, batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
@@ -225,7 +250,10 @@ class WMHDataModule(L.LightningDataModule):
             self.setup("fit")
         if len(self._val_ds) == 0:
             return []
-        return self._loader(self._val_ds, 1, False, min(self.num_workers, 2))
+        loader = self._loader(self._val_ds, 1, False, min(self.num_workers, 2))
+        if self._independent_ds is None:
+            return loader
+        return [loader, self._loader(self._independent_ds, 1, False, 0)]
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Augment training batches on the accelerator (``augment_on`` device/auto on GPU)."""

@@ -18,10 +18,18 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset, get_track_meta, set_track_meta
-from monai.transforms import Compose, DeleteItemsd, MapTransform, RandCropByPosNegLabeld, SpatialPadd
+from monai.transforms import (
+    CastToTyped,
+    Compose,
+    DeleteItemsd,
+    MapTransform,
+    RandCropByPosNegLabeld,
+    SpatialPadd,
+)
 
 from wmhseg.data.augment import AugmentSpec, augment_transforms, crop_margin_for
 from wmhseg.data.preprocessing import PreprocessSpec, preprocess_transforms
+from wmhseg.data.synthesis import RandSynthesised, SynthesisSpec
 from wmhseg.errors import InputError
 from wmhseg.labels import LabelSpec
 from wmhseg.manifest import Scan
@@ -171,8 +179,11 @@ def train_transforms(
     pos_fraction: float = 0.5,
     seed: int = 0,
     augment: bool = True,
+    synthesis: SynthesisSpec | None = None,
 ) -> Compose:
-    """Cached preprocessing + padding + sampling indices, then random patch crop + augmentation.
+    """Cached preprocessing + padding + sampling indices, then random patch crop, synthesis
+    from the label map (:class:`~wmhseg.data.synthesis.RandSynthesised`, when
+    ``synthesis.prob > 0``), the training target, then augmentation.
 
     Each item yields ``samples_per_volume`` dicts with ``"image"`` float32 (2, *crop) and
     ``"label"`` int64 (1, *crop) target values, where crop = ``patch_size`` when ``augment``.
@@ -189,16 +200,21 @@ def train_transforms(
     patch = tuple(int(p) for p in patch_size)
     crop = tuple(p + 2 * m for p, m in zip(patch, crop_margin_for(augment_spec, patch), strict=True))
     steps = list(preprocess_transforms(preprocess_spec, with_label=True).transforms)
+    synthesise = synthesis is not None and synthesis.prob > 0
+    # the cache holds raw BISON values when patches are synthesised from them, else the target
+    to_target = LabelToTargetd(label_spec, dtype=torch.uint8)
     steps += [
         SpatialPadd(["image", "label"], spatial_size=crop, mode=("edge", "constant")),
         SamplingIndicesd(label_spec, seed=seed),
-        LabelToTargetd(label_spec, dtype=torch.uint8),
+        CastToTyped("label", dtype=torch.uint8 if max(label_spec.known_values) <= 255 else torch.int16)
+        if synthesise else to_target,
         ToPlaind(["image", "label"]),
         WithoutMeta([
             RandCropByPosNegLabeld(["image", "label"], label_key="label", spatial_size=crop, pos=pos_fraction,
                                    neg=1.0 - pos_fraction, num_samples=int(samples_per_volume),
                                    fg_indices_key=FG_KEY, bg_indices_key=BG_KEY),
             DeleteItemsd([FG_KEY, BG_KEY]),
+            *([RandSynthesised(synthesis, preprocess_spec.spacing), to_target] if synthesise else []),
             *(augment_transforms(augment_spec, patch) if augment else []),
             _Finalised(["image", "label"]),
         ]),

@@ -14,7 +14,7 @@ others go on. The return value is the exit code: 0 when every scan of this run's
 1 when any failed; a run that cannot start (bad checkpoint, manifest or setting) raises
 :class:`~wmhseg.errors.InputError` (infer.py prints it in one line and exits 2).
 
-Loading and preprocessing run in DataLoader workers (``num_workers``) while the network predicts.
+Loading and preprocessing run in ``num_workers`` threads while the network predicts.
 A cohort can be split into ``num_parts`` jobs (``part_id`` = 0 .. num_parts-1; scan ``i`` goes
 to part ``i % num_parts``); whichever part finishes last writes the complete tables. With
 ``strategy=ddp`` (or ``ddp_spawn``) the run goes through Lightning's ``predict`` over ``devices``
@@ -28,6 +28,7 @@ import math
 import platform
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -194,14 +195,31 @@ def _worker_init(_: int) -> None:
 
 
 def _prepared_stream(dataset: ScanDataset, num_workers: int) -> Iterator[tuple[int, PreparedScan | None, str | None]]:
+    """The dataset's items in order, the next ``num_workers`` prepared in threads while one predicts.
+
+    Threads rather than worker processes: reading (gzip, nibabel) and resampling release the GIL, and
+    no process is forked from one that holds a native thread pool (a forked copy of OpenVINO's
+    crashes the child).
+    """
     if num_workers == 0 or len(dataset) <= 1:
         for i in range(len(dataset)):
             yield dataset[i]
         return
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
-                                         collate_fn=_identity, worker_init_fn=_worker_init,
-                                         prefetch_factor=2, persistent_workers=False)
-    yield from loader
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="wmhseg-prepare") as pool:
+        pending = deque(pool.submit(dataset.__getitem__, i) for i in range(min(num_workers + 1, len(dataset))))
+        queued = len(pending)
+        try:
+            while pending:
+                item = pending.popleft().result()
+                if queued < len(dataset):
+                    pending.append(pool.submit(dataset.__getitem__, queued))
+                    queued += 1
+                yield item
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def _crop_to(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

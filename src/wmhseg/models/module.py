@@ -40,6 +40,8 @@ INFERENCE_DEFAULTS: dict[str, Any] = {
     "threshold": 0.5,
 }
 _BLEND_MODES = ("gaussian", "constant")
+# metric prefixes of the validation loaders: the held-out subjects, then the independent phantoms
+VAL_PREFIXES = ("val", "val_independent")
 
 
 def to_plain(value: Any, where: str = "value") -> Any:
@@ -152,7 +154,8 @@ class WMHSegModule(L.LightningModule):
     "label": (1, 1, X, Y, Z) target values}``. The WMH mask is ``sum of the WMH channels'
     probabilities > threshold``; per scan, :func:`wmhseg.metrics.segmentation_metrics` gives Dice,
     HD95 (mm), AVD (%), lesion recall and F1, logged as ``val/<name>`` means over all validation
-    scans of all ranks (each scan counted once; NaNs, e.g. HD95 of an empty mask, left out).
+    scans of all ranks (each scan counted once; NaNs, e.g. HD95 of an empty mask, left out). A
+    second validation loader (the independent phantom family) is logged as ``val_independent/<name>``.
 
     Example:
         >>> net_config = {"_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 2,
@@ -208,7 +211,7 @@ class WMHSegModule(L.LightningModule):
         self.optimizer_factory = optimizer or functools.partial(torch.optim.AdamW, lr=1e-3)
         self.scheduler_factory = scheduler
         self.config_yaml = config_yaml or ""
-        self._val_records: dict[int, dict[str, float]] = {}
+        self._val_records: dict[tuple[int, int], dict[str, float]] = {}  # (loader, scan) -> metrics
 
     # ------------------------------------------------------------------ forward and training
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -240,7 +243,7 @@ class WMHSegModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_records = {}
 
-    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         image, target = batch["image"], batch["label"]
         if image.shape[0] != 1:
             raise InputError(f"validation batches must hold one whole volume each, got batch size {image.shape[0]}")
@@ -253,37 +256,43 @@ class WMHSegModule(L.LightningModule):
         record["loss"] = loss
         # A non-shuffled DistributedSampler gives rank r the dataset items r, r + W, r + 2W, ...
         # (padded by repeating the first items): this index identifies each scan across ranks.
-        self._val_records[batch_idx * self.trainer.world_size + self.trainer.global_rank] = record
+        self._val_records[(dataloader_idx, batch_idx * self.trainer.world_size + self.trainer.global_rank)] = record
 
-    def _gather_val_records(self) -> dict[int, dict[str, float]]:
+    def _gather_val_records(self) -> dict[tuple[int, int], dict[str, float]]:
         records = dict(self._val_records)
         if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(gathered, records)
             records = {k: v for part in gathered for k, v in part.items()}
             n_scans = self._num_val_scans()
-            if n_scans is not None:
-                records = {k: v for k, v in records.items() if k < n_scans}
+            records = {k: v for k, v in records.items() if n_scans.get(k[0]) is None or k[1] < n_scans[k[0]]}
         return records
 
-    def _num_val_scans(self) -> int | None:
+    def _num_val_scans(self) -> dict[int, int | None]:
         loaders = self.trainer.val_dataloaders
-        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-        try:
-            return len(loader.dataset)
-        except (AttributeError, TypeError):
-            return None
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        sizes: dict[int, int | None] = {}
+        for i, loader in enumerate(loaders):
+            try:
+                sizes[i] = len(loader.dataset)
+            except (AttributeError, TypeError):
+                sizes[i] = None
+        return sizes
 
     def on_validation_epoch_end(self) -> None:
         records = self._gather_val_records()
         self._val_records = {}
         if not records:
             return
-        summary = {name: _nanmean([r[name] for r in records.values()]) for name in (*METRIC_NAMES, "loss")}
-        for name, value in summary.items():
-            self.log(f"val/{name}", torch.tensor(value, dtype=torch.float32), prog_bar=name == "dice",
-                     sync_dist=True, batch_size=1)
-        self.log("val/n_scans", torch.tensor(float(len(records))), sync_dist=True, batch_size=1)
+        for loader in sorted({k[0] for k in records}):
+            part = [r for k, r in records.items() if k[0] == loader]
+            prefix = VAL_PREFIXES[min(loader, len(VAL_PREFIXES) - 1)]
+            for name in (*METRIC_NAMES, "loss"):
+                value = _nanmean([r[name] for r in part])
+                self.log(f"{prefix}/{name}", torch.tensor(value, dtype=torch.float32), prog_bar=name == "dice",
+                         sync_dist=True, batch_size=1, add_dataloader_idx=False)
+            self.log(f"{prefix}/n_scans", torch.tensor(float(len(part))), sync_dist=True, batch_size=1,
+                     add_dataloader_idx=False)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:

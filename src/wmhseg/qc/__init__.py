@@ -15,7 +15,6 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +56,14 @@ def _draw(out_dir: Path, record: dict[str, Any], convention: str) -> str | None:
     return _signature(record)
 
 
-def write_qc(out_dir: str | os.PathLike, records: Sequence[dict[str, Any]], *, convention: str = "radiological",
-             workers: int = 2) -> Path:
+def write_qc(out_dir: str | os.PathLike, records: Sequence[dict[str, Any]], *,
+             convention: str = "radiological") -> Path:
     """Draw the out-of-date pictures of the ok ``records`` and write ``qc/index.html``.
 
     Args:
         out_dir: the run's folder (records' ``mask`` paths are relative to it).
         records: every row of the table, with ``qc_flags``; failed rows get a gallery row only.
         convention: ``radiological`` or ``neurological``.
-        workers: pictures drawn in parallel threads (decompression and drawing release the GIL).
 
     Returns:
         The gallery's path.
@@ -84,8 +82,7 @@ def write_qc(out_dir: str | os.PathLike, records: Sequence[dict[str, Any]], *, c
         name = picture_name(r["subject_id"], r["session_id"])
         if state.get(name) != _signature(r) or not (qc_dir / name).is_file():
             todo.append((name, r))
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for (name, _), sig in zip(todo, pool.map(lambda t: _draw(out, t[1], convention), todo), strict=True):
-            state[name] = sig
+    for name, record in todo:  # one at a time: matplotlib is not thread-safe (each picture reads its files in threads)
+        state[name] = _draw(out, record, convention)
     atomic_write_json(qc_dir / _STATE, {k: v for k, v in state.items() if v is not None})
     return write_gallery(out, records)

@@ -1,8 +1,10 @@
 """Forest plot of every model's key term, read from the ``models.csv`` table.
 
 Key terms: the four headline estimates (rows of kind ``headline``; mm³/year for the two WMH
-progression models, ALSFRS-R points per 500 mm³ for the two ALSFRS-R models) and every Cox
-model's WMH terms (rows of kind ``cox`` whose term names WMH; hazard ratios on a log axis).
+progression models, ALSFRS-R points per 500 mm³ for the two ALSFRS-R models), the same terms of
+the sensitivity models (kind ``sensitivity``, one panel per unit as their ``note`` names it) and
+every Cox model's WMH terms (rows of kind ``cox`` whose term names WMH; hazard ratios on a log
+axis).
 Each unit gets its own panel, with the null value (0, or a hazard ratio of 1) marked. An
 estimate whose interval is not finite (a model that did not converge) is written as such.
 """
@@ -36,6 +38,11 @@ def key_terms(models: pd.DataFrame) -> pd.DataFrame:
         panel, label = _UNITS.get(str(r.term), (str(r.term), str(r.model)))
         rows.append({"panel": panel, "label": f"{label} ({r.model.split('_')[0]})", "estimate": r.estimate,
                      "ci_low": r.ci_low, "ci_high": r.ci_high, "p_value": r.p_value, "null": 0.0})
+    for r in models[models["kind"] == "sensitivity"].itertuples():
+        unit = str(r.note).split(":")[0] if isinstance(r.note, str) and r.note else str(r.model)
+        rows.append({"panel": f"Sensitivity: {unit}", "label": f"{_UNITS.get(str(r.term), ('', r.term))[1]} "
+                     f"({r.model.split('_')[0]})", "estimate": r.estimate, "ci_low": r.ci_low,
+                     "ci_high": r.ci_high, "p_value": r.p_value, "null": 0.0})
     cox = models[(models["kind"] == "cox") & models["term"].astype(str).str.contains("wmh", case=False)]
     for r in cox.itertuples():
         rows.append({"panel": _HR_PANEL, "label": f"{_term_label(str(r.term))} ({r.model})", "estimate": r.hazard_ratio,

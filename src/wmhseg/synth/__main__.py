@@ -3,13 +3,16 @@
     python -m wmhseg.synth study OUT_DIR [--n-als 30 --n-control 30 --seed 0 --spacing 2 --followups realistic]
     python -m wmhseg.synth cohort OUT_DIR [--n-als 232 --n-control 207 --seed 0]
     python -m wmhseg.synth bison OUT_DIR [--n-subjects 4 --seed 0]
+    python -m wmhseg.synth independent OUT_DIR [--n-subjects 4 --seed 0]
 
 ``study`` writes scans + manifest + clinical table + truth (:func:`wmhseg.synth.study.write_study`);
 its follow-ups are ``realistic`` (repositioned head, contrast drift, a scanner change for some
 subjects: :mod:`wmhseg.synth.followups`) or ``ideal`` (the baseline's grid, pose and scanner);
 ``cohort`` writes a volume table + clinical table + truth without images
 (:func:`wmhseg.synth.cohort.write_cohort`); ``bison`` writes a BISON run in MINC, as BISON and
-PELICAN leave it (:func:`wmhseg.synth.bison_run.write_bison_run`).
+PELICAN leave it (:func:`wmhseg.synth.bison_run.write_bison_run`); ``independent`` writes
+phantoms of the independent validation family with a manifest
+(:func:`wmhseg.synth.independent.write_family`).
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ from wmhseg.synth.cohort import CohortParams, simulate_cohort, write_cohort
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wmhseg.synth", description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("study", "cohort", "bison"),
-                        help="scans + tables, tables only, or a BISON run (MINC)")
+    parser.add_argument("what", choices=("study", "cohort", "bison", "independent"),
+                        help="scans + tables, tables only, a BISON run (MINC), or independent validation phantoms")
     parser.add_argument("out_dir")
     parser.add_argument("--n-als", type=int, default=None)
     parser.add_argument("--n-control", type=int, default=None)
-    parser.add_argument("--n-subjects", type=int, default=4, help="subjects of a BISON run (two visits each)")
+    parser.add_argument("--n-subjects", type=int, default=4,
+                        help="subjects of a BISON run (two visits each) or independent phantoms")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spacing", type=float, default=2.0, help="voxel size of the scans (study)")
     parser.add_argument("--shape", type=int, nargs=3, default=None, help="grid size of the scans (study)")
@@ -36,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="how follow-up scans are acquired (study)")
     args = parser.parse_args(argv)
 
+    if args.what == "independent":
+        from wmhseg.synth.independent import write_family
+
+        print(json.dumps({"manifest": str(write_family(args.out_dir, n_subjects=args.n_subjects, seed=args.seed))}))
+        return 0
     sizes = {"n_als": args.n_als, "n_control": args.n_control}
     params = CohortParams(seed=args.seed, **{k: v for k, v in sizes.items() if v is not None})
     if args.what == "bison":

@@ -1,0 +1,227 @@
+"""Training images synthesised from label maps (the idea of SynthSeg, applied to BISON's classes).
+
+With probability ``prob`` a training patch's T1 and FLAIR are replaced by images rendered from
+its BISON label map alone, so the network sees contrasts, intensity scales, bias fields, noise
+levels and resolutions no scanner of the training set produced:
+
+1. a random elastic deformation of the label map (MONAI ``Rand3DElasticd``, nearest neighbour;
+   the target follows it);
+2. per channel, a random mean intensity per class (uniform in [0, 1]) and a random spread within
+   each class (Gaussian), WMH brighter than white matter on FLAIR by a random factor
+   (``flair_wmh_ratio``) and darker on T1 (``t1_wmh_ratio``); the background (label 0) is split
+   into shells by distance from the brain (CSF rim, skull, scalp) and far background, each with
+   its own intensity, so heads that are not skull-stripped are seen too;
+3. torchio's MRI corruptions, drawn per channel: blur (``RandomBlur``), thick slices along a
+   random axis with partial volume (``RandomAnisotropy``), bias field (``RandomBiasField``),
+   gamma (``RandomGamma``) and noise (``RandomNoise``);
+4. a z-score over the head, as :class:`~wmhseg.data.preprocessing.NormaliseHeadd` does for real
+   scans.
+
+Affine augmentation, flips and the other intensity augmentations of
+:mod:`wmhseg.data.augment` follow, on synthesised and real patches alike.
+
+Example:
+    >>> spec = SynthesisSpec.from_dict({"prob": 0.8})
+    >>> step = RandSynthesised(spec, spacing=(2.0, 2.0, 2.0))                 # doctest: +SKIP
+    >>> out = step({"image": image, "label": bison_labels})                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform, Rand3DElasticd, RandomizableTransform
+from scipy import ndimage
+
+from wmhseg.errors import InputError, check_known_keys
+
+__all__ = ["SynthesisSpec", "RandSynthesised", "render_labels"]
+
+_WM, _WMH = 8, 9
+_N_SHELLS = 3  # background shells: CSF rim, skull, scalp (then far background)
+
+
+def _range(name: str, value: Any, lo: float, hi: float) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"synthesis.{name}={value!r} must be a range [low, high]") from exc
+    if not lo <= a <= b <= hi:
+        raise InputError(f"synthesis.{name}={value!r} must satisfy {lo} <= low <= high <= {hi}")
+    return a, b
+
+
+@dataclass(frozen=True)
+class SynthesisSpec:
+    """Label-to-image synthesis settings (``data.synthesis``; unknown keys are errors).
+
+    Args:
+        prob: chance that a training patch is synthesised from its label map (0 = off).
+        flair_wmh_ratio: WMH / white-matter mean intensity on FLAIR, drawn in this range.
+        t1_wmh_ratio: WMH / white-matter mean intensity on T1, drawn in this range.
+        class_std: within-class spread (fraction of the [0, 1] intensity scale), drawn up to this.
+        shells_mm: outer radius range of each background shell (mm from the brain).
+        elastic_prob / elastic_magnitude_mm: chance and largest displacement of the elastic warp.
+        blur_prob / blur_mm: chance and largest Gaussian blur (std, mm).
+        anisotropy_prob / anisotropy: chance and largest slice thickness factor (thick slices).
+        bias_prob / bias: chance and strength of the bias field (torchio coefficients).
+        gamma_prob / log_gamma: chance and range of the gamma change.
+        noise_prob / noise_std: chance and largest noise std (fraction of the intensity scale).
+    """
+
+    prob: float = 0.0
+    flair_wmh_ratio: tuple[float, float] = (1.25, 2.5)
+    t1_wmh_ratio: tuple[float, float] = (0.6, 1.0)
+    class_std: float = 0.06
+    shells_mm: tuple[float, float] = (2.0, 9.0)
+    elastic_prob: float = 0.3
+    elastic_magnitude_mm: float = 4.0
+    blur_prob: float = 0.5
+    blur_mm: float = 1.5
+    anisotropy_prob: float = 0.4
+    anisotropy: float = 4.0
+    bias_prob: float = 0.6
+    bias: float = 0.5
+    gamma_prob: float = 0.5
+    log_gamma: float = 0.4
+    noise_prob: float = 0.6
+    noise_std: float = 0.06
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name.endswith("prob") and not 0 <= float(v) <= 1:
+                raise InputError(f"synthesis.{f.name}={v!r} must be a probability in [0, 1]")
+        object.__setattr__(self, "flair_wmh_ratio", _range("flair_wmh_ratio", self.flair_wmh_ratio, 1.0, 10.0))
+        object.__setattr__(self, "t1_wmh_ratio", _range("t1_wmh_ratio", self.t1_wmh_ratio, 0.0, 2.0))
+        object.__setattr__(self, "shells_mm", _range("shells_mm", self.shells_mm, 0.0, 50.0))
+        for name in ("class_std", "elastic_magnitude_mm", "blur_mm", "bias", "log_gamma", "noise_std"):
+            if not 0 <= float(getattr(self, name)) <= 50:
+                raise InputError(f"synthesis.{name}={getattr(self, name)!r} must be within [0, 50]")
+        if self.anisotropy < 1:
+            raise InputError(f"synthesis.anisotropy={self.anisotropy!r} must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> SynthesisSpec:
+        """Build from a config mapping; an unknown key is an :class:`InputError` with a suggestion."""
+        d = dict(d or {})
+        check_known_keys(d, [f.name for f in fields(cls)], "synthesis")
+        return cls(**d)
+
+
+def _background_codes(label: np.ndarray, spacing: Sequence[float], edges_mm: np.ndarray) -> np.ndarray:
+    """Label 0 split by distance from the brain: 0 far away, -1..-N for the shells outwards."""
+    codes = label.astype(np.int16)
+    background = label == 0
+    if not background.any() or background.all():
+        return codes
+    dist = ndimage.distance_transform_edt(background, sampling=spacing)
+    shell = np.searchsorted(edges_mm, dist[background])  # 0..N (N = beyond the last shell)
+    codes[background] = np.where(shell < len(edges_mm), -1 - shell, 0)
+    return codes
+
+
+def render_labels(label: np.ndarray, spec: SynthesisSpec, rng: np.random.Generator,
+                  spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """T1 and FLAIR ``(2, X, Y, Z)`` float32 intensities rendered from a BISON label map.
+
+    Each class of each channel gets a random mean (uniform in [0, 1]) and a Gaussian spread;
+    WMH (9) is white matter (8) times a ratio drawn from ``spec.flair_wmh_ratio`` on FLAIR and
+    ``spec.t1_wmh_ratio`` on T1. Label 0 is split into background shells (see module docs).
+
+    Args:
+        label: ``(X, Y, Z)`` integer BISON labels (0-9; other values get their own intensity).
+        spec: the synthesis settings.
+        rng: the random generator (one draw per call).
+        spacing: voxel size in mm (for the background shells).
+    """
+    edges = np.cumsum(rng.uniform(*spec.shells_mm, _N_SHELLS))
+    codes = _background_codes(np.asarray(label), spacing, edges)
+    values, inverse = np.unique(codes.reshape(-1), return_inverse=True)
+    out = np.empty((2, *codes.shape), dtype=np.float32)
+    for c, ratio in enumerate((spec.t1_wmh_ratio, spec.flair_wmh_ratio)):
+        means = rng.uniform(0.0, 1.0, values.size)
+        wm = means[values == _WM][0] if (values == _WM).any() else rng.uniform(0.2, 0.8)
+        means[values == _WMH] = wm * rng.uniform(*ratio)
+        stds = rng.uniform(0.0, spec.class_std, values.size)
+        noise = rng.standard_normal(codes.shape, dtype=np.float32)
+        out[c] = (means[inverse] + stds[inverse] * noise.reshape(-1)).reshape(codes.shape)
+    return out
+
+
+def _zscore_head(image: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """Per-channel z-score with the mean and std of the ``head`` voxels (all voxels if too few)."""
+    out = np.empty_like(image)
+    for c in range(image.shape[0]):
+        vals = image[c][head] if head.sum() > 1 else image[c].reshape(-1)
+        std = float(vals.std())
+        out[c] = (image[c] - float(vals.mean())) / (std if std > 1e-8 else 1.0)
+    return out
+
+
+class RandSynthesised(RandomizableTransform, MapTransform):
+    """Replace ``image`` by an image synthesised from ``label`` (raw BISON values) with chance ``spec.prob``.
+
+    Args:
+        spec: the synthesis settings.
+        spacing: the working grid's voxel size in mm.
+        image_key, label_key: the dictionary keys; the image keeps its channel count (2).
+    """
+
+    def __init__(self, spec: SynthesisSpec, spacing: Sequence[float] = (1.0, 1.0, 1.0), *,
+                 image_key: str = "image", label_key: str = "label") -> None:
+        MapTransform.__init__(self, [image_key, label_key])
+        RandomizableTransform.__init__(self, spec.prob)
+        self.spec, self.spacing = spec, tuple(float(s) for s in spacing)
+        self.image_key, self.label_key = image_key, label_key
+        mag = spec.elastic_magnitude_mm / min(self.spacing)
+        self._elastic = Rand3DElasticd([label_key], sigma_range=(4.0, 6.0), magnitude_range=(mag * 20, mag * 40),
+                                       prob=spec.elastic_prob, mode="nearest", padding_mode="border")
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed, state)
+        self._elastic.set_random_state(seed, state)
+        return self
+
+    def _corrupt(self, image: torch.Tensor) -> torch.Tensor:
+        import torchio as tio  # imported here: only synthesis needs it
+
+        s, sp = self.spec, self.spacing
+        steps = [
+            tio.RandomBlur(std=(0.0, s.blur_mm), p=s.blur_prob, copy=False),
+            tio.RandomAnisotropy(axes=(0, 1, 2), downsampling=(1.5, max(1.5, s.anisotropy)), p=s.anisotropy_prob,
+                                 copy=False),
+            tio.RandomBiasField(coefficients=s.bias, p=s.bias_prob, copy=False),
+            tio.RandomGamma(log_gamma=(-s.log_gamma, s.log_gamma), p=s.gamma_prob, copy=False),
+            tio.RandomNoise(std=(0.0, s.noise_std), p=s.noise_prob, copy=False),
+        ]
+        affine = np.diag([*sp, 1.0])
+        chain = tio.Compose(steps, copy=False)
+        # torchio draws from torch's generator: seed it from this transform's state (reproducible)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.R.randint(0, 2**31 - 1)))
+            return torch.cat([chain(tio.ScalarImage(tensor=image[c:c + 1].clamp_min(0), affine=affine)).data
+                              for c in range(image.shape[0])])
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        label = torch.as_tensor(d[self.label_key])
+        warped = self._elastic({self.label_key: label.float()})[self.label_key]
+        label = torch.as_tensor(warped).as_subclass(torch.Tensor).round().to(label.dtype)
+        lab = label[0].cpu().numpy()
+        rng = np.random.default_rng(int(self.R.randint(0, 2**31 - 1)))
+        image = self._corrupt(torch.from_numpy(render_labels(lab, self.spec, rng, self.spacing))).numpy()
+        head = _background_codes(lab, self.spacing, np.array([self.spec.shells_mm[1] * 2])) != 0
+        d[self.image_key] = torch.from_numpy(_zscore_head(image.astype(np.float32), head))
+        d[self.label_key] = label
+        return d

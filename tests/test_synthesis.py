@@ -1,0 +1,101 @@
+"""Label-to-image synthesis: class contrasts as configured, settings validated, reproducible
+draws, and synthesised training patches in the data module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wmhseg.data.datamodule import WMHDataModule
+from wmhseg.data.synthesis import RandSynthesised, SynthesisSpec, render_labels
+from wmhseg.errors import InputError
+
+
+def _labels(shape=(24, 24, 24)) -> np.ndarray:
+    """Background, a brain of CSF, grey and white matter, and a WMH blob inside the white matter."""
+    idx = np.indices(shape) - (np.asarray(shape) - 1)[:, None, None, None] / 2
+    r = np.sqrt((idx**2).sum(0))
+    lab = np.zeros(shape, np.uint8)
+    lab[r < 11], lab[r < 9], lab[r < 7] = 2, 7, 8
+    lab[r < 2.5] = 9
+    lab[(np.abs(idx[0]) < 1.5) & (r < 5) & (r > 3.5)] = 1
+    return lab
+
+
+def test_render_follows_the_configured_contrasts():
+    lab = _labels()
+    spec = SynthesisSpec(prob=1.0, class_std=0.0, flair_wmh_ratio=(1.3, 2.0), t1_wmh_ratio=(0.5, 0.9))
+    seen = []
+    for seed in range(20):
+        img = render_labels(lab, spec, np.random.default_rng(seed))
+        assert img.shape == (2, *lab.shape) and img.dtype == np.float32
+        t1_ratio = img[0][lab == 9].mean() / img[0][lab == 8].mean()
+        flair_ratio = img[1][lab == 9].mean() / img[1][lab == 8].mean()
+        assert 1.3 - 1e-5 <= flair_ratio <= 2.0 + 1e-5
+        assert 0.5 - 1e-5 <= t1_ratio <= 0.9 + 1e-5
+        # without spread every class is one intensity per channel
+        for v in np.unique(lab[lab > 0]):
+            assert np.ptp(img[1][lab == v]) < 1e-6
+        seen.append(img[1][lab == 7].mean())
+    assert np.std(seen) > 0.1  # grey matter's intensity is random (uniform on [0, 1]: std 0.29)
+
+
+def test_background_is_split_into_shells():
+    lab = _labels((40, 40, 40))
+    img = render_labels(lab, SynthesisSpec(prob=1.0, class_std=0.0, shells_mm=(3.0, 4.0)), np.random.default_rng(1))
+    levels = np.unique(np.round(img[0][lab == 0], 6))
+    assert 2 <= levels.size <= 4  # up to three shells around the brain, then the far background
+
+
+def test_settings_are_validated_with_a_suggestion():
+    with pytest.raises(InputError, match="did you mean 'prob'"):
+        SynthesisSpec.from_dict({"prb": 0.5})
+    with pytest.raises(InputError, match="probability"):
+        SynthesisSpec.from_dict({"prob": 1.5})
+    with pytest.raises(InputError, match="flair_wmh_ratio"):
+        SynthesisSpec.from_dict({"flair_wmh_ratio": [0.5, 2.0]})  # WMH must be brighter on FLAIR
+    with pytest.raises(InputError, match="anisotropy"):
+        SynthesisSpec.from_dict({"anisotropy": 0.5})
+    assert SynthesisSpec.from_dict(SynthesisSpec(prob=0.3).to_dict()) == SynthesisSpec(prob=0.3)
+
+
+def test_transform_replaces_the_image_reproducibly():
+    lab = torch.from_numpy(_labels())[None]
+    data = {"image": torch.zeros(2, 24, 24, 24), "label": lab}
+    spec = SynthesisSpec(prob=1.0, elastic_prob=0.0)
+    a = RandSynthesised(spec, (2.0, 2.0, 2.0)).set_random_state(3)(data)
+    b = RandSynthesised(spec, (2.0, 2.0, 2.0)).set_random_state(3)(data)
+    c = RandSynthesised(spec, (2.0, 2.0, 2.0)).set_random_state(4)(data)
+    assert torch.equal(a["image"], b["image"]) and not torch.equal(a["image"], c["image"])
+    assert torch.equal(a["label"], lab)  # no warp: the label is the one the image was drawn from
+    assert a["image"].shape == (2, 24, 24, 24) and torch.isfinite(a["image"]).all()
+    assert float(data["image"].abs().max()) == 0.0  # the input dict is not modified
+    off = RandSynthesised(SynthesisSpec(prob=0.0))(data)
+    assert off["image"] is data["image"]
+
+
+def test_elastic_warp_moves_image_and_label_together():
+    lab = torch.from_numpy(_labels())[None]
+    spec = SynthesisSpec(prob=1.0, elastic_prob=1.0, elastic_magnitude_mm=3.0, class_std=0.0, blur_prob=0.0,
+                         anisotropy_prob=0.0, bias_prob=0.0, gamma_prob=0.0, noise_prob=0.0)
+    out = RandSynthesised(spec).set_random_state(0)({"image": torch.zeros(2, 24, 24, 24), "label": lab})
+    warped = out["label"][0].numpy()
+    assert not np.array_equal(warped, lab[0].numpy()) and set(np.unique(warped)) <= set(np.unique(lab.numpy()))
+    flair = out["image"][1].numpy()
+    for v in np.unique(warped[warped > 0]):  # the image is drawn from the warped label: one level per class
+        assert np.ptp(flair[warped == v]) < 1e-4
+
+
+def test_datamodule_synthesises_binary_training_patches(tiny_dataset: Path):
+    dm = WMHDataModule(manifest=str(tiny_dataset), patch_size=(16, 16, 16), batch_size=2, samples_per_volume=2,
+                       val_fraction=0.25, augmentation={"enabled": False}, validate="headers",
+                       synthesis={"prob": 1.0, "elastic_prob": 0.0})
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 2, 16, 16, 16) and torch.isfinite(batch["image"]).all()
+    assert set(batch["label"].unique().tolist()) <= {0, 1} and batch["label"].dtype == torch.int64
+    with pytest.raises(InputError, match="did you mean 'elastic_prob'"):
+        WMHDataModule(manifest=str(tiny_dataset), synthesis={"elastic_prb": 0.1})
