@@ -19,7 +19,7 @@ from wmhseg.stats.structure import mixture_p
 from wmhseg.stats.tables import check_clinical, check_volumes
 from wmhseg.synth.cohort import CohortParams, simulate_cohort
 
-# models.csv's leading columns, as DESIGN.md fixes them (spelled out here, not taken from the code)
+# models.csv's leading columns, as the README's contract fixes them (spelled out here, not taken from the code)
 MODELS_CSV_HEAD = ["model", "term", "estimate", "std_err", "df", "ci_low", "ci_high", "p_value", "n_subjects", "n_obs",
                    "converged", "optimizer", "method"]
 

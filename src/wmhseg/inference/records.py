@@ -69,7 +69,7 @@ METRICS_COLUMNS = (
 
 
 def mask_name(scan: Scan) -> str:
-    """``<subject_id>_<session_id>_wmh.nii.gz``: the mask's file name (DESIGN.md contract)."""
+    """``<subject_id>_<session_id>_wmh.nii.gz``: the mask's file name (a documented output contract)."""
     return f"{scan.key}_wmh.nii.gz"
 
 

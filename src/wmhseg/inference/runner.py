@@ -1,6 +1,6 @@
 """``infer(cfg)``: segment every scan of a manifest and write masks, volume tables and provenance.
 
-Outputs under ``out_dir`` (see DESIGN.md for the fixed part):
+Outputs under ``out_dir`` (the fixed part is the documented contract in the README):
 
 - ``masks/<subject_id>_<session_id>_wmh.nii.gz``: binary masks on each FLAIR's own grid;
 - ``volumes.csv`` (:data:`~wmhseg.inference.records.VOLUME_COLUMNS`), and with a ``label``

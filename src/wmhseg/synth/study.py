@@ -13,7 +13,7 @@ Files written under ``out_dir``::
 
     scans/sub-<id>/ses-<id>/anat/*_{T1w,FLAIR,label}.nii.gz
     manifest.csv        subject_id,session_id,t1,flair,label (paths relative to out_dir)
-    clinical.csv        the clinical table (DESIGN schema)
+    clinical.csv        the clinical table (the documented schema)
     true_volumes.csv    the painted WMH volume of every scan, in the volume-table schema
     acquisitions.csv    each scan's scanner, voxel size, head motion and FLAIR contrast change
     lesion_changes.csv  the true change of every lesion between consecutive visits
