@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("inference", "accuracy", "infer_scan", "train_data", "analysis")
+# train_data forks loader workers, so it runs before any section loads OpenVINO: a forked copy of a
+# process holding OpenVINO's thread pool crashes
+SECTIONS = ("train_data", "analysis", "inference", "accuracy", "infer_scan")
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
 
