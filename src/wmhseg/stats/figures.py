@@ -36,15 +36,15 @@ TIME = "years_since_baseline"
 
 def _marginal_line(fit: MixedFit, column: str, level: str, x: np.ndarray, x_col: str) -> np.ndarray | None:
     """Prediction at each ``x`` averaged over the fitted participants' covariates."""
-    if fit is None or not fit.ok or fit.result is None:
+    if fit is None or not fit.ok or fit.model is None:
         return None
-    data = fit.result.model.data.frame
+    data = fit.model.data.frame
     subjects = data.drop_duplicates("subject_id")
     grid = subjects.loc[subjects.index.repeat(len(x))].copy()
     grid[x_col] = np.tile(x, len(subjects))
     if column:
         grid[column] = pd.Categorical([level] * len(grid), categories=data[column].cat.categories)
-    pred = np.asarray(fit.result.predict(grid), dtype=float).reshape(len(subjects), len(x))
+    pred = fit.predict(grid).reshape(len(subjects), len(x))
     return pred.mean(axis=0)
 
 

@@ -1,11 +1,14 @@
-"""REML quantities of a linear mixed model in lme4's parametrisation: the restricted deviance,
-lme4's fixed-effect covariance and lmerTest's Satterthwaite degrees of freedom.
+"""REML fits of a linear mixed model in lme4's parametrisation: the restricted deviance and its
+minimum, lme4's fixed-effect covariance and lmerTest's Satterthwaite degrees of freedom.
 
 The model is ``y = X b + Z u + e`` with ``e ~ N(0, sigma^2 I)`` and, per participant,
 ``u_g ~ N(0, sigma^2 L L')``; ``L`` is lower triangular and ``theta`` lists its lower triangle
 column by column (lme4's ``getME(fit, "theta")``). The variance parameters ``varpar`` are
 ``(theta..., sigma)`` as in lmerTest.
 
+* :func:`minimise` finds the REML estimate of ``theta`` as lme4 does (the profiled deviance,
+  ``sigma`` profiled out, with the diagonal of ``L`` bounded below by 0); :func:`polish` takes it
+  to full precision.
 * :meth:`RemlProblem.deviance` is lmerTest's ``devfun_vp`` for REML:
   ``log|V| + r'V^-1 r / sigma^2 + (n - p) log(2 pi sigma^2) + log|X'V^-1 X|`` with
   ``V = I + Z L L' Z'`` and ``r`` the GLS residual.
@@ -28,7 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-__all__ = ["RemlProblem", "Satterthwaite", "polish", "theta_from_cov", "t_inference", "reml_relative_cov"]
+__all__ = ["OPTIMIZERS", "RemlProblem", "Satterthwaite", "minimise", "polish", "theta_from_cov", "t_inference"]
 
 
 def theta_from_cov(psi: np.ndarray) -> np.ndarray:
@@ -89,6 +92,11 @@ class RemlProblem:
         self._zxy = group_sums(z, xy)
         self._full = xy.T @ xy
         self._cols = np.triu_indices(self.q)  # lower triangle of L, column by column, via L'
+
+    def bounds(self) -> list[tuple[float | None, float | None]]:
+        """lme4's bounds on ``theta``: the diagonal of ``L`` is non-negative, the rest is free."""
+        rows, cols = self._cols
+        return [(0.0, None) if i == j else (None, None) for i, j in zip(rows, cols, strict=True)]
 
     def lower(self, theta: np.ndarray) -> np.ndarray:
         """The factor ``L`` from ``theta``."""
@@ -261,29 +269,23 @@ def t_inference(est: float, se: float, df: float | None, alpha: float) -> tuple[
     return est - q * se, est + q * se, max(p, float(np.nextafter(0.0, 1.0)))
 
 
-def reml_relative_cov(
-    endog: np.ndarray, exog: np.ndarray, exog_re: np.ndarray, groups: np.ndarray
-) -> np.ndarray:
-    """REML estimate of ``cov(random effects) / var(residual)`` (a ``q x q`` matrix).
+OPTIMIZERS = ("powell", "cobyqa", "nelder-mead")
 
-    Minimises :meth:`RemlProblem.profiled_deviance` over ``theta`` (over ``log Psi`` when
-    ``q == 1``); used as MixedLM's start values.
+
+def minimise(problem: RemlProblem, method: str = "powell") -> optimize.OptimizeResult:
+    """Minimise :meth:`RemlProblem.profiled_deviance` over ``theta``, as lme4 does.
+
+    From lme4's start (``L = I``) with the diagonal of ``L`` bounded below by 0, by a
+    derivative-free method of :func:`scipy.optimize.minimize` (``powell``, ``cobyqa`` (the
+    successor of lme4's default, bobyqa) or ``nelder-mead``). Gradient methods with
+    finite-difference gradients stop short on these surfaces: L-BFGS-B from the same start
+    ended 0.12 above the optimum's REML deviance on the random-slope model 2 of the
+    360-subject R fixture, where all three methods here reach lme4's within 1e-10.
 
     Example:
         >>> rng = np.random.default_rng(0); g = np.repeat(np.arange(300), 3)
         >>> y = 2 * rng.normal(size=300)[g] + rng.normal(size=900)
-        >>> psi = reml_relative_cov(y, np.ones((900, 1)), np.ones((900, 1)), g)  # about [[4]]
+        >>> res = minimise(RemlProblem(y, np.ones((900, 1)), np.ones((900, 1)), g))  # theta about [2]
     """
-    problem = RemlProblem(endog, exog, exog_re, groups)
-    if problem.q == 1:
-        res = optimize.minimize_scalar(
-            lambda log_psi: problem.profiled_deviance(np.array([np.exp(0.5 * log_psi)])),
-            bounds=(-14.0, 14.0),
-            method="bounded",
-            options={"xatol": 1e-6},
-        )
-        return np.array([[np.exp(res.x)]]) if np.isfinite(res.fun) else np.eye(1)
     start = theta_from_cov(np.eye(problem.q))
-    res = optimize.minimize(problem.profiled_deviance, start, method="L-BFGS-B")
-    low = problem.lower(res.x if np.isfinite(res.fun) else start)
-    return low @ low.T
+    return optimize.minimize(problem.profiled_deviance, start, method=method, bounds=problem.bounds())
