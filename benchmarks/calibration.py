@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from wmhseg.stats.dataset import build_dataset
-from wmhseg.stats.models import fit_spec, headline_specs
+from wmhseg.stats.headline_models import fit_spec, headline_specs
+from wmhseg.stats.study_data import build_dataset
 from wmhseg.stats.tables import check_clinical, check_volumes
 from wmhseg.synth.disease import DiseaseParams, simulate_disease
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wmhseg.stats.dataset import classify_survival
-from wmhseg.stats.models import HEADLINE_KEYS
+from wmhseg.stats.headline_models import HEADLINE_KEYS
+from wmhseg.stats.study_data import classify_survival
 from wmhseg.synth.cohort import (
     CLINICAL_COLUMNS,
     VOLUME_COLUMNS,

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from test_stats_models import MODELS_CSV_HEAD
 
 from wmhseg.stats import AnalysisSettings, SettingsError, TableError, analyze
-from wmhseg.stats.models import HEADLINE_KEYS
+from wmhseg.stats.headline_models import HEADLINE_KEYS
 from wmhseg.synth.cohort import CohortParams, simulate_cohort, write_cohort
 
 ROOT = Path(__file__).resolve().parents[1]

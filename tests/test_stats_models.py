@@ -8,14 +8,14 @@ import pytest
 import statsmodels.formula.api as smf
 from scipy import stats
 
-from wmhseg.stats import AnalysisSettings, run_analysis
-from wmhseg.stats.dataset import build_dataset
 import wmhseg.stats.mixed as mixed
+from wmhseg.stats import AnalysisSettings, run_analysis
+from wmhseg.stats.headline_models import HEADLINE_KEYS, MODEL_NAMES, fit_study_models
 from wmhseg.stats.mixed import fit_mixed
-from wmhseg.stats.models import HEADLINE_KEYS, MODEL_NAMES, fit_study_models
 from wmhseg.stats.reml import RemlProblem, t_inference, theta_from_cov
 from wmhseg.stats.report import headline_sentences
 from wmhseg.stats.structure import mixture_p
+from wmhseg.stats.study_data import build_dataset
 from wmhseg.stats.tables import check_clinical, check_volumes
 from wmhseg.synth.cohort import CohortParams, simulate_cohort
 

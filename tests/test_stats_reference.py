@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from wmhseg.stats import AnalysisSettings, run_analysis
-from wmhseg.stats.models import MODEL_NAMES
+from wmhseg.stats.headline_models import MODEL_NAMES
 from wmhseg.stats.tables import read_table
 
 DATA = Path(__file__).parent / "data" / "r"

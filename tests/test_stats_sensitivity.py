@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wmhseg.stats.dataset import build_dataset
+from wmhseg.stats.headline_models import fit_study_models
 from wmhseg.stats.mixed import Estimate
-from wmhseg.stats.models import fit_study_models
 from wmhseg.stats.sensitivity import Sensitivity, conclusion, run_sensitivity
+from wmhseg.stats.study_data import build_dataset
 from wmhseg.stats.tables import check_clinical, check_volumes
 from wmhseg.synth.disease import DiseaseParams, simulate_disease
 

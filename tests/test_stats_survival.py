@@ -10,8 +10,8 @@ import pytest
 from scipy import stats
 
 from wmhseg.stats.cox import CoxData, design, fit_cox
-from wmhseg.stats.dataset import build_dataset
 from wmhseg.stats.kaplan import km_curve, km_split
+from wmhseg.stats.study_data import build_dataset
 from wmhseg.stats.survival import counting_process, landmark_table, run_survival
 from wmhseg.stats.tables import check_clinical, check_volumes
 from wmhseg.synth.cohort import CohortParams, simulate_cohort

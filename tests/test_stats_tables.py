@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from wmhseg.errors import InputError
-from wmhseg.stats.dataset import build_dataset, classify_survival
+from wmhseg.stats.study_data import build_dataset, classify_survival
 from wmhseg.stats.tables import TableError, check_volumes, load_clinical, load_volumes
 
 CLIN_HEADER = "subject_id,session_id,group,age,sex,years_since_baseline,alsfrs_r,survival_months,event\n"

@@ -3,9 +3,9 @@
 Never imports torch. The pieces, along the data flow:
 
 * :mod:`~wmhseg.stats.tables`: read and check the volume and clinical tables (:class:`TableError`);
-* :mod:`~wmhseg.stats.dataset`: join them, baseline covariates, survival groups, left-out ledger;
+* :mod:`~wmhseg.stats.study_data`: join them, baseline covariates, survival groups, left-out ledger;
 * :mod:`~wmhseg.stats.mixed`: MixedLM fits with retries, estimates and contrasts;
-* :mod:`~wmhseg.stats.models`: the study's four headline models;
+* :mod:`~wmhseg.stats.headline_models`: the study's four headline models;
 * :mod:`~wmhseg.stats.survival`: per-patient WMH slopes, Kaplan-Meier, log-rank, Cox;
 * :mod:`~wmhseg.stats.figures`, :mod:`~wmhseg.stats.report`: figures and the written report;
 * :mod:`~wmhseg.stats.analysis`: :func:`run_analysis` (compute), :func:`write_outputs`, :func:`analyze`.
@@ -19,10 +19,10 @@ Example:
 from __future__ import annotations
 
 from wmhseg.stats.analysis import AnalysisResult, analyze, run_analysis, write_outputs
-from wmhseg.stats.dataset import StudyData, build_dataset, classify_survival
+from wmhseg.stats.headline_models import HEADLINE_KEYS, fit_study_models
 from wmhseg.stats.mixed import Estimate, MixedFit, fit_mixed
-from wmhseg.stats.models import HEADLINE_KEYS, fit_study_models
 from wmhseg.stats.settings import AnalysisSettings, SettingsError
+from wmhseg.stats.study_data import StudyData, build_dataset, classify_survival
 from wmhseg.stats.survival import SurvivalResult, run_survival
 from wmhseg.stats.tables import (
     TableError,

@@ -33,12 +33,12 @@ from scipy import stats
 
 from wmhseg.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from wmhseg.stats.cox import CoxFit
-from wmhseg.stats.dataset import StudyData, build_dataset
+from wmhseg.stats.headline_models import HEADLINE_KEYS, MODEL_NAMES, PER_WMH, TIME, fit_study_models
 from wmhseg.stats.mixed import Estimate, MixedFit
-from wmhseg.stats.models import HEADLINE_KEYS, MODEL_NAMES, PER_WMH, TIME, fit_study_models
 from wmhseg.stats.sensitivity import Sensitivity, run_sensitivity
 from wmhseg.stats.settings import AnalysisSettings, SettingsError
 from wmhseg.stats.structure import SlopeCheck, check_random_slopes
+from wmhseg.stats.study_data import StudyData, build_dataset
 from wmhseg.stats.survival import SurvivalResult, run_survival
 from wmhseg.stats.tables import check_clinical, check_volumes, load_clinical, load_volumes
 

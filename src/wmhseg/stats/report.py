@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from wmhseg.stats.headline_models import MODEL_NAMES
 from wmhseg.stats.mixed import Estimate
-from wmhseg.stats.models import MODEL_NAMES
 from wmhseg.stats.report_doc import Doc, fmt, format_p
 from wmhseg.stats.report_survival import survival_section
 

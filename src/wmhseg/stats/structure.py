@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from wmhseg.stats.dataset import StudyData
+from wmhseg.stats.headline_models import MODEL_NAMES, TIME, fit_spec, headline_specs
 from wmhseg.stats.mixed import Estimate, MixedFit
-from wmhseg.stats.models import MODEL_NAMES, TIME, fit_spec, headline_specs
+from wmhseg.stats.study_data import StudyData
 
 __all__ = ["SlopeCheck", "mixture_p", "check_random_slopes"]
 

@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 
 from wmhseg.stats.cox import CoxData, CoxFit, design, fit_cox
-from wmhseg.stats.dataset import StudyData
 from wmhseg.stats.kaplan import KMSplit, km_split
 from wmhseg.stats.prognostic import PrognosticValue, prognostic_value
+from wmhseg.stats.study_data import StudyData
 
 __all__ = ["SurvivalResult", "patient_table", "counting_process", "landmark_table", "run_survival"]
 

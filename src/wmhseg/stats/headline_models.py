@@ -25,8 +25,8 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from wmhseg.stats.dataset import StudyData
 from wmhseg.stats.mixed import Estimate, MixedFit, fit_mixed
+from wmhseg.stats.study_data import StudyData
 
 __all__ = ["HEADLINE_KEYS", "MODEL_NAMES", "PER_WMH", "fit_study_models", "fit_spec", "headline_specs", "covariate_terms"]
 
@@ -207,7 +207,7 @@ def fit_study_models(
     """Fit the four headline models and extract the headline estimates.
 
     Args:
-        study: the analysis data set from :func:`~wmhseg.stats.dataset.build_dataset`.
+        study: the analysis data set from :func:`~wmhseg.stats.study_data.build_dataset`.
         random_slope: add a random slope for time to models 1 and 2.
         alpha: 1 - confidence level of the intervals.
         method: ``satterthwaite`` (default) or ``wald``.
