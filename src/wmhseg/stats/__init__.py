@@ -18,42 +18,29 @@ Example:
 
 from __future__ import annotations
 
-from wmhseg.stats.analysis import AnalysisResult, analyze, run_analysis, write_outputs
-from wmhseg.stats.headline_models import HEADLINE_KEYS, fit_study_models
-from wmhseg.stats.mixed import Estimate, MixedFit, fit_mixed
-from wmhseg.stats.settings import AnalysisSettings, SettingsError
-from wmhseg.stats.study_data import StudyData, build_dataset, classify_survival
-from wmhseg.stats.survival import SurvivalResult, run_survival
-from wmhseg.stats.tables import (
-    TableError,
-    check_clinical,
-    check_volumes,
-    load_clinical,
-    load_volumes,
-    read_table,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "AnalysisResult",
-    "AnalysisSettings",
-    "Estimate",
-    "HEADLINE_KEYS",
-    "MixedFit",
-    "SettingsError",
-    "StudyData",
-    "SurvivalResult",
-    "TableError",
-    "analyze",
-    "build_dataset",
-    "check_clinical",
-    "check_volumes",
-    "classify_survival",
-    "fit_mixed",
-    "fit_study_models",
-    "load_clinical",
-    "load_volumes",
-    "read_table",
-    "run_analysis",
-    "run_survival",
-    "write_outputs",
-]
+# name -> module; the modules load on first use, so that importing the settings (or --help) stays cheap
+_EXPORTS = {
+    "AnalysisResult": "analysis", "analyze": "analysis", "run_analysis": "analysis", "write_outputs": "analysis",
+    "StudyData": "study_data", "build_dataset": "study_data", "classify_survival": "study_data",
+    "Estimate": "mixed", "MixedFit": "mixed", "fit_mixed": "mixed",
+    "HEADLINE_KEYS": "headline_models", "fit_study_models": "headline_models",
+    "AnalysisSettings": "settings", "SettingsError": "settings",
+    "SurvivalResult": "survival", "run_survival": "survival",
+    "TableError": "tables", "check_clinical": "tables", "check_volumes": "tables", "load_clinical": "tables",
+    "load_volumes": "tables", "read_table": "tables",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

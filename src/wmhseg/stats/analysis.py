@@ -29,14 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from scipy import stats
 
 from wmhseg.io import atomic_write_csv, atomic_write_json, atomic_write_text
-from wmhseg.stats.cox import CoxFit
-from wmhseg.stats.headline_models import HEADLINE_KEYS, MODEL_NAMES, PER_WMH, TIME, fit_study_models
+from wmhseg.stats.headline_models import HEADLINE_KEYS, MODEL_NAMES, fit_study_models
 from wmhseg.stats.mixed import Estimate, MixedFit
+from wmhseg.stats.models_table import MODELS_COLUMNS, models_table
 from wmhseg.stats.sensitivity import Sensitivity, run_sensitivity
-from wmhseg.stats.settings import AnalysisSettings, SettingsError
+from wmhseg.stats.settings import AnalysisSettings, AnalyzeConfig, SettingsError
 from wmhseg.stats.structure import SlopeCheck, check_random_slopes
 from wmhseg.stats.study_data import StudyData, build_dataset
 from wmhseg.stats.survival import SurvivalResult, run_survival
@@ -45,30 +44,6 @@ from wmhseg.stats.tables import check_clinical, check_volumes, load_clinical, lo
 __all__ = ["AnalysisResult", "run_analysis", "write_outputs", "analyze", "MODELS_COLUMNS"]
 
 log = logging.getLogger(__name__)
-
-MODELS_COLUMNS = [
-    "model",
-    "term",
-    "estimate",
-    "std_err",
-    "df",
-    "ci_low",
-    "ci_high",
-    "p_value",
-    "n_subjects",
-    "n_obs",
-    "converged",
-    "optimizer",
-    "method",
-    "kind",
-    "formula",
-    "hazard_ratio",
-    "hr_ci_low",
-    "hr_ci_high",
-    "ph_p_value",
-    "note",
-]
-
 
 @dataclass
 class AnalysisResult:
@@ -101,80 +76,7 @@ class AnalysisResult:
 
     def models_table(self) -> pd.DataFrame:
         """The ``models.csv`` content: one row per term of every model."""
-        parts = [fit.table() for fit in self.fits.values()]
-        m2 = self.fits[MODEL_NAMES["wmh_progression_short_vs_long"]]
-        if m2.ok:
-            e = self.headline["wmh_progression_short_vs_long"]
-            parts.append(_row(m2, "contrast", f"{TIME}:cohort[T.short] - {TIME}:cohort[T.long]", e))
-        for key in HEADLINE_KEYS:
-            fit = self.fits[MODEL_NAMES[key]]
-            scale = f" (x{PER_WMH:g}: points per {PER_WMH:g} mm3)" if key.startswith("alsfrs") else ""
-            parts.append(_row(fit, "headline", key, self.headline[key], note=f"headline.json value{scale}"))
-        for check in self.slopes.values():
-            other = check.slope if check.slope.name not in self.fits else check.intercept
-            parts.append(other.table())
-            note = "REML likelihood-ratio test of a random time slope; p from the 50:50 chi2(1):chi2(2) mixture"
-            lrt = pd.DataFrame([{"model": check.slope.name, "term": "random slope LRT", "estimate": check.chi2,
-                                 "p_value": check.p_value, "kind": "lrt", "converged": check.slope.converged,
-                                 "note": check.error or note}])
-            parts.append(lrt)
-        for sens in self.sensitivity:
-            flag = "CONCLUSION CHANGES" if sens.changed else "same conclusion"
-            note = f"{sens.analysis} ({sens.unit}): {sens.alternative} vs headline {sens.headline}: {flag}"
-            parts.append(_row(sens.fit, "sensitivity", sens.key, sens.estimate, note=note))
-        for name, cox in self.survival.cox_models().items():
-            parts.append(_cox_rows(name, cox, self.settings.alpha))
-        table = pd.concat(parts, ignore_index=True)
-        for col in MODELS_COLUMNS:
-            if col not in table.columns:
-                table[col] = pd.NA
-        for col in ("n_subjects", "n_obs"):
-            table[col] = pd.array(pd.to_numeric(table[col]), dtype="Float64").astype("Int64")
-        return table[MODELS_COLUMNS]
-
-
-def _cox_rows(name: str, cox: CoxFit, alpha: float) -> pd.DataFrame:
-    """``models.csv`` rows of a Cox model (estimate = log hazard ratio); one row if not fitted."""
-    base = {"model": name, "n_subjects": cox.n, "n_obs": cox.n, "converged": cox.converged,
-            "optimizer": "newton", "method": "wald", "kind": "cox", "formula": " + ".join(cox.names)}
-    if cox.error:
-        return pd.DataFrame([{**base, "kind": "not fitted", "term": "", "note": cox.error}])
-    terms = cox.to_dict(alpha)["terms"]
-    z = stats.norm.ppf(1 - alpha / 2)
-    rows = []
-    for i, term in enumerate(cox.names):
-        t = terms[term]
-        rows.append({**base, "term": term, "estimate": cox.coef[i], "std_err": cox.std_err[i],
-                     "ci_low": cox.coef[i] - z * cox.std_err[i], "ci_high": cox.coef[i] + z * cox.std_err[i],
-                     "p_value": t["p_value"], "hazard_ratio": t["hazard_ratio"], "hr_ci_low": t["ci_low"],
-                     "hr_ci_high": t["ci_high"], "ph_p_value": t["ph_p_value"],
-                     "note": f"estimate = log hazard ratio; {cox.events} events"})
-    return pd.DataFrame(rows)
-
-
-def _row(fit: MixedFit, kind: str, term: str, e: Estimate, note: str = "") -> pd.DataFrame:
-    return pd.DataFrame(
-        [
-            {
-                "model": fit.name,
-                "term": term,
-                "estimate": e.estimate,
-                "std_err": e.std_err,
-                "df": e.df,
-                "ci_low": e.ci_low,
-                "ci_high": e.ci_high,
-                "p_value": e.p_value,
-                "n_subjects": e.n_subjects,
-                "n_obs": e.n_obs,
-                "converged": fit.converged,
-                "optimizer": fit.optimizer,
-                "method": e.method,
-                "kind": kind,
-                "formula": fit.formula,
-                "note": note,
-            }
-        ]
-    )
+        return models_table(self)
 
 
 def _provenance(
@@ -281,7 +183,7 @@ def _run(vol, clin, settings: AnalysisSettings, sources: dict[str, str], t0: flo
     )
 
 
-def _figures(result: AnalysisResult, fig_dir: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+def _figures(result: AnalysisResult, fig_dir: Path, models: pd.DataFrame) -> tuple[dict[str, Path], dict[str, Path]]:
     """Render each figure once; save it in ``figure_format`` and as PNG. Returns both path maps."""
     from wmhseg.stats.figures import alsfrs_figure, km_figure, save_figure, trajectory_figure
     from wmhseg.stats.forest import forest_figure
@@ -310,7 +212,7 @@ def _figures(result: AnalysisResult, fig_dir: Path) -> tuple[dict[str, Path], di
             fits[MODEL_NAMES["alsfrs_wmh_slope_short_vs_long"]],
         ),
         "kaplan_meier": lambda: km_figure(result.survival.km),
-        "forest_plot": lambda: forest_figure(result.models_table(), st.alpha),
+        "forest_plot": lambda: forest_figure(models, st.alpha),
     }
     paths, pngs = {}, {}
     for name, build in figs.items():
@@ -333,16 +235,17 @@ def write_outputs(result: AnalysisResult, out_dir: str | os.PathLike) -> dict[st
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    models = result.models_table()
     paths: dict[str, Path] = {
         "headline": atomic_write_json(out / "headline.json", result.headline_dict()),
         "survival": atomic_write_json(
             out / "survival.json", result.survival.to_dict(result.settings.cutoff_months, result.settings.alpha)
         ),
-        "models": atomic_write_csv(out / "models.csv", result.models_table()),
+        "models": atomic_write_csv(out / "models.csv", models),
         "left_out": atomic_write_csv(out / "left_out.csv", result.study.left_out),
         "survival_patients": atomic_write_csv(out / "survival_patients.csv", result.survival.patients),
     }
-    figures, pngs = _figures(result, out / "figures") if result.settings.figures else ({}, {})
+    figures, pngs = _figures(result, out / "figures", models) if result.settings.figures else ({}, {})
     paths.update(figures)
     result.seconds["figures"] = time.perf_counter() - t0
     result.provenance = _provenance(result.settings, result.sources, result.seconds)
@@ -369,26 +272,23 @@ def left_out_line(study: StudyData, path: str | os.PathLike) -> str:
     return f"left out: {', '.join(parts)} ({everywhere} of all analyses, the rest of some); listed in {path}"
 
 
-def _config_dict(cfg: Any) -> dict[str, Any]:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-        from omegaconf.errors import MissingMandatoryValue
-    except ImportError:  # a plain mapping needs no OmegaConf
-        return dict(cfg)
+def _config(cfg: Any) -> AnalyzeConfig:
+    """The config as :class:`AnalyzeConfig`, from Hydra's composed config or a plain mapping."""
+    from omegaconf import DictConfig, OmegaConf
+
     if isinstance(cfg, DictConfig):
-        missing = [
-            k for k in ("volumes", "clinical", "out_dir") if k in cfg.keys() and OmegaConf.is_missing(cfg, k)
-        ]
+        missing = [k for k in ("volumes", "clinical", "out_dir") if k in cfg.keys() and OmegaConf.is_missing(cfg, k)]
         if missing:
             raise SettingsError(
                 f"missing required setting{'s' if len(missing) > 1 else ''} "
                 f"{', '.join(missing)} (give e.g. {missing[0]}=PATH on the command line)"
             )
-        try:
-            return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
-        except MissingMandatoryValue as exc:
-            raise SettingsError(f"missing required setting: {exc}") from exc
-    return dict(cfg)
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    conf = AnalyzeConfig.from_mapping(cfg)
+    for key in ("volumes", "clinical", "out_dir"):
+        if getattr(conf, key) in ("???", "", None):
+            raise SettingsError(f"missing required setting {key} (give {key}=PATH on the command line)")
+    return conf
 
 
 def analyze(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -409,18 +309,14 @@ def analyze(cfg: Mapping[str, Any]) -> dict[str, Any]:
     Example:
         >>> analyze({"volumes": "v.csv", "clinical": "c.csv", "out_dir": "out"})  # doctest: +SKIP
     """
-    conf = _config_dict(cfg)
-    for key in ("volumes", "clinical", "out_dir"):
-        if not conf.get(key):
-            raise SettingsError(f"missing required setting {key} (give {key}=PATH on the command line)")
-    settings = AnalysisSettings.from_mapping(conf)
+    conf = _config(cfg)
     t0 = time.perf_counter()
-    vol = load_volumes(conf["volumes"])
-    clin = load_clinical(conf["clinical"])
-    sources = {"volumes": str(conf["volumes"]), "clinical": str(conf["clinical"])}
-    result = _run(vol, clin, settings, sources, t0)
-    paths = write_outputs(result, conf["out_dir"])
-    log.info("analysis written to %s in %.2f s", conf["out_dir"], sum(result.seconds.values()))
+    vol = load_volumes(conf.volumes)
+    clin = load_clinical(conf.clinical)
+    sources = {"volumes": str(conf.volumes), "clinical": str(conf.clinical)}
+    result = _run(vol, clin, conf, sources, t0)
+    paths = write_outputs(result, conf.out_dir)
+    log.info("analysis written to %s in %.2f s", conf.out_dir, sum(result.seconds.values()))
     return {
         "left_out": left_out_line(result.study, paths["left_out"]),
         "headline": result.headline_dict(),

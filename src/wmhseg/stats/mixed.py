@@ -164,13 +164,13 @@ class MixedFit:
         unknown = [t for t in weights if t not in self.params.index]
         if unknown:
             raise KeyError(f"{self.name}: no term {unknown[0]!r}; terms are {list(self.params.index)}")
-        w = pd.Series(0.0, index=self.params.index)
+        w = np.zeros(len(self.params))
         for term, value in weights.items():
-            w[term] = float(value)
-        est = float(w @ self.params) * scale
-        var = float(w @ self.cov.loc[w.index, w.index].to_numpy() @ w)
+            w[self.params.index.get_loc(term)] = float(value)
+        est = float(w @ self.params.to_numpy()) * scale
+        var = float(w @ self.cov.to_numpy() @ w)
         se = float(np.sqrt(var)) * abs(scale) if var >= 0 else float("nan")
-        df = self.inference.df(w.to_numpy()) if self.method == "satterthwaite" else None
+        df = self.inference.df(w) if self.method == "satterthwaite" else None
         if df is not None and not np.isfinite(df):  # the estimate stands; its test does not
             nan = float("nan")
             return Estimate(est, se, None, nan, nan, nan, self.n_subjects, self.n_obs, self.method)
@@ -211,10 +211,12 @@ def _texts(caught: list[warnings.WarningMessage], kinds: tuple[type[Warning], ..
 
 def _design(out: MixedFit, formula: str, data: pd.DataFrame, groups: str, re_formula: str | None) -> Any:
     """statsmodels' ``MixedLM`` of the formula (its design), or None with ``out.error`` set."""
-    import statsmodels.formula.api as smf
+    from statsmodels.regression.mixed_linear_model import (
+        MixedLM,  # not statsmodels.formula.api: it loads every model
+    )
 
     try:
-        model = smf.mixedlm(formula, data, groups=data[groups].to_numpy(), re_formula=re_formula)
+        model = MixedLM.from_formula(formula, data, groups=data[groups].to_numpy(), re_formula=re_formula)
     except Exception as exc:  # formula or design errors from patsy/formulaic
         out.error = f"the model could not be set up: {' '.join(str(exc).split())}"
         return None

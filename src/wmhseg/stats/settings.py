@@ -1,4 +1,11 @@
-"""Analysis settings, checked when built (from keyword arguments or a Hydra/OmegaConf config)."""
+"""Analysis settings: the structured config of ``analyze.py`` (Hydra checks the types and the
+keys) and the checks of the values, run when the settings are built.
+
+:class:`AnalyzeConfig` is the schema ``configs/analyze.yaml`` extends (registered in Hydra's
+ConfigStore by :mod:`wmhseg.config_store`): an unknown key or a value of the wrong type is
+reported by Hydra/OmegaConf, naming the key. The values are checked when the dataclass is built
+(``OmegaConf.to_object`` or keyword arguments): a bad choice names the closest allowed value.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +15,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from wmhseg.errors import InputError
+from omegaconf import MISSING
 
-__all__ = ["SettingsError", "AnalysisSettings", "REPORT_FORMATS", "FIGURE_FORMATS", "INFERENCE_METHODS"]
+from wmhseg.errors import InputError, check_known_keys
+
+__all__ = ["SettingsError", "AnalysisSettings", "AnalyzeConfig", "REPORT_FORMATS", "FIGURE_FORMATS",
+           "INFERENCE_METHODS"]
 
 REPORT_FORMATS = ("md", "html")
 INFERENCE_METHODS = ("satterthwaite", "wald")
 FIGURE_FORMATS = ("png", "svg", "pdf")
-_BUILTIN_COVARIATES = ("age", "sex")
+_RESERVED = frozenset({"subject_id", "session_id", "wmh_mm3", "alsfrs_r", "years_since_baseline", "group",
+                       "survival_months", "event", "cohort", "survival_group"})
 
 
 class SettingsError(InputError):
@@ -31,7 +42,38 @@ def _choice(name: str, value: Any, allowed: Sequence[str]) -> str:
     return text
 
 
-@dataclass(frozen=True)
+def _number(name: str, value: Any, low: float, high: float, what: str) -> float:
+    """``value`` as a float strictly between ``low`` and ``high``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and low < number < high):
+        raise SettingsError(f"{name}={value!r}: {what}")
+    return number
+
+
+def _integer(name: str, value: Any, low: int, high: float = math.inf) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        bound = f">= {low}" if high == math.inf else f"between {low} and {high:g}"
+        raise SettingsError(f"{name}={value!r}: must be an integer {bound}")
+    return value
+
+
+def _covariates(value: Any) -> tuple[str, ...]:
+    covs = () if value is None else value
+    if isinstance(covs, str):
+        covs = [c.strip() for c in covs.split(",") if c.strip()]
+    covs = tuple(str(c) for c in covs)
+    if len(set(covs)) != len(covs):
+        raise SettingsError(f"covariates={list(covs)}: a covariate is listed twice")
+    bad = [c for c in covs if c in _RESERVED or not c.isidentifier()]
+    if bad:
+        raise SettingsError(f"covariates={list(covs)}: {bad[0]!r} cannot be a covariate")
+    return covs
+
+
+@dataclass
 class AnalysisSettings:
     """How the analysis runs.
 
@@ -52,6 +94,9 @@ class AnalysisSettings:
         figure_format: ``png``, ``svg`` or ``pdf``; ``figure_dpi``: resolution of PNGs.
         report_format: ``md`` or ``html``.
 
+    Raises:
+        SettingsError: a value is out of range or not one of the choices (named).
+
     Example:
         >>> AnalysisSettings(cutoff_months=18, covariates=["age"]).covariates
         ('age',)
@@ -71,86 +116,46 @@ class AnalysisSettings:
     report_format: str = "md"
 
     def __post_init__(self) -> None:
-        try:
-            cutoff = float(self.cutoff_months)
-        except (TypeError, ValueError):
-            cutoff = math.nan
-        if not math.isfinite(cutoff) or cutoff <= 0:
-            raise SettingsError(f"cutoff_months={self.cutoff_months!r}: must be a positive number of months")
-        object.__setattr__(self, "cutoff_months", cutoff)
-        covs = self.covariates
-        if covs is None:
-            covs = ()
-        if isinstance(covs, str):
-            covs = tuple(c.strip() for c in covs.split(",") if c.strip())
-        covs = tuple(str(c) for c in covs)
-        if len(set(covs)) != len(covs):
-            raise SettingsError(f"covariates={list(covs)}: a covariate is listed twice")
-        reserved = {
-            "subject_id",
-            "session_id",
-            "wmh_mm3",
-            "alsfrs_r",
-            "years_since_baseline",
-            "group",
-            "survival_months",
-            "event",
-            "cohort",
-            "survival_group",
-        }
-        bad = [c for c in covs if c in reserved or not c.isidentifier()]
-        if bad:
-            raise SettingsError(f"covariates={list(covs)}: {bad[0]!r} cannot be a covariate")
-        object.__setattr__(self, "covariates", covs)
-        try:
-            alpha = float(self.alpha)
-        except (TypeError, ValueError):
-            alpha = math.nan
-        if not 0.0 < alpha < 1.0:
-            raise SettingsError(f"alpha={self.alpha!r}: must be between 0 and 1 (e.g. 0.05)")
-        object.__setattr__(self, "alpha", alpha)
+        months = "must be a positive number of months"
+        self.cutoff_months = _number("cutoff_months", self.cutoff_months, 0.0, math.inf, months)
+        self.covariates = _covariates(self.covariates)
+        self.alpha = _number("alpha", self.alpha, 0.0, 1.0, "must be between 0 and 1 (e.g. 0.05)")
         for name in ("random_slope", "figures"):
             if not isinstance(getattr(self, name), bool):
                 raise SettingsError(f"{name}={getattr(self, name)!r}: must be true or false")
-        object.__setattr__(
-            self, "figure_format", _choice("figure_format", self.figure_format, FIGURE_FORMATS)
-        )
-        object.__setattr__(
-            self, "report_format", _choice("report_format", self.report_format, REPORT_FORMATS)
-        )
-        object.__setattr__(self, "inference", _choice("inference", self.inference, INFERENCE_METHODS))
-        try:
-            landmark = float(self.landmark_months)
-        except (TypeError, ValueError):
-            landmark = math.nan
-        if not math.isfinite(landmark) or landmark <= 0:
-            raise SettingsError(f"landmark_months={self.landmark_months!r}: must be a positive number of months")
-        object.__setattr__(self, "landmark_months", landmark)
-        for name, low in (("bootstrap_samples", 0), ("seed", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise SettingsError(f"{name}={value!r}: must be an integer >= {low}")
-        if (
-            not isinstance(self.figure_dpi, int)
-            or isinstance(self.figure_dpi, bool)
-            or not 20 <= self.figure_dpi <= 1200
-        ):
-            raise SettingsError(f"figure_dpi={self.figure_dpi!r}: must be an integer between 20 and 1200")
+        self.figure_format = _choice("figure_format", self.figure_format, FIGURE_FORMATS)
+        self.report_format = _choice("report_format", self.report_format, REPORT_FORMATS)
+        self.inference = _choice("inference", self.inference, INFERENCE_METHODS)
+        self.landmark_months = _number("landmark_months", self.landmark_months, 0.0, math.inf, months)
+        self.bootstrap_samples = _integer("bootstrap_samples", self.bootstrap_samples, 0)
+        self.seed = _integer("seed", self.seed, 0)
+        self.figure_dpi = _integer("figure_dpi", self.figure_dpi, 20, 1200)
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> AnalysisSettings:
-        """Build from a config mapping; keys that are not settings (paths, ``hydra``) are ignored."""
-        names = {f.name for f in fields(cls)}
-        kwargs = {k: cfg[k] for k in names if k in cfg}
-        if (
-            "covariates" in kwargs
-            and kwargs["covariates"] is not None
-            and not isinstance(kwargs["covariates"], str)
-        ):
-            kwargs["covariates"] = tuple(kwargs["covariates"])
-        return cls(**kwargs)
+        """Build from a mapping of settings; an unknown key is an error naming the closest setting.
+
+        Keys of :class:`AnalyzeConfig` that are not settings (the paths) and ``hydra`` are skipped.
+        """
+        try:
+            check_known_keys([k for k in cfg if k != "hydra"], [f.name for f in fields(AnalyzeConfig)], "analysis")
+        except InputError as exc:
+            raise SettingsError(str(exc)) from None
+        return cls(**{f.name: cfg[f.name] for f in fields(cls) if f.name in cfg})
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)
-        }
+        """The settings (not the paths) as plain values, in field order."""
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in fields(AnalysisSettings)}
+
+
+@dataclass
+class _Inputs:
+    volumes: str = MISSING
+    clinical: str = MISSING
+    out_dir: str = MISSING
+
+
+@dataclass
+class AnalyzeConfig(AnalysisSettings, _Inputs):
+    """``analyze.py``'s config: the two tables, the output folder (``???`` until given) and the settings."""
