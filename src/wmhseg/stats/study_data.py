@@ -108,6 +108,96 @@ def _extra_covariate(clinical: pd.DataFrame, name: str, source: str) -> pd.Serie
     return col.astype(str).str.strip().astype("category")
 
 
+_LEDGER_COLUMNS = ["table", "line", "subject_id", "session_id", "left_out_of", "reason"]
+_KEYS = ["subject_id", "session_id"]
+
+
+class _Ledger:
+    """The rows left out of some analysis, and why."""
+
+    def __init__(self) -> None:
+        self.parts: list[pd.DataFrame] = []
+
+    def record(self, frame: pd.DataFrame, table: str, scope: str, reason: str | pd.Series, line: str = "line") -> None:
+        if len(frame):
+            self.parts.append(pd.DataFrame({
+                "table": table,
+                "line": frame[line].to_numpy(),
+                "subject_id": frame["subject_id"].to_numpy(),
+                "session_id": frame["session_id"].to_numpy(),
+                "left_out_of": scope,
+                "reason": reason if isinstance(reason, str) else reason.to_numpy(),
+            }))
+
+    def frame(self) -> pd.DataFrame:
+        return pd.concat(self.parts, ignore_index=True) if self.parts else pd.DataFrame(columns=_LEDGER_COLUMNS)
+
+
+def _record_unjoined(volumes: VolumeTable, clinical: pd.DataFrame, ledger: _Ledger) -> dict[str, int]:
+    """Ledger the failed scans, scans without a clinical row and clinical rows without a usable scan."""
+    scans, failed = volumes.scans, volumes.failed
+    ledger.record(failed, "volumes", "all analyses",
+                  "status " + failed["status"].astype(str) + ": " + failed["error"].astype(str))
+    clin_keys = pd.MultiIndex.from_frame(clinical[_KEYS])
+    scan_keys = pd.MultiIndex.from_frame(scans[_KEYS])
+    failed_keys = (pd.MultiIndex.from_frame(failed[_KEYS]) if len(failed)
+                   else pd.MultiIndex.from_tuples([], names=_KEYS))
+    no_clin = scans[~scan_keys.isin(clin_keys)]
+    ledger.record(no_clin, "volumes", "all analyses", "no clinical row for this scan")
+    orphan = clinical[~clin_keys.isin(scan_keys)]
+    scan_failed = pd.MultiIndex.from_frame(orphan[_KEYS]).isin(failed_keys)
+    ledger.record(orphan[scan_failed], "clinical", "all analyses", "the scan failed (status not ok)")
+    ledger.record(orphan[~scan_failed], "clinical", "all analyses", "no scan in the volume table")
+    return {
+        "volume_rows": len(scans) + len(failed),
+        "scans_failed": len(failed),
+        "scans_without_clinical": len(no_clin),
+        "clinical_rows": len(clinical),
+        "clinical_without_scan": int((~scan_failed).sum()),
+        "clinical_scan_failed": int(scan_failed.sum()),
+    }
+
+
+def _add_groups(merged: pd.DataFrame, cutoff_months: float) -> np.ndarray:
+    """Survival status and group, cohort, typed ``group`` and ``sex``; returns the ALS mask."""
+    status = classify_survival(merged["survival_months"].to_numpy(), merged["event"].to_numpy(), cutoff_months)
+    is_als = (merged["group"] == "ALS").to_numpy()
+    status = np.where(is_als, status, "control")
+    merged["survival_status"] = status
+    merged["survival_group"] = pd.Categorical(
+        np.where(np.isin(status, ("short", "long")), status, None), categories=["long", "short"]
+    )
+    merged["cohort"] = pd.Categorical(
+        np.where(is_als, merged["survival_group"].astype(object), "control"),
+        categories=["control", "long", "short"],
+    )
+    merged["group"] = pd.Categorical(merged["group"], categories=["control", "ALS"])
+    merged["sex"] = pd.Categorical(merged["sex"], categories=list(SEXES))
+    return is_als
+
+
+def _per_subject(data: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
+    per_subject = ["group", "sex", "age", "survival_months", "event", "survival_status", "survival_group", "cohort",
+                   *extra]
+    subjects = data.groupby("subject_id", sort=False, observed=True)[per_subject].first().reset_index()
+    subjects["n_scans"] = data.groupby("subject_id", sort=False).size().to_numpy()
+    return subjects
+
+
+def _subject_counts(subjects: pd.DataFrame) -> dict[str, int]:
+    als = subjects[subjects["group"] == "ALS"]
+    control = subjects["group"] == "control"
+    counts = {
+        "subjects": len(subjects),
+        "subjects_als": len(als),
+        "subjects_control": int(control.sum()),
+        "controls_with_survival_data": int((control & subjects["survival_months"].notna()).sum()),
+    }
+    for s in SURVIVAL_STATUSES:
+        counts[f"als_{s}"] = int((als["survival_status"] == s).sum())
+    return counts
+
+
 def build_dataset(
     volumes: VolumeTable,
     clinical: pd.DataFrame,
@@ -131,154 +221,34 @@ def build_dataset(
             clinical row.
     """
     covariates = tuple(dict.fromkeys(covariates))
+    extra = [c for c in covariates if c not in ("age", "sex")]
     scans = volumes.scans
-    base = _baseline_rows(clinical)
-    keys = ["subject_id", "session_id"]
-    merged = scans.merge(clinical, on=keys, how="inner", suffixes=("", "_clinical"), validate="one_to_one")
-    ledger: list[pd.DataFrame] = []
-
-    def record(
-        frame: pd.DataFrame, table: str, scope: str, reason: str | pd.Series, line: str = "line"
-    ) -> None:
-        if len(frame):
-            ledger.append(
-                pd.DataFrame(
-                    {
-                        "table": table,
-                        "line": frame[line].to_numpy(),
-                        "subject_id": frame["subject_id"].to_numpy(),
-                        "session_id": frame["session_id"].to_numpy(),
-                        "left_out_of": scope,
-                        "reason": reason if isinstance(reason, str) else reason.to_numpy(),
-                    }
-                )
-            )
-
-    failed = volumes.failed
-    record(
-        failed,
-        "volumes",
-        "all analyses",
-        "status " + failed["status"].astype(str) + ": " + failed["error"].astype(str),
-    )
-    clin_keys = pd.MultiIndex.from_frame(clinical[keys])
-    scan_keys = pd.MultiIndex.from_frame(scans[keys])
-    failed_keys = (
-        pd.MultiIndex.from_frame(failed[keys]) if len(failed) else pd.MultiIndex.from_tuples([], names=keys)
-    )
-    no_clin = scans[~scan_keys.isin(clin_keys)]
-    record(no_clin, "volumes", "all analyses", "no clinical row for this scan")
-    orphan = clinical[~clin_keys.isin(scan_keys)]
-    scan_failed = pd.MultiIndex.from_frame(orphan[keys]).isin(failed_keys)
-    record(orphan[scan_failed], "clinical", "all analyses", "the scan failed (status not ok)")
-    record(orphan[~scan_failed], "clinical", "all analyses", "no scan in the volume table")
+    merged = scans.merge(clinical, on=_KEYS, how="inner", suffixes=("", "_clinical"), validate="one_to_one")
+    ledger = _Ledger()
+    counts = _record_unjoined(volumes, clinical, ledger)
     if merged.empty:
         raise TableError(
             f"{clinical_source}: no row matches a usable scan of {volumes.source} on subject_id and session_id "
             f"({len(scans)} usable scans, {len(clinical)} clinical rows)"
         )
-
-    merged["age"] = base.loc[merged["subject_id"], "age"].to_numpy(dtype=float)
-    for name in covariates:
-        if name in ("age", "sex"):
-            continue
+    merged["age"] = _baseline_rows(clinical).loc[merged["subject_id"], "age"].to_numpy(dtype=float)
+    for name in extra:
         merged[name] = _extra_covariate(merged, name, clinical_source).to_numpy()
-    status = classify_survival(
-        merged["survival_months"].to_numpy(), merged["event"].to_numpy(), cutoff_months
-    )
-    is_als = (merged["group"] == "ALS").to_numpy()
-    status = np.where(is_als, status, "control")
-    merged["survival_status"] = status
-    merged["survival_group"] = pd.Categorical(
-        np.where(np.isin(status, ("short", "long")), status, None), categories=["long", "short"]
-    )
-    merged["cohort"] = pd.Categorical(
-        np.where(is_als, merged["survival_group"].astype(object), "control"),
-        categories=["control", "long", "short"],
-    )
-    merged["group"] = pd.Categorical(merged["group"], categories=["control", "ALS"])
-    merged["sex"] = pd.Categorical(merged["sex"], categories=list(SEXES))
-    unclassified = merged[is_als & ~np.isin(status, ("short", "long"))]
-    record(
-        unclassified,
-        "clinical",
-        "survival-group models and Kaplan-Meier/Cox analyses",
-        unclassified["survival_status"].map(lambda s: _STATUS_TEXT.get(s, s)),
-        line="line_clinical",
-    )
+    is_als = _add_groups(merged, cutoff_months)
+    unclassified = merged[is_als & ~merged["survival_group"].notna().to_numpy()]
+    ledger.record(unclassified, "clinical", "survival-group models and Kaplan-Meier/Cox analyses",
+                  unclassified["survival_status"].map(lambda s: _STATUS_TEXT.get(s, s)), line="line_clinical")
     no_frs = merged[is_als & merged["alsfrs_r"].isna().to_numpy()]
-    record(no_frs, "clinical", "ALSFRS-R models", "no ALSFRS-R score", line="line_clinical")
+    ledger.record(no_frs, "clinical", "ALSFRS-R models", "no ALSFRS-R score", line="line_clinical")
 
-    columns = [
-        "subject_id",
-        "session_id",
-        "years_since_baseline",
-        "wmh_mm3",
-        "n_lesions",
-        "group",
-        "sex",
-        "age",
-        "alsfrs_r",
-        "survival_months",
-        "event",
-        "survival_status",
-        "survival_group",
-        "cohort",
-        *[c for c in covariates if c not in ("age", "sex")],
-    ]
+    columns = ["subject_id", "session_id", "years_since_baseline", "wmh_mm3", "n_lesions", "group", "sex", "age",
+               "alsfrs_r", "survival_months", "event", "survival_status", "survival_group", "cohort", *extra]
     if "icv_mm3" in merged.columns:  # from the volume table, or else the clinical table
         merged["icv_mm3"] = pd.to_numeric(merged["icv_mm3"], errors="coerce")
         columns.append("icv_mm3")
-    data = (
-        merged[columns]
-        .sort_values(["subject_id", "years_since_baseline"], kind="stable")
-        .reset_index(drop=True)
-    )
-    per_subject = [
-        "group",
-        "sex",
-        "age",
-        "survival_months",
-        "event",
-        "survival_status",
-        "survival_group",
-        "cohort",
-        *[c for c in covariates if c not in ("age", "sex")],
-    ]
-    subjects = data.groupby("subject_id", sort=False, observed=True)[per_subject].first().reset_index()
-    subjects["n_scans"] = data.groupby("subject_id", sort=False).size().to_numpy()
-
-    left_out = (
-        pd.concat(ledger, ignore_index=True)
-        if ledger
-        else pd.DataFrame(columns=["table", "line", "subject_id", "session_id", "left_out_of", "reason"])
-    )
-    als_subj = subjects[subjects["group"] == "ALS"]
-    counts = {
-        "volume_rows": len(scans) + len(failed),
-        "scans_failed": len(failed),
-        "scans_without_clinical": len(no_clin),
-        "clinical_rows": len(clinical),
-        "clinical_without_scan": int((~scan_failed).sum()),
-        "clinical_scan_failed": int(scan_failed.sum()),
-        "scans_used": len(data),
-        "subjects": len(subjects),
-        "subjects_als": len(als_subj),
-        "subjects_control": int((subjects["group"] == "control").sum()),
-        "scans_als": int(is_als.sum()),
-        "scans_control": int((~is_als).sum()),
-        "als_scans_without_alsfrs": len(no_frs),
-        "controls_with_survival_data": int(
-            ((subjects["group"] == "control") & subjects["survival_months"].notna()).sum()
-        ),
-    }
-    for s in SURVIVAL_STATUSES:
-        counts[f"als_{s}"] = int((als_subj["survival_status"] == s).sum())
-    return StudyData(
-        scans=data,
-        subjects=subjects,
-        left_out=left_out,
-        counts=counts,
-        covariates=covariates,
-        cutoff_months=float(cutoff_months),
-    )
+    data = merged[columns].sort_values(["subject_id", "years_since_baseline"], kind="stable").reset_index(drop=True)
+    subjects = _per_subject(data, extra)
+    counts |= {"scans_used": len(data), "scans_als": int(is_als.sum()), "scans_control": int((~is_als).sum()),
+               "als_scans_without_alsfrs": len(no_frs)} | _subject_counts(subjects)
+    return StudyData(scans=data, subjects=subjects, left_out=ledger.frame(), counts=counts,
+                     covariates=covariates, cutoff_months=float(cutoff_months))
