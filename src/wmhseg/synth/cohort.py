@@ -43,7 +43,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -246,6 +246,92 @@ def _survival(rng: np.random.Generator, p: CohortParams, classes: np.ndarray, la
     return months, event
 
 
+class _Subjects(NamedTuple):
+    """Per-subject draws: group, age, sex and baseline WMH."""
+
+    is_als: np.ndarray
+    age: np.ndarray
+    male: np.ndarray
+    baseline: np.ndarray
+
+
+def _draw_subjects(rng: np.random.Generator, p: CohortParams, n: int) -> _Subjects:
+    is_als = rng.permutation(np.r_[np.ones(p.n_als, bool), np.zeros(p.n_control, bool)])
+    age = np.clip(rng.normal(p.age_mean, p.age_sd, n), *p.age_range)
+    male = rng.random(n) < np.where(is_als, p.p_male_als, p.p_male_control)
+    log_b = (
+        np.log(p.baseline_wmh_median_mm3)
+        + p.wmh_log_per_year_of_age * (age - 60.0)
+        + p.wmh_log_male * male
+        + rng.normal(0.0, p.baseline_wmh_log_sd, n)
+    )
+    return _Subjects(is_als, age, male, np.exp(log_b))
+
+
+def _prognosis(rng: np.random.Generator, p: CohortParams, is_als: np.ndarray) -> np.ndarray:
+    """Each subject's prognosis class: short, long, censored, unknown (ALS) or '' (controls)."""
+    n = is_als.size
+    classes = np.full(n, "", dtype=object)
+    has_data = is_als & (rng.random(n) < p.p_survival_data)
+    draw = rng.random(n)
+    classes[is_als] = "unknown"
+    classes[has_data & (draw < p.p_short)] = "short"
+    classes[has_data & (draw >= p.p_short) & (draw < p.p_short + p.p_censored_early)] = "censored"
+    classes[has_data & (draw >= p.p_short + p.p_censored_early)] = "long"
+    return classes
+
+
+def _wmh_slopes(p: CohortParams, classes: np.ndarray, is_als: np.ndarray) -> np.ndarray:
+    """Per-subject WMH slopes: the short-minus-long difference and the ALS mean exactly as set."""
+    n_short, n_long = int((classes == "short").sum()), int((classes == "long").sum())
+    n_cls = n_short + n_long
+    dev = np.zeros(classes.size)
+    if n_cls:
+        dev[classes == "short"] = p.short_extra_slope * n_long / n_cls
+        dev[classes == "long"] = -p.short_extra_slope * n_short / n_cls
+    return p.control_slope + is_als * (p.als_extra_slope + dev)
+
+
+def _scans(rng: np.random.Generator, p: CohortParams, subj: _Subjects, slope: np.ndarray, alsfrs_b: np.ndarray,
+           alsfrs_c: np.ndarray, times: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-scan values: subject row, years, visit number, WMH, ALSFRS-R (and whether measured), lesions."""
+    n_visits = np.array([t.size for t in times])
+    row = np.repeat(np.arange(n_visits.size), n_visits)
+    years = np.concatenate(times)
+    wmh = subj.baseline[row] + slope[row] * years + rng.normal(0.0, p.wmh_residual_sd, years.size)
+    wmh = np.clip(wmh, 0.0, None)
+    raw_alsfrs = alsfrs_c[row] + alsfrs_b[row] * wmh / 500.0 + rng.normal(0.0, p.alsfrs_residual_sd, years.size)
+    measured = subj.is_als[row] & (rng.random(years.size) < p.p_alsfrs_measured)
+    return {
+        "row": row, "years": years, "wmh": wmh, "alsfrs": np.clip(np.rint(raw_alsfrs), 0, 48), "measured": measured,
+        "visit": np.concatenate([np.arange(1, k + 1) for k in n_visits]),
+        "n_lesions": np.maximum(rng.poisson(2.0 + wmh / 400.0), (wmh > 0).astype(int)),
+    }
+
+
+def _tables(ids: np.ndarray, subj: _Subjects, sc: dict[str, np.ndarray], months: np.ndarray,
+            event: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The volume table and the clinical table of the scans."""
+    row, years = sc["row"], sc["years"]
+    sessions = np.array([f"ses-{v:02d}" for v in sc["visit"]])
+    volumes = pd.DataFrame({
+        "subject_id": ids[row], "session_id": sessions, "wmh_mm3": np.round(sc["wmh"], 1),
+        "n_lesions": sc["n_lesions"].astype(int), "status": "ok", "error": "",
+    })
+    clinical = pd.DataFrame({
+        "subject_id": ids[row],
+        "session_id": sessions,
+        "group": np.where(subj.is_als[row], "ALS", "control"),
+        "age": np.round(subj.age[row] + years, 1),
+        "sex": np.where(subj.male[row], "M", "F"),
+        "years_since_baseline": np.round(years, 3),
+        "alsfrs_r": pd.array(np.where(sc["measured"], sc["alsfrs"], np.nan), dtype="Int64"),
+        "survival_months": months[row],
+        "event": pd.array(event[row], dtype="Int64"),
+    })
+    return volumes, clinical
+
+
 def simulate_cohort(params: CohortParams | None = None) -> Cohort:
     """Simulate a longitudinal ALS/control cohort with known effects.
 
@@ -263,102 +349,27 @@ def simulate_cohort(params: CohortParams | None = None) -> Cohort:
     p = params if params is not None else CohortParams()
     rng = np.random.default_rng(p.seed)
     n = p.n_als + p.n_control
-    is_als = rng.permutation(np.r_[np.ones(p.n_als, bool), np.zeros(p.n_control, bool)])
-    width = max(4, len(str(n)))
-    subject_ids = np.array([f"sub-{i + 1:0{width}d}" for i in range(n)])
-    age = np.clip(rng.normal(p.age_mean, p.age_sd, n), *p.age_range)
-    male = rng.random(n) < np.where(is_als, p.p_male_als, p.p_male_control)
-    log_b = (
-        np.log(p.baseline_wmh_median_mm3)
-        + p.wmh_log_per_year_of_age * (age - 60.0)
-        + p.wmh_log_male * male
-        + rng.normal(0.0, p.baseline_wmh_log_sd, n)
-    )
-    baseline = np.exp(log_b)
+    subj = _draw_subjects(rng, p, n)
+    ids = np.array([f"sub-{i + 1:0{max(4, len(str(n)))}d}" for i in range(n)])
     times = _visit_times(rng, p, n)
-    last_visit_months = np.array([12.0 * t[-1] for t in times])
-
-    classes = np.full(n, "", dtype=object)
-    has_data = is_als & (rng.random(n) < p.p_survival_data)
-    draw = rng.random(n)
-    classes[is_als] = "unknown"
-    classes[has_data & (draw < p.p_short)] = "short"
-    classes[has_data & (draw >= p.p_short) & (draw < p.p_short + p.p_censored_early)] = "censored"
-    classes[has_data & (draw >= p.p_short + p.p_censored_early)] = "long"
-    months, event = _survival(rng, p, classes, last_visit_months)
-
-    n_short, n_long = int((classes == "short").sum()), int((classes == "long").sum())
-    n_cls = n_short + n_long
-    dev = np.zeros(n)
-    if n_cls:
-        dev[classes == "short"] = p.short_extra_slope * n_long / n_cls
-        dev[classes == "long"] = -p.short_extra_slope * n_short / n_cls
-    slope = p.control_slope + is_als * (p.als_extra_slope + dev)
-
+    classes = _prognosis(rng, p, subj.is_als)
+    months, event = _survival(rng, p, classes, np.array([12.0 * t[-1] for t in times]))
+    slope = _wmh_slopes(p, classes, subj.is_als)
     alsfrs_b = p.alsfrs_per_500mm3 + (classes == "short") * p.alsfrs_slope_diff_short_vs_long
-    alsfrs_c = (
-        p.alsfrs_intercept
-        + p.alsfrs_age_per_year * (age - 60.0)
-        + p.alsfrs_male * male
-        + rng.normal(0.0, p.alsfrs_subject_sd, n)
-    )
-
-    n_visits = np.array([t.size for t in times])
-    row_subj = np.repeat(np.arange(n), n_visits)
-    years = np.concatenate(times)
-    visit_no = np.concatenate([np.arange(1, k + 1) for k in n_visits])
-    wmh = baseline[row_subj] + slope[row_subj] * years + rng.normal(0.0, p.wmh_residual_sd, years.size)
-    wmh = np.clip(wmh, 0.0, None)
-    raw_alsfrs = (
-        alsfrs_c[row_subj]
-        + alsfrs_b[row_subj] * wmh / 500.0
-        + rng.normal(0.0, p.alsfrs_residual_sd, years.size)
-    )
-    alsfrs = np.clip(np.rint(raw_alsfrs), 0, 48)
-    measured = is_als[row_subj] & (rng.random(years.size) < p.p_alsfrs_measured)
-    n_lesions = np.maximum(rng.poisson(2.0 + wmh / 400.0), (wmh > 0).astype(int))
-
-    sessions = np.array([f"ses-{v:02d}" for v in visit_no])
-    volumes = pd.DataFrame(
-        {
-            "subject_id": subject_ids[row_subj],
-            "session_id": sessions,
-            "wmh_mm3": np.round(wmh, 1),
-            "n_lesions": n_lesions.astype(int),
-            "status": "ok",
-            "error": "",
-        }
-    )
-    clinical = pd.DataFrame(
-        {
-            "subject_id": subject_ids[row_subj],
-            "session_id": sessions,
-            "group": np.where(is_als[row_subj], "ALS", "control"),
-            "age": np.round(age[row_subj] + years, 1),
-            "sex": np.where(male[row_subj], "M", "F"),
-            "years_since_baseline": np.round(years, 3),
-            "alsfrs_r": pd.array(np.where(measured, alsfrs, np.nan), dtype="Int64"),
-            "survival_months": months[row_subj],
-            "event": pd.array(event[row_subj], dtype="Int64"),
-        }
-    )
-    subjects = pd.DataFrame(
-        {
-            "subject_id": subject_ids,
-            "group": np.where(is_als, "ALS", "control"),
-            "age": age,
-            "sex": np.where(male, "M", "F"),
-            "n_visits": n_visits,
-            "baseline_wmh_mm3": baseline,
-            "wmh_slope": slope,
-            "prognosis": np.where(is_als, classes, ""),
-            "alsfrs_intercept": np.where(is_als, alsfrs_c, np.nan),
-            "alsfrs_per_500mm3": np.where(is_als, alsfrs_b, np.nan),
-        }
-    )
+    alsfrs_c = (p.alsfrs_intercept + p.alsfrs_age_per_year * (subj.age - 60.0) + p.alsfrs_male * subj.male
+                + rng.normal(0.0, p.alsfrs_subject_sd, n))
+    sc = _scans(rng, p, subj, slope, alsfrs_b, alsfrs_c, times)
+    volumes, clinical = _tables(ids, subj, sc, months, event)
+    is_als = subj.is_als
+    subjects = pd.DataFrame({
+        "subject_id": ids, "group": np.where(is_als, "ALS", "control"), "age": subj.age,
+        "sex": np.where(subj.male, "M", "F"), "n_visits": np.array([t.size for t in times]),
+        "baseline_wmh_mm3": subj.baseline, "wmh_slope": slope, "prognosis": np.where(is_als, classes, ""),
+        "alsfrs_intercept": np.where(is_als, alsfrs_c, np.nan), "alsfrs_per_500mm3": np.where(is_als, alsfrs_b, np.nan),
+    })
     # Model 3 pools every ALS visit with a score; its slope is the visit-weighted mean.
-    als_rows = measured
-    pooled = float(np.mean(alsfrs_b[row_subj][als_rows])) if als_rows.any() else p.alsfrs_per_500mm3
+    measured = sc["measured"]
+    pooled = float(np.mean(alsfrs_b[sc["row"]][measured])) if measured.any() else p.alsfrs_per_500mm3
     truth = {
         "wmh_progression_als_vs_control": float(p.als_extra_slope),
         "wmh_progression_short_vs_long": float(p.short_extra_slope),
