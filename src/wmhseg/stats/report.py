@@ -50,58 +50,63 @@ def _verdict(e: Estimate, alpha: float) -> str:
     return "significant" if e.p_value < alpha else "not significant"
 
 
-def headline_sentences(result: AnalysisResult) -> dict[str, str]:
-    """One sentence per headline, keyed like ``headline.json``."""
-    a = result.settings.alpha
-    h = result.headline
-    out: dict[str, str] = {}
-    fits = result.fits
-    counts = result.study.counts
+def _faster(e: Estimate) -> str:
+    return "faster" if e.estimate >= 0 else "slower"
 
-    def unavailable(key: str) -> str | None:
-        fit = fits[MODEL_NAMES[key]]
-        if not np.isfinite(h[key].estimate):
-            return f"{key}: could not be estimated, because {fit.error or 'the model gave no estimate'}."
-        if not np.isfinite(h[key].std_err) or not np.isfinite(h[key].p_value):
-            why = (
-                "the model did not converge"
-                if not fit.converged
-                else "its variance is not positive"
-                if not np.isfinite(h[key].std_err)
-                else "the Satterthwaite degrees of freedom could not be computed (a singular fit?)"
-            )
-            return (
-                f"{key}: estimate {h[key].estimate:,.3g}, but its standard error and p-value could not be "
-                f"estimated ({why}; {'; '.join(fit.attempts) or 'no optimizer ran'})."
-            )
-        return None
 
-    e = h["wmh_progression_als_vs_control"]
-    out["wmh_progression_als_vs_control"] = unavailable("wmh_progression_als_vs_control") or (
-        f"WMH volume grew {abs(e.estimate):,.1f} mm³/year {'faster' if e.estimate >= 0 else 'slower'} in ALS "
+# each headline's sentence from its estimate ``e``, the study counts ``c`` and alpha ``a``
+_SENTENCES = {
+    "wmh_progression_als_vs_control": lambda e, c, a: (
+        f"WMH volume grew {abs(e.estimate):,.1f} mm³/year {_faster(e)} in ALS "
         f"patients than in controls ({_ci(e, 1, a)}; {_verdict(e, a)} at α = {a:g}), from {e.n_subjects} "
-        f"participants ({counts['subjects_als']} ALS, {counts['subjects_control']} controls) and {e.n_obs} scans."
-    )
-    e = h["wmh_progression_short_vs_long"]
-    out["wmh_progression_short_vs_long"] = unavailable("wmh_progression_short_vs_long") or (
-        f"WMH volume grew {abs(e.estimate):,.1f} mm³/year {'faster' if e.estimate >= 0 else 'slower'} in short "
+        f"participants ({c['subjects_als']} ALS, {c['subjects_control']} controls) and {e.n_obs} scans."
+    ),
+    "wmh_progression_short_vs_long": lambda e, c, a: (
+        f"WMH volume grew {abs(e.estimate):,.1f} mm³/year {_faster(e)} in short "
         f"survivors than in long survivors (difference of the two time slopes, short minus long; {_ci(e, 1, a)}; "
-        f"{_verdict(e, a)}), from {e.n_subjects} participants ({counts['als_short']} short, {counts['als_long']} "
+        f"{_verdict(e, a)}), from {e.n_subjects} participants ({c['als_short']} short, {c['als_long']} "
         f"long survivors and the controls) and {e.n_obs} scans."
-    )
-    e = h["alsfrs_per_500mm3_wmh"]
-    out["alsfrs_per_500mm3_wmh"] = unavailable("alsfrs_per_500mm3_wmh") or (
+    ),
+    "alsfrs_per_500mm3_wmh": lambda e, c, a: (
         f"In ALS patients, ALSFRS-R was {abs(e.estimate):.2f} points {'lower' if e.estimate < 0 else 'higher'} "
         f"per 500 mm³ more WMH (slope x 500 = {e.estimate:+.2f} points; {_ci(e, 2, a)}; {_verdict(e, a)}), "
         f"from {e.n_subjects} patients and {e.n_obs} visits with an ALSFRS-R score."
-    )
-    e = h["alsfrs_wmh_slope_short_vs_long"]
-    out["alsfrs_wmh_slope_short_vs_long"] = unavailable("alsfrs_wmh_slope_short_vs_long") or (
+    ),
+    "alsfrs_wmh_slope_short_vs_long": lambda e, c, a: (
         f"The ALSFRS-R-vs-WMH slope of short survivors differed from that of long survivors by "
         f"{e.estimate:+.2f} points per 500 mm³ (interaction x 500, short minus long; {_ci(e, 2, a)}; "
         f"{'a significant difference' if _verdict(e, a) == 'significant' else 'no significant difference'}), "
         f"from {e.n_subjects} patients and {e.n_obs} visits."
-    )
+    ),
+}
+
+
+def _unavailable(key: str, e: Estimate, fit) -> str | None:
+    """Why a headline has no estimate, SE or p-value (None when it has them all)."""
+    if not np.isfinite(e.estimate):
+        return f"{key}: could not be estimated, because {fit.error or 'the model gave no estimate'}."
+    if not np.isfinite(e.std_err) or not np.isfinite(e.p_value):
+        why = (
+            "the model did not converge"
+            if not fit.converged
+            else "its variance is not positive"
+            if not np.isfinite(e.std_err)
+            else "the Satterthwaite degrees of freedom could not be computed (a singular fit?)"
+        )
+        return (
+            f"{key}: estimate {e.estimate:,.3g}, but its standard error and p-value could not be "
+            f"estimated ({why}; {'; '.join(fit.attempts) or 'no optimizer ran'})."
+        )
+    return None
+
+
+def headline_sentences(result: AnalysisResult) -> dict[str, str]:
+    """One sentence per headline, keyed like ``headline.json``."""
+    a, counts = result.settings.alpha, result.study.counts
+    out: dict[str, str] = {}
+    for key, sentence in _SENTENCES.items():
+        e = result.headline[key]
+        out[key] = _unavailable(key, e, result.fits[MODEL_NAMES[key]]) or sentence(e, counts, a)
     return out
 
 
@@ -175,8 +180,8 @@ def _models_section(doc: Doc, result: AnalysisResult) -> None:
         else "Wald z tests and normal intervals"
     )
     doc.p(
-        "All models are REML linear mixed models fitted by statsmodels MixedLM; fixed-effect standard errors are "
-        f"lme4's, sigma² (X'V⁻¹X)⁻¹ at the REML estimate, with {tests}; every term is in models.csv."
+        "All models are linear mixed models fitted by REML as lme4 fits them (the profiled REML deviance minimised "
+        f"over the random-effects covariance factor); fixed-effect standard errors are lme4's, sigma² (X'V⁻¹X)⁻¹ at the REML estimate, with {tests}; every term is in models.csv."
     )
     if notes:
         doc.p("Fitting notes and warnings:")
