@@ -19,7 +19,7 @@ from omegaconf import MISSING
 
 from wmhseg.errors import InputError, check_known_keys
 
-__all__ = ["SettingsError", "AnalysisSettings", "AnalyzeConfig", "REPORT_FORMATS", "FIGURE_FORMATS",
+__all__ = ["SettingsError", "AnalysisSettings", "AnalyzeConfig", "register_configs", "REPORT_FORMATS", "FIGURE_FORMATS",
            "INFERENCE_METHODS"]
 
 REPORT_FORMATS = ("md", "html")
@@ -159,3 +159,11 @@ class _Inputs:
 @dataclass
 class AnalyzeConfig(AnalysisSettings, _Inputs):
     """``analyze.py``'s config: the two tables, the output folder (``???`` until given) and the settings."""
+
+
+def register_configs() -> None:
+    """Store :class:`AnalyzeConfig` in Hydra's ConfigStore as ``analyze_schema``, the schema that
+    ``configs/analyze.yaml`` names first in its defaults list."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="analyze_schema", node=AnalyzeConfig)
