@@ -82,10 +82,7 @@ class AnalysisResult:
 def _provenance(
     settings: AnalysisSettings, sources: Mapping[str, str], seconds: Mapping[str, float]
 ) -> dict[str, str]:
-    import matplotlib
-    import numpy
-    import scipy
-    import statsmodels
+    from importlib.metadata import version  # not ``import matplotlib``: a run without figures never loads it
 
     from wmhseg import __version__
 
@@ -94,8 +91,8 @@ def _provenance(
         "clinical table": sources["clinical"],
         "settings": ", ".join(f"{k}={v}" for k, v in settings.as_dict().items()),
         "software": (
-            f"wmhseg {__version__}, statsmodels {statsmodels.__version__}, pandas {pd.__version__}, "
-            f"numpy {numpy.__version__}, scipy {scipy.__version__}, matplotlib {matplotlib.__version__}, "
+            f"wmhseg {__version__}, statsmodels {version('statsmodels')}, pandas {version('pandas')}, "
+            f"numpy {version('numpy')}, scipy {version('scipy')}, matplotlib {version('matplotlib')}, "
             f"Python {platform.python_version()}"
         ),
         "computation time": ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()),

@@ -85,11 +85,13 @@ def _panel(ax, rows: pd.DataFrame, title: str) -> None:
     else:
         pad = 0.08 * (hi - lo or 1.0)
         limits = (lo - pad, hi + pad)
+    est, low, high = (rows[c].to_numpy(dtype=float) for c in ("estimate", "ci_low", "ci_high"))
+    has_ci = np.isfinite(est) & np.isfinite(low) & np.isfinite(high)
+    # one collection of intervals and one marker line per panel, not two artists per row
+    ax.hlines(y[has_ci], np.maximum(low[has_ci], limits[0]), np.minimum(high[has_ci], limits[1]), color="0.25", lw=1.6)
+    shown = np.isfinite(est)
+    ax.plot(np.clip(est[shown], *limits), y[shown], "s", color="#c44e52", ms=6, ls="none")
     for yi, r in zip(y, rows.itertuples(), strict=True):
-        if np.isfinite(r.estimate):
-            if np.isfinite(r.ci_low) and np.isfinite(r.ci_high):
-                ax.plot([max(r.ci_low, limits[0]), min(r.ci_high, limits[1])], [yi, yi], color="0.25", lw=1.6)
-            ax.plot([np.clip(r.estimate, *limits)], [yi], "s", color="#c44e52", ms=6)
         ax.text(1.02, yi, _text(r), transform=ax.get_yaxis_transform(), va="center", fontsize=8)
     ax.axvline(rows["null"].iloc[0], color="0.5", ls="--", lw=1)
     if log:

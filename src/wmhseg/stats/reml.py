@@ -58,6 +58,23 @@ class Gls(NamedTuple):
     rss: float
 
 
+def _spd_solve(a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray]:
+    """``sum_g log|a_g|`` and ``a_g^-1 b_g`` for a stack of small positive definite ``a_g`` (g x q x q).
+
+    In closed form for q = 1 and 2 (a random intercept, and with a slope): LAPACK's batched solve
+    costs about ten times as much per 1 x 1 or 2 x 2 system, and these solves are most of a fit.
+    """
+    q = a.shape[1]
+    if q == 1:
+        return float(np.log(a[:, 0, 0]).sum()), b / a
+    if q == 2:
+        det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
+        inv = np.stack([np.stack([a[:, 1, 1], -a[:, 0, 1]], -1), np.stack([-a[:, 1, 0], a[:, 0, 0]], -1)], -2)
+        return float(np.log(det).sum()), inv @ b / det[:, None, None]
+    _, logdet = np.linalg.slogdet(a)
+    return float(logdet.sum()), np.linalg.solve(a, b)
+
+
 class RemlProblem:
     """A mixed model's data reduced to per-participant sums.
 
@@ -113,8 +130,8 @@ class RemlProblem:
         low = self.lower(theta)
         a = np.eye(self.q) + np.einsum("ji,gjk,kl->gil", low, self._zz, low)
         b = np.einsum("ji,gjk->gik", low, self._zxy)
-        _, logdet_a = np.linalg.slogdet(a)
-        quad = self._full - np.einsum("gki,gkj->ij", b, np.linalg.solve(a, b))
+        logdet_a, a_inv_b = _spd_solve(a, b)
+        quad = self._full - np.einsum("gki,gkj->ij", b, a_inv_b)
         p = self.p
         qtvq, qtvy, ytvy = quad[:p, :p], quad[:p, p], quad[p, p]
         gamma = np.linalg.solve(qtvq, qtvy)
@@ -124,7 +141,7 @@ class RemlProblem:
             raise np.linalg.LinAlgError("X'V^-1 X is not positive definite")
         r_inv = np.linalg.inv(self._r)
         xtvx_inv = r_inv @ np.linalg.inv(qtvq) @ r_inv.T
-        return Gls(float(logdet_a.sum()), logdet_q + self._logdet_r, xtvx_inv, beta, float(ytvy - gamma @ qtvy))
+        return Gls(logdet_a, logdet_q + self._logdet_r, xtvx_inv, beta, float(ytvy - gamma @ qtvy))
 
     def sigma(self, theta: np.ndarray) -> float:
         """The REML residual SD at ``theta``: ``sqrt(r'V^-1 r / (n - p))``."""
