@@ -51,15 +51,8 @@ import pandas as pd
 from wmhseg.io import atomic_write_csv, atomic_write_json
 from wmhseg.stats.tables import CLINICAL_COLUMNS
 
-__all__ = [
-    "CohortParams",
-    "Cohort",
-    "simulate_cohort",
-    "write_cohort",
-    "VOLUME_COLUMNS",
-    "CLINICAL_COLUMNS",
-    "params_dict",
-]
+__all__ = ["CohortParams", "Cohort", "simulate_cohort", "write_cohort", "VOLUME_COLUMNS", "CLINICAL_COLUMNS",
+           "params_dict"]
 
 VOLUME_COLUMNS = ("subject_id", "session_id", "wmh_mm3", "n_lesions", "status", "error")
 _PROBABILITIES = (
