@@ -50,35 +50,38 @@ def _verdict(e: Estimate, alpha: float) -> str:
     return "significant" if e.p_value < alpha else "not significant"
 
 
-def _faster(e: Estimate) -> str:
-    return "faster" if e.estimate >= 0 else "slower"
-
-
-# each headline's sentence from its estimate ``e``, the study counts ``c`` and alpha ``a``
+# each headline's sentence; the fields come from :func:`_sentence_fields`
 _SENTENCES = {
-    "wmh_progression_als_vs_control": lambda e, c, a: (
-        f"WMH volume grew {abs(e.estimate):,.1f} mm³/year {_faster(e)} in ALS "
-        f"patients than in controls ({_ci(e, 1, a)}; {_verdict(e, a)} at α = {a:g}), from {e.n_subjects} "
-        f"participants ({c['subjects_als']} ALS, {c['subjects_control']} controls) and {e.n_obs} scans."
+    "wmh_progression_als_vs_control": (
+        "WMH volume grew {size1} mm³/year {faster} in ALS patients than in controls ({ci1}; {verdict} at α = {alpha}), "
+        "from {n_subjects} participants ({subjects_als} ALS, {subjects_control} controls) and {n_obs} scans."
     ),
-    "wmh_progression_short_vs_long": lambda e, c, a: (
-        f"WMH volume grew {abs(e.estimate):,.1f} mm³/year {_faster(e)} in short "
-        f"survivors than in long survivors (difference of the two time slopes, short minus long; {_ci(e, 1, a)}; "
-        f"{_verdict(e, a)}), from {e.n_subjects} participants ({c['als_short']} short, {c['als_long']} "
-        f"long survivors and the controls) and {e.n_obs} scans."
+    "wmh_progression_short_vs_long": (
+        "WMH volume grew {size1} mm³/year {faster} in short survivors than in long survivors (difference of the two "
+        "time slopes, short minus long; {ci1}; {verdict}), from {n_subjects} participants ({als_short} short, "
+        "{als_long} long survivors and the controls) and {n_obs} scans."
     ),
-    "alsfrs_per_500mm3_wmh": lambda e, c, a: (
-        f"In ALS patients, ALSFRS-R was {abs(e.estimate):.2f} points {'lower' if e.estimate < 0 else 'higher'} "
-        f"per 500 mm³ more WMH (slope x 500 = {e.estimate:+.2f} points; {_ci(e, 2, a)}; {_verdict(e, a)}), "
-        f"from {e.n_subjects} patients and {e.n_obs} visits with an ALSFRS-R score."
+    "alsfrs_per_500mm3_wmh": (
+        "In ALS patients, ALSFRS-R was {size2} points {lower} per 500 mm³ more WMH (slope x 500 = {signed} points; "
+        "{ci2}; {verdict}), from {n_subjects} patients and {n_obs} visits with an ALSFRS-R score."
     ),
-    "alsfrs_wmh_slope_short_vs_long": lambda e, c, a: (
-        f"The ALSFRS-R-vs-WMH slope of short survivors differed from that of long survivors by "
-        f"{e.estimate:+.2f} points per 500 mm³ (interaction x 500, short minus long; {_ci(e, 2, a)}; "
-        f"{'a significant difference' if _verdict(e, a) == 'significant' else 'no significant difference'}), "
-        f"from {e.n_subjects} patients and {e.n_obs} visits."
+    "alsfrs_wmh_slope_short_vs_long": (
+        "The ALSFRS-R-vs-WMH slope of short survivors differed from that of long survivors by {signed} points per "
+        "500 mm³ (interaction x 500, short minus long; {ci2}; {difference}), from {n_subjects} patients and "
+        "{n_obs} visits."
     ),
 }
+
+
+def _sentence_fields(e: Estimate, counts: dict[str, int], alpha: float) -> dict[str, object]:
+    verdict = _verdict(e, alpha)
+    return {
+        **counts, "alpha": f"{alpha:g}", "n_subjects": e.n_subjects, "n_obs": e.n_obs, "verdict": verdict,
+        "size1": f"{abs(e.estimate):,.1f}", "size2": f"{abs(e.estimate):.2f}", "signed": f"{e.estimate:+.2f}",
+        "faster": "faster" if e.estimate >= 0 else "slower", "lower": "lower" if e.estimate < 0 else "higher",
+        "ci1": _ci(e, 1, alpha), "ci2": _ci(e, 2, alpha),
+        "difference": "a significant difference" if verdict == "significant" else "no significant difference",
+    }
 
 
 def _unavailable(key: str, e: Estimate, fit) -> str | None:
@@ -106,15 +109,15 @@ def headline_sentences(result: AnalysisResult) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, sentence in _SENTENCES.items():
         e = result.headline[key]
-        out[key] = _unavailable(key, e, result.fits[MODEL_NAMES[key]]) or sentence(e, counts, a)
+        out[key] = _unavailable(key, e, result.fits[MODEL_NAMES[key]]) or sentence.format(**_sentence_fields(e, counts, a))
     return out
 
 
 def _data_section(doc: Doc, result: AnalysisResult) -> None:
     c = result.study.counts
     s = result.sources
-    doc.h(2, "Data")
-    doc.p(
+    doc.section(
+        "Data",
         f"The volume table ({s['volumes']}) has {c['volume_rows']} rows, of which {c['scans_failed']} have a status "
         f"other than ok and are left out. The clinical table ({s['clinical']}) has {c['clinical_rows']} rows. "
         f"{c['scans_used']} scans of {c['subjects']} participants ({c['subjects_als']} ALS with {c['scans_als']} scans, "
@@ -195,8 +198,8 @@ def _structure_section(doc: Doc, result: AnalysisResult) -> None:
     if not result.slopes:
         return
     a = result.settings.alpha
-    doc.h(2, "Random-effects structure")
-    doc.p(
+    doc.section(
+        "Random-effects structure",
         "The WMH-progression models are fitted with a random intercept per participant (as in the study) and with "
         "a random intercept and time slope; the REML likelihood-ratio test has the boundary-corrected 50:50 "
         f"χ²(1):χ²(2) mixture p-value. The headline uses the {'random-slope' if result.settings.random_slope else 'random-intercept'} "
@@ -220,16 +223,17 @@ def _structure_section(doc: Doc, result: AnalysisResult) -> None:
 
 
 def _sensitivity_section(doc: Doc, result: AnalysisResult) -> None:
-    if not result.sensitivity:
-        return
-    a = result.settings.alpha
-    doc.h(2, "Sensitivity analyses")
-    doc.p(
-        "Each headline re-estimated on log(WMH + 1 mm³), on WMH as % of intracranial volume (when icv_mm3 is "
-        "given) and, for model 3, with years since baseline as a covariate (WMH growth and ALSFRS-R decline share "
-        f"the time axis). A conclusion (significant at α = {a:g} and its sign) that differs from the headline's is "
-        "flagged."
-    )
+    """The headlines under the alternative analyses, each flagged where its conclusion changes."""
+    if result.sensitivity:
+        doc.section("Sensitivity analyses", (
+            "Each headline re-estimated on log(WMH + 1 mm³), on WMH as % of intracranial volume (when icv_mm3 is "
+            "given) and, for model 3, with years since baseline as a covariate (WMH growth and ALSFRS-R decline "
+            f"share the time axis). A conclusion (significant at α = {result.settings.alpha:g} and its sign) that "
+            "differs from the headline's is flagged."))
+        _sensitivity_table(doc, result)
+
+
+def _sensitivity_table(doc: Doc, result: AnalysisResult) -> None:
     rows = [
         {"headline": s.key, "analysis": s.analysis, "unit": s.unit, "estimate": fmt(s.estimate.estimate, 4),
          "CI": f"{fmt(s.estimate.ci_low, 4)} to {fmt(s.estimate.ci_high, 4)}", "p": format_p(s.estimate.p_value),

@@ -27,6 +27,11 @@ class Doc:
     def h(self, level: int, text: str) -> None:
         self.blocks.append(("h", (level, text)))
 
+    def section(self, title: str, text: str) -> None:
+        """A second-level heading and its first paragraph."""
+        self.h(2, title)
+        self.p(text)
+
     def p(self, text: str) -> None:
         self.blocks.append(("p", text))
 

@@ -71,8 +71,8 @@ def survival_section(doc: Doc, result: AnalysisResult) -> None:
     sv = result.survival
     a = result.settings.alpha
     c = sv.counts
-    doc.h(2, "Survival analyses")
-    doc.p(
+    doc.section(
+        "Survival analyses",
         f"{c['patients']} ALS patients have a survival time, an event flag and an analysed scan ({c['events']} "
         f"reached the outcome; {c['short']} short and {c['long']} long survivors, {c['censored_before_cutoff']} "
         f"censored before the cut-off); {c['no_survival_data']} ALS patients have no survival data. Time is counted "
