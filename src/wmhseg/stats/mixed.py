@@ -137,7 +137,8 @@ class MixedFit:
         return self.error is None and len(self.params) > 0
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Fixed-effects prediction ``X beta`` for the rows of ``frame`` (the formula's columns)."""
+        """Fixed-effects prediction ``X beta`` for the rows of ``frame`` (the formula's columns), with the
+        design built as ``MixedLMResults.predict`` builds it."""
         from statsmodels.formula._manager import FormulaManager
 
         exog = FormulaManager().get_matrices(self.model.data.model_spec, frame, pandas=False, prediction=True)
