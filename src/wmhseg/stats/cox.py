@@ -22,6 +22,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from scipy import stats
@@ -118,36 +119,64 @@ class CoxFit:
             return 2.0 * stats.norm.sf(np.abs(self.coef / self.std_err))
 
 
-def _at_or_after(keys: np.ndarray, values: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """For each of ``times``: the column sums of ``values`` over rows whose key is at or after it."""
-    order = np.argsort(keys, kind="stable")
-    suffix = np.cumsum(values[order][::-1], axis=0)[::-1]
-    suffix = np.concatenate([suffix, np.zeros((1, values.shape[1]))])
-    return suffix[np.searchsorted(keys[order], times, side="left")]
+class _Layout(NamedTuple):
+    """What :func:`efron_sums` needs that does not depend on ``beta`` (computed once per data set)."""
+
+    x: np.ndarray  # centred covariates
+    times: np.ndarray  # distinct event times
+    stop_order: np.ndarray
+    stop_at: np.ndarray  # per event time: first row (in stop order) with stop at or after it
+    start_order: np.ndarray | None  # delayed entry only
+    start_at: np.ndarray | None
+    dead: np.ndarray  # event rows, by event time
+    first: np.ndarray  # first of each time's deaths in ``dead``
+    n_dead: np.ndarray
 
 
-def efron_sums(data: CoxData, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per distinct event time ``t``: the score ``sum_dead x - sum_r xbar_r`` (k x p), the Efron
-    information ``sum_r V_r`` (k x p x p) and ``t`` itself (k), ``r = 0..d-1`` over the ``d`` tied
-    deaths whose weights are scaled by ``1 - r/d``. The risk set at ``t`` is ``start < t <= stop``."""
-    x = data.x - data.x.mean(axis=0)
-    n, p = x.shape
-    eta = x @ beta
-    w = np.exp(eta - eta.max())
+def _layout(data: CoxData) -> _Layout:
     times = np.unique(data.stop[data.event == 1])
-    # the moments w, w x, w x x' side by side: one cumulative sum serves all three
-    moments = np.column_stack([w, w[:, None] * x, ((w[:, None] * x)[:, :, None] * x[:, None, :]).reshape(n, p * p)])
-    risk = _at_or_after(data.stop, moments, times)
-    if np.any(data.start >= times[0]):  # delayed entry: remove those who enter at or after t
-        risk = risk - _at_or_after(data.start, moments, times)
+
+    def order_at(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(keys, kind="stable")
+        return order, np.searchsorted(keys[order], times, side="left")
+
+    stop_order, stop_at = order_at(data.stop)
+    start_order, start_at = order_at(data.start) if np.any(data.start >= times[0]) else (None, None)
     dead = np.flatnonzero(data.event == 1)
     dead = dead[np.argsort(data.stop[dead], kind="stable")]
     k = np.searchsorted(times, data.stop[dead])
     first = np.r_[0, np.flatnonzero(np.diff(k)) + 1]
-    died = np.add.reduceat(moments[dead], first, axis=0)
-    x_dead = np.add.reduceat(x[dead], first, axis=0)
-    n_dead = np.diff(np.r_[first, len(dead)])
-    score, info = x_dead, np.zeros((len(times), p, p))
+    return _Layout(data.x - data.x.mean(axis=0), times, stop_order, stop_at, start_order, start_at, dead, first,
+                   np.diff(np.r_[first, len(dead)]))
+
+
+def _at_or_after(order: np.ndarray, at: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Column sums of ``values`` over the rows whose key is at or after each time (``order``, ``at``
+    from :func:`_layout`)."""
+    suffix = np.cumsum(values[order][::-1], axis=0)[::-1]
+    return np.concatenate([suffix, np.zeros((1, values.shape[1]))])[at]
+
+
+def efron_sums(
+    data: CoxData, beta: np.ndarray, layout: _Layout | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per distinct event time ``t``: the score ``sum_dead x - sum_r xbar_r`` (k x p), the Efron
+    information ``sum_r V_r`` (k x p x p) and ``t`` itself (k), ``r = 0..d-1`` over the ``d`` tied
+    deaths whose weights are scaled by ``1 - r/d``. The risk set at ``t`` is ``start < t <= stop``.
+    ``layout`` (from :func:`_layout`) saves recomputing what does not depend on ``beta``."""
+    lay = layout or _layout(data)
+    x = lay.x
+    n, p = x.shape
+    eta = x @ beta
+    w = np.exp(eta - eta.max())
+    # the moments w, w x, w x x' side by side: one cumulative sum serves all three
+    moments = np.column_stack([w, w[:, None] * x, ((w[:, None] * x)[:, :, None] * x[:, None, :]).reshape(n, p * p)])
+    risk = _at_or_after(lay.stop_order, lay.stop_at, moments)
+    if lay.start_order is not None:  # delayed entry: remove those who enter at or after t
+        risk = risk - _at_or_after(lay.start_order, lay.start_at, moments)
+    died = np.add.reduceat(moments[lay.dead], lay.first, axis=0)
+    n_dead = lay.n_dead
+    score, info = np.add.reduceat(x[lay.dead], lay.first, axis=0), np.zeros((len(lay.times), p, p))
     for r in range(int(n_dead.max())):
         active = (r < n_dead).astype(float)
         a = risk - (active * r / n_dead)[:, None] * died  # times with fewer deaths: an unused term
@@ -155,7 +184,7 @@ def efron_sums(data: CoxData, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray,
         second = a[:, 1 + p :].reshape(-1, p, p) / a[:, 0, None, None]
         score = score - active[:, None] * mean
         info = info + active[:, None, None] * (second - mean[:, :, None] * mean[:, None, :])
-    return score, info, times
+    return score, info, lay.times
 
 
 def _km_left(data: CoxData, times: np.ndarray) -> np.ndarray:
@@ -212,8 +241,9 @@ def newton(
     """Newton iterations on the Efron partial likelihood from ``beta`` until the score is below
     ``tol`` per event: ``(beta, information, converged)``."""
     limit = tol * max(data.n_events, 1)
+    layout = _layout(data)
     for _ in range(steps):
-        score, info, _ = efron_sums(data, beta)
+        score, info, _ = efron_sums(data, beta, layout)
         u, imat = score.sum(0), info.sum(0)
         if np.all(np.isfinite(u)) and np.max(np.abs(u), initial=0.0) < limit:
             return beta, imat, bool(np.all(np.isfinite(beta)))
