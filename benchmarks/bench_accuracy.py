@@ -42,9 +42,9 @@ _MONAI_DEFAULT = {"overlap": 0.25, "sw_batch_size": 1, "blend_mode": "gaussian"}
 _MONAI_WINDOW_MM = 96.0  # MONAI's default 96^3 window at 1 mm
 
 
-def _reference_window(spacing: list[float], divisor: int) -> list[int]:
-    """MONAI's default window (96 mm at 1 mm) at ``spacing``, rounded to a multiple of ``divisor``."""
-    return [max(divisor, int(round(_MONAI_WINDOW_MM / s / divisor)) * divisor) for s in spacing]
+def _reference_window(spacing: list[float], divisor: list[int]) -> list[int]:
+    """MONAI's default window (96 mm at 1 mm) at ``spacing``, rounded to a multiple of ``divisor`` per axis."""
+    return [max(d, int(round(_MONAI_WINDOW_MM / s / d)) * d) for s, d in zip(spacing, divisor, strict=True)]
 
 
 def _variants(device: str, fast_bf16: bool, window: list[int]) -> dict[str, dict[str, Any]]:

@@ -8,15 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from wmhseg.schema import CLINICAL_COLUMNS, VOLUME_CORE
 from wmhseg.stats.headline_models import HEADLINE_KEYS
 from wmhseg.stats.study_data import classify_survival
-from wmhseg.synth.cohort import (
-    CLINICAL_COLUMNS,
-    VOLUME_COLUMNS,
-    CohortParams,
-    simulate_cohort,
-    write_cohort,
-)
+from wmhseg.synth.cohort import CohortParams, simulate_cohort, write_cohort
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +20,7 @@ def cohort():
 
 
 def test_schema_and_ids(cohort):
-    assert tuple(cohort.volumes.columns) == VOLUME_COLUMNS
+    assert tuple(cohort.volumes.columns) == VOLUME_CORE
     assert tuple(cohort.clinical.columns) == CLINICAL_COLUMNS
     assert (cohort.volumes["status"] == "ok").all() and (cohort.volumes["error"] == "").all()
     assert cohort.volumes["subject_id"].str.fullmatch(r"sub-\d{4}").all()

@@ -74,7 +74,7 @@ def test_settings_are_validated():
 
 def test_three_layers_recover_the_known_mask(binary_ckpt, lps_case):
     predictor = Predictor.from_checkpoint(binary_ckpt, device="cpu", precision="fp32", roi_size=None)
-    assert predictor.roi_size is None and predictor.size_divisor == 1 and len(predictor.model_id) == 16
+    assert predictor.roi_size is None and predictor.size_divisor == (1, 1, 1) and len(predictor.model_id) == 16
     prepared = prepare_scan(lps_case["t1"], lps_case["flair"], predictor.preprocess_spec)
     assert tuple(prepared.image.shape[1:]) != lps_case["shape"]  # cropped working grid
     working = predictor.predict(prepared.image)

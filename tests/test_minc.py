@@ -10,8 +10,8 @@ import pytest
 from test_infer_helpers import infer_cfg, make_checkpoint, phantom, reorient
 
 from wmhseg.errors import ScanError
+from wmhseg.image_io import load_nifti, read_header
 from wmhseg.inference.runner import infer
-from wmhseg.io import load_nifti, read_header
 from wmhseg.manifest import check_scan, read_bids_folder
 from wmhseg.synth.minc import write_minc1, write_minc2
 

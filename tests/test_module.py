@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader
 
 from wmhseg.errors import InputError
 from wmhseg.metrics import segmentation_metrics
-from wmhseg.models.module import WMHSegModule, _spacing, check_inference_settings, to_plain
+from wmhseg.models.module import WMHSegModule, _spacing, check_inference_settings
+from wmhseg.plain import to_plain
 
 UNET = {"_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 2, "out_channels": 2,
         "channels": [4, 8], "strides": [2], "num_res_units": 0}

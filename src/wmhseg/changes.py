@@ -30,11 +30,11 @@ import pandas as pd
 from scipy import ndimage
 
 from wmhseg.metrics import label_lesions
+from wmhseg.schema import CHANGE_COLUMNS
 
 __all__ = ["CHANGE_CODES", "CHANGE_COLUMNS", "lesion_changes"]
 
 CHANGE_CODES = {"new": 1, "enlarging": 2, "shrinking": 3, "stable": 4}
-CHANGE_COLUMNS = ("lesion", "change", "before_mm3", "after_mm3", "x_vox", "y_vox", "z_vox")
 
 
 def lesion_changes(before: np.ndarray, after: np.ndarray, *, voxel_mm3: float, rel_change: float = 0.25,

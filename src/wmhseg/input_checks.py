@@ -18,6 +18,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from wmhseg.geometry import voxel_sizes
+
 __all__ = [
     "MIN_T1_COVERAGE",
     "COARSE_FACTOR",
@@ -95,7 +97,7 @@ def swapped_contrast_warning(t1: np.ndarray, flair: np.ndarray, t1_path: Path, f
 
 def coarse_voxels_warning(affine: np.ndarray, working_spacing: Sequence[float], path: Path) -> str | None:
     """A warning when a voxel edge of ``path`` exceeds :data:`COARSE_FACTOR` times the working spacing."""
-    sizes = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    sizes = voxel_sizes(affine)
     limit = COARSE_FACTOR * max(float(s) for s in working_spacing)
     if sizes.max() <= limit:
         return None

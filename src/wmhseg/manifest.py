@@ -44,12 +44,13 @@ import numpy as np
 import pandas as pd
 
 from wmhseg.errors import ManifestError, ScanError
-from wmhseg.io import load_nifti, read_header
+from wmhseg.image_io import load_nifti, read_header
 from wmhseg.labels import LabelSpec
+from wmhseg.schema import MANIFEST_OPTIONAL, MANIFEST_REQUIRED
 from wmhseg.xfm import read_linear_transform
 
 __all__ = [
-    "REQUIRED_COLUMNS",
+    "MANIFEST_REQUIRED",
     "Scan",
     "read_manifest",
     "read_csv_manifest",
@@ -59,8 +60,6 @@ __all__ = [
     "validate_scans",
 ]
 
-REQUIRED_COLUMNS = ("subject_id", "session_id", "t1", "flair")
-_OPTIONAL_COLUMNS = ("label", "xfm")
 _BIDS_NO_SESSION = "1"
 _BIDS_KINDS = ("t1", "flair", "label")
 _NII = r"\.(nii(\.gz)?|mnc)$"
@@ -145,18 +144,18 @@ def read_csv_manifest(path: str | os.PathLike) -> list[Scan]:
     except Exception as exc:  # pandas raises ParserError, UnicodeDecodeError, EmptyDataError ...
         raise ManifestError(f"{path}: cannot read the manifest as CSV ({exc})") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    missing = [c for c in MANIFEST_REQUIRED if c not in frame.columns]
     if missing:
         raise ManifestError(
-            f"{path}: missing column(s) {missing}; a manifest needs {list(REQUIRED_COLUMNS)} "
+            f"{path}: missing column(s) {missing}; a manifest needs {list(MANIFEST_REQUIRED)} "
             f"(and optionally 'label', 'xfm'), found {list(frame.columns)}"
         )
-    optional = tuple(c for c in _OPTIONAL_COLUMNS if c in frame.columns)
+    optional = tuple(c for c in MANIFEST_OPTIONAL if c in frame.columns)
     base = path.resolve().parent
     scans: list[Scan] = []
     for i, rec in enumerate(frame.to_dict("records"), start=1):
-        cells = {k: str(rec[k]).strip() for k in (*REQUIRED_COLUMNS, *optional)}
-        empty = [k for k in REQUIRED_COLUMNS if not cells[k]]
+        cells = {k: str(rec[k]).strip() for k in (*MANIFEST_REQUIRED, *optional)}
+        empty = [k for k in MANIFEST_REQUIRED if not cells[k]]
         label, xfm = cells.get("label") or None, cells.get("xfm") or None
         scans.append(
             Scan(

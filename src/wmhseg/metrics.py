@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from wmhseg.schema import METRIC_NAMES
+
 __all__ = [
     "dice",
     "hd95",
@@ -26,7 +28,6 @@ __all__ = [
     "METRIC_NAMES",
 ]
 
-METRIC_NAMES = ("dice", "hd95", "avd", "lesion_recall", "lesion_f1")
 _FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity, as the challenge's fully connected components
 
 

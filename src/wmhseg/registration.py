@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from wmhseg.errors import InputError, ScanError
+from wmhseg.geometry import voxel_sizes
 from wmhseg.xfm import RAS_LPS as _F
 from wmhseg.xfm import itk_matrix
 
@@ -86,7 +87,7 @@ def to_sitk(data: np.ndarray, affine: np.ndarray):
     import SimpleITK as sitk
 
     affine = np.asarray(affine, dtype=np.float64)
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    spacing = voxel_sizes(affine)
     direction = (_F[:3, :3] @ affine[:3, :3]) / spacing
     img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data, dtype=np.float32).transpose(2, 1, 0)))
     img.SetSpacing(tuple(float(s) for s in spacing))

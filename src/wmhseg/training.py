@@ -24,14 +24,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from wmhseg.checkpoint import build_network, load_checkpoint, read_meta
 from wmhseg.errors import InputError, Interrupted
-from wmhseg.io import atomic_write_json
+from wmhseg.files import atomic_write_json
+from wmhseg.geometry import network_divisor
 from wmhseg.labels import LabelSpec
-from wmhseg.models.module import WMHSegModule, to_plain
+from wmhseg.models.module import WMHSegModule
+from wmhseg.plain import to_plain
 
 __all__ = [
     "train",
     "network_config",
-    "network_divisor",
     "check_patch_size",
     "build_module",
     "check_resume_compatible",
@@ -73,25 +74,10 @@ def network_config(net_cfg: DictConfig | Mapping[str, Any], label_spec: LabelSpe
     return config
 
 
-def network_divisor(config: Mapping[str, Any]) -> list[int]:
-    """Per-axis number that patch sizes must be a multiple of for this network (its total stride)."""
-    divisor = [1, 1, 1]
-    strides = config.get("strides")
-    if strides is not None:
-        for s in strides:
-            per_axis = list(s) if isinstance(s, (list, tuple)) else [s] * 3
-            if len(per_axis) != 3:
-                raise InputError(f"model.net.strides={list(strides)!r}: each stride must be a number or three numbers")
-            divisor = [d * int(p) for d, p in zip(divisor, per_axis, strict=True)]
-    elif "blocks_down" in config:
-        divisor = [2 ** (len(config["blocks_down"]) - 1)] * 3
-    return divisor
-
-
 def check_patch_size(patch_size: Any, config: Mapping[str, Any], name: str = "data.patch_size") -> None:
     """Raise :class:`InputError` unless every patch dimension is a multiple of the network's stride."""
     patch = [patch_size] * 3 if isinstance(patch_size, int) else list(patch_size)
-    divisor = network_divisor(config)
+    divisor = network_divisor(config) or (1, 1, 1)
     if len(patch) != 3 or any(int(p) <= 0 or int(p) % d for p, d in zip(patch, divisor, strict=True)):
         raise InputError(
             f"{name}={patch_size!r} must be three positive sizes divisible by {divisor} "

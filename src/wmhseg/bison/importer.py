@@ -36,7 +36,9 @@ import pandas as pd
 from nibabel.processing import resample_from_to
 
 from wmhseg.errors import InputError, ManifestError, ScanError
-from wmhseg.io import atomic_save_nifti, atomic_write_csv, check_safe_id, load_nifti, read_header, same_grid
+from wmhseg.files import atomic_write_csv
+from wmhseg.ids import check_safe_id
+from wmhseg.image_io import atomic_save_nifti, load_nifti, read_header, same_grid
 from wmhseg.xfm import read_linear_transform
 
 __all__ = ["BISON_COLUMNS", "LABEL_KINDS", "ImportResult", "id_regex", "import_bison_run", "write_import"]

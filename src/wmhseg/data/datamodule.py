@@ -40,17 +40,9 @@ from wmhseg.data.synthesis import SynthesisSpec
 from wmhseg.errors import InputError, check_known_keys
 from wmhseg.labels import LabelSpec
 from wmhseg.manifest import Scan, read_manifest, validate_scans
+from wmhseg.plain import to_plain
 
 __all__ = ["WMHDataModule"]
-
-
-def _plain(value: Any) -> Any:
-    """Hydra/OmegaConf containers -> plain dicts and lists (recursively)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _independent_settings(d: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,11 +124,11 @@ class WMHDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
     ) -> None:
         super().__init__()
-        self.preprocess_spec = PreprocessSpec.from_dict(_plain(preprocessing or {}))
-        self.label_spec = LabelSpec.from_dict(_plain(labels or {}))
-        self.augment_spec = AugmentSpec.from_dict(_plain(augmentation or {}))
-        self.synthesis_spec = SynthesisSpec.from_dict(_plain(synthesis or {}))
-        self.independent = _independent_settings(_plain(independent)) if independent else None
+        self.preprocess_spec = PreprocessSpec.from_dict(to_plain(preprocessing or {}))
+        self.label_spec = LabelSpec.from_dict(to_plain(labels or {}))
+        self.augment_spec = AugmentSpec.from_dict(to_plain(augmentation or {}))
+        self.synthesis_spec = SynthesisSpec.from_dict(to_plain(synthesis or {}))
+        self.independent = _independent_settings(to_plain(independent)) if independent else None
         self.patch_size = tuple(int(p) for p in patch_size)
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             raise InputError(f"data.patch_size={list(patch_size)!r} must be three positive sizes")
@@ -157,7 +149,7 @@ class WMHDataModule(L.LightningDataModule):
         if manifest is None and synthetic is None:
             synthetic = {}
         self.manifest = None if manifest is None else str(manifest)
-        self.synthetic = _plain(synthetic) if synthetic is not None else None
+        self.synthetic = to_plain(synthetic) if synthetic is not None else None
         self.data_dir = data_dir
         self.batch_size, self.samples_per_volume = int(batch_size), int(samples_per_volume)
         self.pos_fraction, self.val_fraction = float(pos_fraction), float(val_fraction)

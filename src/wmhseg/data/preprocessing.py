@@ -5,7 +5,7 @@ geometry and intensities the network was trained on. :func:`preprocess_transform
 MONAI dictionary pipeline from it:
 
 1. load T1, FLAIR (and label) with MONAI's ``NibabelReader`` (in parallel threads; MINC files
-   through :func:`wmhseg.io.load_nifti`); NaN/inf voxels become 0;
+   through :func:`wmhseg.image_io.load_nifti`); NaN/inf voxels become 0;
 2. check the T1's alignment with the FLAIR and, per ``spec.register_t1``, correct the T1's affine
    by a rigid registration (:mod:`wmhseg.registration`; the outcome goes to ``"t1_alignment"``);
 3. resample the T1 onto the FLAIR grid through the two affines (skipped when the grids are the
@@ -44,7 +44,8 @@ from monai.transforms import (
 )
 
 from wmhseg.errors import InputError, ScanError, WmhsegError
-from wmhseg.io import is_minc, load_nifti
+from wmhseg.geometry import voxel_sizes
+from wmhseg.image_io import is_minc, load_nifti
 from wmhseg.registration import REGISTER_MODES, align_t1
 
 __all__ = ["PreprocessSpec", "preprocess_transforms", "head_mask", "head_bbox", "PairToImaged", "CropHeadd",
@@ -151,11 +152,6 @@ def head_bbox(mask: np.ndarray, min_fraction: float = 0.01) -> list[tuple[int, i
     return box
 
 
-def _voxel_sizes(affine) -> np.ndarray:
-    a = np.asarray(affine, dtype=np.float64)[:3, :3]
-    return np.sqrt((a * a).sum(0))
-
-
 class RegisterT1d(MapTransform):
     """Check / correct the ``"t1"`` MetaTensor's alignment with ``"flair"`` (:func:`align_t1`).
 
@@ -229,7 +225,7 @@ class CropHeadd(MapTransform):
         if box is None:
             raise ScanError(f"{src.meta.get('filename_or_obj', self.source_key)}: no head found "
                             f"(no voxel above {self.threshold} x the 99th percentile)")
-        margin = np.ceil(self.margin_mm / _voxel_sizes(src.affine) - 1e-6).astype(int)
+        margin = np.ceil(self.margin_mm / voxel_sizes(src.affine) - 1e-6).astype(int)
         shape = src.shape[1:]
         start = [max(0, b[0] - m) for b, m in zip(box, margin, strict=True)]
         stop = [min(n, b[1] + m) for b, m, n in zip(box, margin, shape, strict=True)]
@@ -280,7 +276,7 @@ def meta_tensor(data: np.ndarray, affine: np.ndarray, path) -> MetaTensor:
 
 
 class LoadFilesd(MapTransform):
-    """Load NIfTI files with MONAI's ``NibabelReader`` (MINC files with :func:`wmhseg.io.load_nifti`,
+    """Load NIfTI files with MONAI's ``NibabelReader`` (MINC files with :func:`wmhseg.image_io.load_nifti`,
     which MONAI's readers cannot open), the keys in parallel threads.
 
     Decompressing ``.nii.gz`` dominates preprocessing time and zlib releases the GIL, so the

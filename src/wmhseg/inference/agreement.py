@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wmhseg.io import atomic_path
+from wmhseg.files import atomic_path
 
 __all__ = ["icc", "bland_altman", "bland_altman_plot", "volume_agreement"]
 

@@ -33,10 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wmhseg.io import atomic_save_nifti
+from wmhseg.geometry import voxel_sizes
+from wmhseg.image_io import atomic_save_nifti
 
-__all__ = ["voxel_mapping", "footprint_factors", "resample_to_grid", "partial_volume_mask", "write_mask",
-           "voxel_sizes"]
+__all__ = ["voxel_mapping", "footprint_factors", "resample_to_grid", "partial_volume_mask", "write_mask"]
 
 _INTEGER_TOL = 1e-4
 _SLAB = 24  # native slices sampled at once by the general path (bounds the sampling grid's memory)
@@ -56,12 +56,6 @@ def voxel_mapping(src_affine: np.ndarray, dst_affine: np.ndarray) -> np.ndarray:
     return np.linalg.inv(np.asarray(src_affine, np.float64)) @ np.asarray(dst_affine, np.float64)
 
 
-def voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size in mm along each array axis (column norms of the affine's 3x3 part)."""
-    a = np.asarray(affine, np.float64)[:3, :3]
-    return tuple(float(v) for v in np.sqrt((a**2).sum(axis=0)))  # type: ignore[return-value]
-
-
 def footprint_factors(mapping: np.ndarray) -> tuple[int, int, int]:
     """Samples per destination axis that cover a destination voxel's footprint on the source grid.
 
@@ -72,7 +66,7 @@ def footprint_factors(mapping: np.ndarray) -> tuple[int, int, int]:
         >>> footprint_factors(voxel_mapping(np.eye(4), np.diag([0.9, 0.9, 3.0, 1.0])))
         (1, 1, 3)
     """
-    lengths = np.sqrt((np.asarray(mapping, np.float64)[:3, :3] ** 2).sum(axis=0))
+    lengths = voxel_sizes(mapping)  # the native voxel's edges in working voxels
     return tuple(max(1, int(np.ceil(n - _INTEGER_TOL))) for n in lengths)  # type: ignore[return-value]
 
 

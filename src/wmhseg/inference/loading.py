@@ -1,6 +1,6 @@
 """Layer 1 of inference: read and check a scan's files, then the training preprocessing.
 
-Each file is read once with :func:`wmhseg.io.load_volume` (which catches missing, truncated,
+Each file is read once with :func:`wmhseg.image_io.load_volume` (which catches missing, truncated,
 corrupt and non-3-D files and repairs a minority of NaN voxels, reporting them as warnings); the
 arrays then go through :func:`wmhseg.data.preprocessing.preprocess_transforms` without its own
 loading step, so inference sees exactly the training geometry and intensities. Torch-light and
@@ -26,13 +26,13 @@ import torch
 
 from wmhseg.data.preprocessing import PreprocessSpec, meta_tensor
 from wmhseg.errors import ScanError
+from wmhseg.image_io import load_nifti, load_volume
 from wmhseg.input_checks import (
     coarse_voxels_warning,
     orientation_warning,
     swapped_contrast_warning,
     t1_coverage_warning,
 )
-from wmhseg.io import load_nifti, load_volume
 from wmhseg.labels import LabelSpec
 
 __all__ = ["PreparedScan", "prepare_scan", "preloaded_transforms"]
@@ -75,7 +75,7 @@ def _check_image(data: np.ndarray, path: Path) -> None:
 def preloaded_transforms(spec: PreprocessSpec) -> Callable[[dict], dict]:
     """The training preprocessing of ``spec`` for images already loaded as channel-first MetaTensors.
 
-    :func:`prepare_scan` reads each file once with :func:`wmhseg.io.load_volume` (which catches
+    :func:`prepare_scan` reads each file once with :func:`wmhseg.image_io.load_volume` (which catches
     truncated files and reports repaired NaNs), so the pipeline's own loading step is skipped.
     """
     from monai.transforms import Compose, LoadImaged

@@ -50,9 +50,11 @@ import torch
 
 from wmhseg.changes import lesion_changes
 from wmhseg.errors import InputError, WmhsegError
+from wmhseg.files import atomic_write_csv, atomic_write_json
+from wmhseg.image_io import atomic_save_nifti
 from wmhseg.inference.loading import PreparedScan
 from wmhseg.inference.predictor import Predictor, WorkingPrediction
-from wmhseg.inference.records import TIMING_COLUMNS, ResultStore
+from wmhseg.inference.records import ResultStore
 from wmhseg.inference.runner import ScanDataset, process_prepared, process_scans, run_scan
 from wmhseg.inference.subject_space import (
     RegistrationError,
@@ -61,16 +63,14 @@ from wmhseg.inference.subject_space import (
     register_visit,
     to_subject,
 )
-from wmhseg.io import atomic_save_nifti, atomic_write_csv, atomic_write_json
 from wmhseg.manifest import Scan
+from wmhseg.schema import PROGRESSION_COLUMNS, TIMING_COLUMNS
 
 __all__ = ["PROGRESSION_COLUMNS", "LongitudinalSettings", "read_visit_times", "order_visits",
            "segment_subject", "process_longitudinal", "write_progression", "check_supported"]
 
 log = logging.getLogger("wmhseg.infer")
 
-PROGRESSION_COLUMNS = ("subject_id", "n_visits", "years", "wmh_first_mm3", "wmh_last_mm3", "slope_mm3_per_year",
-                       "new_lesions", "new_lesion_mm3", "status", "error")
 
 
 @dataclass

@@ -21,8 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from wmhseg.inference.export import voxel_sizes
-from wmhseg.io import voxel_volume_mm3
+from wmhseg.geometry import bounding_box, voxel_sizes, voxel_volume_mm3
 from wmhseg.metrics import label_lesions
 
 __all__ = ["PV_RULE", "NO_PV_RULE", "wmh_measures", "periventricular_split", "tissue_volumes"]
@@ -30,19 +29,6 @@ __all__ = ["PV_RULE", "NO_PV_RULE", "wmh_measures", "periventricular_split", "ti
 PV_RULE = "voxelwise distance to predicted ventricles <= {:g} mm"
 NO_PV_RULE = "not available: the model predicts no ventricle class"
 _CSF_CLASSES = (1, 2)  # BISON ventricles, extraventricular CSF
-
-
-def _bbox(mask: np.ndarray, margin: Sequence[int] = (0, 0, 0)) -> tuple[slice, ...] | None:
-    """Bounding box of the non-zero voxels, grown by ``margin`` voxels per axis, or ``None``."""
-    slices = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        nz = np.flatnonzero(mask.any(axis=other))
-        if nz.size == 0:
-            return None
-        lo, hi = max(int(nz[0]) - margin[axis], 0), min(int(nz[-1]) + 1 + margin[axis], mask.shape[axis])
-        slices.append(slice(lo, hi))
-    return tuple(slices)
 
 
 def periventricular_split(mask: np.ndarray, ventricles: np.ndarray, spacing: Sequence[float],
@@ -70,7 +56,7 @@ def periventricular_split(mask: np.ndarray, ventricles: np.ndarray, spacing: Seq
     if n_wmh == 0:
         return 0, 0
     margin = [int(np.ceil(distance_mm / s)) + 1 for s in spacing]
-    box = _bbox(vent, margin)
+    box = bounding_box(vent, margin)
     if box is None:
         return 0, n_wmh
     # only voxels within the ventricles' box grown by the distance can be periventricular
@@ -112,7 +98,7 @@ def wmh_measures(
     vox = voxel_volume_mm3(affine)
     spacing = voxel_sizes(affine)
     n_vox = int(np.count_nonzero(mask))
-    box = _bbox(mask, (1, 1, 1))
+    box = bounding_box(mask, (1, 1, 1))
     n_lesions = 0 if box is None else label_lesions(mask[box])[1]
     out: dict[str, float | int | str] = {
         "wmh_mm3": n_vox * vox,

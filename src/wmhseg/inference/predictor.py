@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from wmhseg.checkpoint import build_network, file_sha256, load_checkpoint, read_meta
 from wmhseg.data.preprocessing import PreprocessSpec
 from wmhseg.errors import CheckpointError, InputError
+from wmhseg.geometry import network_divisor, padding_to_multiple
 from wmhseg.inference.backends import BACKENDS, OpenVinoNetwork, resolve_backend
 from wmhseg.inference.export import partial_volume_mask, resample_to_grid
 from wmhseg.inference.loading import PreparedScan, prepare_scan
@@ -231,17 +232,6 @@ def context_free(network: torch.nn.Module) -> bool:
                    for m in network.modules())
 
 
-def _strides_divisor(config: dict[str, Any]) -> int:
-    """Size divisor of a MONAI network config: the product of its strides (32 if unknown)."""
-    strides = config.get("strides")
-    if strides is None:
-        return 32 if "blocks_down" not in config else 2 ** (len(config["blocks_down"]) - 1)
-    prod = np.ones(3, dtype=np.int64)
-    for s in strides:
-        prod *= np.broadcast_to(np.asarray(s, dtype=np.int64), (3,))
-    return int(prod.max())
-
-
 class Predictor:
     """A network with its preprocessing and label mapping, applied scan after scan.
 
@@ -259,7 +249,7 @@ class Predictor:
 
     def __init__(self, network: torch.nn.Module, preprocess_spec: PreprocessSpec, label_spec: LabelSpec, *,
                  settings: InferenceSettings | None = None, checkpoint_inference: dict[str, Any] | None = None,
-                 size_divisor: int = 16, model_id: str = "", meta: dict[str, Any] | None = None,
+                 size_divisor: int | Sequence[int] = 16, model_id: str = "", meta: dict[str, Any] | None = None,
                  checkpoint_path: str | os.PathLike | None = None) -> None:
         self.settings = settings or InferenceSettings()
         self.preprocess_spec = preprocess_spec
@@ -279,7 +269,7 @@ class Predictor:
         self.overlap = float(ck.get("overlap", 0.25) if s.overlap is None else s.overlap)
         self.blend_mode = s.blend_mode or ck.get("mode", "gaussian")
         self.threshold = float(s.threshold or ck.get("threshold", 0.5))
-        self.size_divisor = int(s.size_divisor or size_divisor)
+        self.size_divisor = tuple(int(d) for d in np.broadcast_to(s.size_divisor or size_divisor, (3,)))
         self.backend = resolve_backend(s.backend, self.device, self.precision)  # logs why when it falls back
         on_torch_cpu = self.device.type == "cpu" and self.backend == "torch"
         self.channels_last = on_torch_cpu if s.channels_last == "auto" else bool(s.channels_last)
@@ -314,7 +304,7 @@ class Predictor:
         except (RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{path}: {exc}") from exc
         return cls(network, preprocess_spec, label_spec, settings=settings,
-                   checkpoint_inference=meta.get("inference") or {}, size_divisor=_strides_divisor(net_config),
+                   checkpoint_inference=meta.get("inference") or {}, size_divisor=network_divisor(net_config) or (32, 32, 32),
                    model_id=file_sha256(path), meta=meta, checkpoint_path=path)
 
     # ---------------------------------------------------------------- layer 1
@@ -340,11 +330,7 @@ class Predictor:
 
     def _logits_whole(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[2:]
-        div = self.size_divisor
-        pads: list[int] = []
-        for n in reversed(size):  # F.pad wants the last axis first
-            extra = (-n) % div
-            pads += [extra // 2, extra - extra // 2]
+        pads = [p for pair in reversed(padding_to_multiple(size, self.size_divisor)) for p in pair]  # F.pad: last axis first
         y = self._forward(self._memory_format(F.pad(x, pads) if any(pads) else x))
         crop = tuple(slice(pads[2 * (2 - i)], pads[2 * (2 - i)] + size[i]) for i in range(3))
         return y[(slice(None), slice(None), *crop)].float()

@@ -12,8 +12,8 @@ and resumed) give the same tables as one uninterrupted run.
 
 Table schemas:
 
-- ``volumes.csv``: ``VOLUME_COLUMNS`` (one row per manifest row, in manifest order);
-- ``metrics.csv``: ``METRICS_COLUMNS`` (one row per manifest row that has a ``label``).
+- ``volumes.csv``: :data:`wmhseg.schema.VOLUME_COLUMNS` (one row per manifest row, in manifest order);
+- ``metrics.csv``: :data:`wmhseg.schema.METRICS_COLUMNS` (one row per manifest row that has a ``label``).
 """
 
 from __future__ import annotations
@@ -29,16 +29,12 @@ from typing import Any
 import pandas as pd
 
 from wmhseg.checkpoint import file_sha256
-from wmhseg.ids import missing_id_problem
-from wmhseg.io import atomic_write_csv, atomic_write_json, check_safe_id
+from wmhseg.files import atomic_write_csv, atomic_write_json
+from wmhseg.ids import check_safe_id, missing_id_problem
 from wmhseg.manifest import Scan
-from wmhseg.metrics import METRIC_NAMES
+from wmhseg.schema import METRIC_NAMES, METRICS_COLUMNS, VOLUME_COLUMNS
 
 __all__ = [
-    "VOLUME_COLUMNS",
-    "METRICS_COLUMNS",
-    "TIMING_COLUMNS",
-    "UNCERTAINTY_COLUMNS",
     "mask_name",
     "unsafe_reason",
     "invalid_rows",
@@ -47,25 +43,8 @@ __all__ = [
     "ResultStore",
 ]
 
-# with an `xfm`: the stereotaxic WMH volume and |det| of the transform (wmh_mm3 is then native)
-STEREOTAXIC_COLUMNS = ("wmh_stx_mm3", "stx_scale")
-# T1-to-FLAIR alignment (wmhseg.registration.Alignment.record)
-REGISTRATION_COLUMNS = ("t1_registration", "t1_align_mi_before", "t1_align_mi_after", "t1_shift_mm",
-                        "t1_transform", "t_register_s")
 log = logging.getLogger("wmhseg.infer")
-UNCERTAINTY_COLUMNS = ("wmh_mm3_sd", "wmh_mm3_ci_low", "wmh_mm3_ci_high")
-TIMING_COLUMNS = ("t_load_s", "t_preprocess_s", "t_predict_s", "t_export_s", "t_measure_s", "t_uncertainty_s",
-                  "t_total_s")
-VOLUME_COLUMNS = (
-    "subject_id", "session_id", "wmh_mm3", "n_lesions", "status", "error", "warnings", "longitudinal",
-    "wmh_periventricular_mm3", "wmh_deep_mm3", "pv_rule", "icv_mm3", "brain_mm3", "mean_lesion_prob",
-    *UNCERTAINTY_COLUMNS, "qc_flags", "fov_cut_share", "wmh_outside_wm_share", "wmh_voxels", "voxel_x_mm", "voxel_y_mm", "voxel_z_mm", "voxel_mm3", "mask", "model_id", "row",
-    *TIMING_COLUMNS, *STEREOTAXIC_COLUMNS, *REGISTRATION_COLUMNS,
-)
-METRICS_COLUMNS = (
-    "subject_id", "session_id", "status", "error", *METRIC_NAMES, "wmh_mm3", "ref_wmh_mm3", "n_lesions",
-    "ref_n_lesions", "row",
-)
+
 
 
 def mask_name(scan: Scan) -> str:

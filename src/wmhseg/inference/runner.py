@@ -3,7 +3,7 @@
 Outputs under ``out_dir`` (the fixed part is the documented contract in the README):
 
 - ``masks/<subject_id>_<session_id>_wmh.nii.gz``: binary masks on each FLAIR's own grid;
-- ``volumes.csv`` (:data:`~wmhseg.inference.records.VOLUME_COLUMNS`), and with a ``label``
+- ``volumes.csv`` (:data:`~wmhseg.schema.VOLUME_COLUMNS`), and with a ``label``
   column ``metrics.csv``, ``agreement.json`` (ICC, Bland-Altman) and ``bland_altman.png``;
 - ``rows/``: one record per scan (what makes reruns skip finished scans);
 - ``provenance.json``: configuration, checkpoint hash and metadata, effective predictor
@@ -40,19 +40,22 @@ import numpy as np
 import torch
 
 from wmhseg.errors import InputError, Interrupted, WmhsegError
+from wmhseg.files import atomic_write_json, atomic_write_text
+from wmhseg.geometry import voxel_sizes
 from wmhseg.inference.agreement import bland_altman_plot, volume_agreement
-from wmhseg.inference.export import voxel_sizes, write_mask
+from wmhseg.inference.export import write_mask
 from wmhseg.inference.loading import PreparedScan, preloaded_transforms, prepare_scan
 from wmhseg.inference.measures import tissue_volumes, wmh_measures
 from wmhseg.inference.predictor import Predictor, WorkingPrediction
-from wmhseg.inference.records import TIMING_COLUMNS, ResultStore, error_record, invalid_rows
+from wmhseg.inference.records import ResultStore, error_record, invalid_rows
 from wmhseg.inference.uncertainty import UncertaintySettings, VolumeUncertainty
-from wmhseg.io import atomic_write_json, atomic_write_text
 from wmhseg.manifest import Scan, check_scan, read_manifest
 from wmhseg.metrics import label_lesions, segmentation_metrics
+from wmhseg.plain import to_plain
 from wmhseg.qc import CONVENTIONS as QC_CONVENTIONS
 from wmhseg.qc import write_qc
 from wmhseg.qc.flags import cohort_flags, scan_checks
+from wmhseg.schema import TIMING_COLUMNS
 from wmhseg.xfm import native_volumes, stereotaxic_scale
 
 __all__ = ["infer", "RunOptions", "ScanDataset", "process_prepared", "process_scans", "run_scan"]
@@ -89,15 +92,15 @@ class RunOptions:
         self.accelerator = str(get("accelerator", "auto"))
         self.devices = get("devices", "auto")
         self.num_nodes = int(get("num_nodes", 1))
-        self.bids_filters = _plain(get("bids_filters", None)) or {}
+        self.bids_filters = to_plain(get("bids_filters", None)) or {}
         self.longitudinal = bool(get("longitudinal", False))
         self.visit_times = get("visit_times", None) or None
         if self.longitudinal:
             lon = _longitudinal()
             lon.check_supported(self.num_parts, get("strategy", None) or None)
-            self.longitudinal_options = lon.LongitudinalSettings(**(_plain(get("longitudinal_options", None)) or {}))
+            self.longitudinal_options = lon.LongitudinalSettings(**(to_plain(get("longitudinal_options", None)) or {}))
         inference = get("inference", None) or {}
-        self.inference = {k: _plain(v) for k, v in dict(inference).items()}
+        self.inference = {k: to_plain(v) for k, v in dict(inference).items()}
         self.uncertainty = UncertaintySettings.pop_from(self.inference)
         if self.num_parts < 1 or not 0 <= self.part_id < self.num_parts:
             raise InputError(f"part_id={self.part_id} must satisfy 0 <= part_id < num_parts={self.num_parts}")
@@ -116,7 +119,7 @@ class RunOptions:
 
 def _checkpoint_paths(value: Any) -> list[Path]:
     """``ckpt_path``: one checkpoint, a list of them, or a comma-separated string."""
-    value = _plain(value)
+    value = to_plain(value)
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
     paths = [Path(str(v).strip()).expanduser() for v in items if str(v).strip()]
     if not paths:
@@ -138,17 +141,6 @@ def _get_required(cfg: Any, key: str) -> Any:
         raise InputError(f"{key} is required: python infer.py ckpt_path=CKPT input=MANIFEST_OR_FOLDER out_dir=DIR") from exc
     if value is None or str(value) in ("", "???"):
         raise InputError(f"{key} is required: python infer.py ckpt_path=CKPT input=MANIFEST_OR_FOLDER out_dir=DIR")
-    return value
-
-
-def _plain(value: Any) -> Any:
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(value, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
     return value
 
 
@@ -317,7 +309,7 @@ def _write_provenance(opts: RunOptions, cfg: Any, predictor: Predictor, n_scans:
     suffix = "" if opts.num_parts == 1 else f".part-{opts.part_id + 1}-of-{opts.num_parts}"
     atomic_write_json(opts.out_dir / f"provenance{suffix}.json", {
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": sys.argv, "host": platform.node(), "config": _plain(cfg),
+        "command": sys.argv, "host": platform.node(), "config": to_plain(cfg),
         "checkpoint": {"path": str(opts.ckpt_path.resolve()), "sha256_16": predictor.model_id, "meta": meta},
         "predictor": predictor.describe(), "versions": _versions(), "torch_threads": torch.get_num_threads(),
         "manifest": {"path": str(opts.input.resolve()), "n_scans": n_scans},

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from wmhseg.errors import InputError
+from wmhseg.geometry import voxel_sizes
 
 __all__ = ["UNCERTAINTY_MODES", "UncertaintySettings", "VolumeUncertainty", "tta_volumes", "member_volumes",
            "volume_interval"]
@@ -131,7 +132,7 @@ def tta_volumes(predictor: Any, image: Any, shape: Sequence[int], native_affine:
     from monai.data import MetaTensor
 
     affine = np.asarray(torch.as_tensor(image.affine, dtype=torch.float64).reshape(4, 4))
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    spacing = voxel_sizes(affine)
     plain = (image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)).float()
     volumes = []
     for i in range(settings.samples):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping
-from pathlib import PurePath
 from typing import Any
 
 import lightning as L
@@ -28,9 +27,11 @@ from wmhseg.checkpoint import FORMAT_VERSION, META_KEY, build_network
 from wmhseg.data.preprocessing import PreprocessSpec
 from wmhseg.errors import InputError
 from wmhseg.labels import LabelSpec
-from wmhseg.metrics import METRIC_NAMES, segmentation_metrics
+from wmhseg.metrics import segmentation_metrics
+from wmhseg.plain import to_plain
+from wmhseg.schema import METRIC_NAMES
 
-__all__ = ["WMHSegModule", "check_inference_settings", "to_plain", "INFERENCE_DEFAULTS"]
+__all__ = ["WMHSegModule", "check_inference_settings", "INFERENCE_DEFAULTS"]
 
 INFERENCE_DEFAULTS: dict[str, Any] = {
     "roi_size": [96, 96, 96],
@@ -42,38 +43,6 @@ INFERENCE_DEFAULTS: dict[str, Any] = {
 _BLEND_MODES = ("gaussian", "constant")
 # metric prefixes of the validation loaders: the held-out subjects, then the independent phantoms
 VAL_PREFIXES = ("val", "val_independent")
-
-
-def to_plain(value: Any, where: str = "value") -> Any:
-    """Convert ``value`` to str/int/float/bool/None/list/dict only (safe for ``weights_only`` loading).
-
-    OmegaConf containers are resolved, tuples become lists, NumPy scalars and arrays become
-    Python numbers and lists, paths become strings.
-
-    Raises:
-        TypeError: ``value`` holds something else (a module, a function, ...); the message names
-            where it sits, e.g. ``net_config.act``.
-    """
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(value, (DictConfig, ListConfig)):
-            return to_plain(OmegaConf.to_container(value, resolve=True), where)
-    except ImportError:  # pragma: no cover - omegaconf comes with hydra
-        pass
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, PurePath):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): to_plain(v, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    raise TypeError(f"{where}: {type(value).__name__} cannot be stored in a checkpoint (plain data only)")
 
 
 def check_inference_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from wmhseg.errors import WmhsegError
-from wmhseg.io import atomic_write_json
+from wmhseg.files import atomic_write_json
 from wmhseg.qc.gallery import picture_name, write_gallery
 from wmhseg.qc.image import CONVENTIONS, qc_picture
 

@@ -37,6 +37,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from wmhseg.geometry import voxel_sizes
+
 __all__ = ["FLAGS", "QCThresholds", "scan_checks", "fov_cut_share", "wmh_outside_wm_share", "cohort_flags"]
 
 FLAGS = ("failed", "volume_outlier", "low_lesion_prob", "wmh_outside_wm", "fov_cut", "misaligned")
@@ -125,7 +127,7 @@ def scan_checks(image: Any, affine: np.ndarray, wmh_probability: Any, classes: A
     out = {"fov_cut_share": round(fov_cut_share(flair, affine), 4), "wmh_outside_wm_share": math.nan}
     if classes is not None:
         prob = np.asarray(wmh_probability.cpu().numpy() if hasattr(wmh_probability, "cpu") else wmh_probability)
-        spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+        spacing = voxel_sizes(affine)
         share = wmh_outside_wm_share(prob > threshold, np.asarray(classes), spacing)
         out["wmh_outside_wm_share"] = round(share, 4) if np.isfinite(share) else math.nan
     return out

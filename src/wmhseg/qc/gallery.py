@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from wmhseg.io import atomic_write_text
+from wmhseg.files import atomic_write_text
 
 __all__ = ["write_gallery", "picture_name"]
 

@@ -26,7 +26,9 @@ import numpy as np
 from scipy import ndimage
 
 from wmhseg.errors import InputError, WmhsegError
-from wmhseg.io import atomic_path, load_nifti, load_volume
+from wmhseg.files import atomic_path
+from wmhseg.geometry import voxel_sizes
+from wmhseg.image_io import load_nifti, load_volume
 
 __all__ = ["CONVENTIONS", "qc_picture", "choose_slices"]
 
@@ -154,7 +156,7 @@ def qc_picture(flair: str | os.PathLike, mask: str | os.PathLike | None, t1: str
             raise InputError(f"{mask}: the mask is not on the FLAIR's grid ({flair})")
         seg, _ = _to_ras(seg > 0, affine)
     data, ras_affine = _to_ras(data, affine)
-    spacing = np.sqrt((ras_affine[:3, :3] ** 2).sum(axis=0))
+    spacing = voxel_sizes(ras_affine)
     zs = choose_slices(data, seg, n_slices)
     radiological = convention == "radiological"
     lo, hi = _robust_range(data)

@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from wmhseg.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from wmhseg.files import atomic_write_csv, atomic_write_json, atomic_write_text
 from wmhseg.stats.headline_models import HEADLINE_KEYS, MODEL_NAMES, fit_study_models
 from wmhseg.stats.mixed import Estimate, MixedFit
 from wmhseg.stats.models_table import MODELS_COLUMNS, models_table

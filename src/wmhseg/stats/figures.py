@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
-from wmhseg.io import atomic_path
+from wmhseg.files import atomic_path
 from wmhseg.stats.kaplan import KMSplit
 from wmhseg.stats.mixed import MixedFit
 from wmhseg.stats.settings import FIGURE_FORMATS

@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from wmhseg.io import atomic_write_text
+from wmhseg.files import atomic_write_text
 
 __all__ = ["embed_figures", "add_contents", "write_html_report"]
 

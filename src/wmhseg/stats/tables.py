@@ -23,13 +23,10 @@ import pandas as pd
 
 from wmhseg.errors import InputError
 from wmhseg.ids import MISSING_WORDS
+from wmhseg.schema import CLINICAL_COLUMNS, GROUPS, SEXES, VOLUME_REQUIRED
 
 __all__ = [
     "TableError",
-    "VOLUME_COLUMNS",
-    "CLINICAL_COLUMNS",
-    "GROUPS",
-    "SEXES",
     "VolumeTable",
     "read_table",
     "check_volumes",
@@ -39,20 +36,6 @@ __all__ = [
     "is_missing",
 ]
 
-VOLUME_COLUMNS = ("subject_id", "session_id", "wmh_mm3")
-CLINICAL_COLUMNS = (
-    "subject_id",
-    "session_id",
-    "group",
-    "age",
-    "sex",
-    "years_since_baseline",
-    "alsfrs_r",
-    "survival_months",
-    "event",
-)
-GROUPS = ("control", "ALS")
-SEXES = ("F", "M")
 _MISSING = MISSING_WORDS  # the one rule for missing cells and IDs (wmhseg.ids)
 _SHOW_ROWS = 5
 
@@ -233,7 +216,7 @@ def check_volumes(frame: pd.DataFrame, *, source: str = "volume table") -> Volum
         >>> t.scans["wmh_mm3"].tolist()
         [12.5]
     """
-    _require_columns(frame, VOLUME_COLUMNS, source)
+    _require_columns(frame, VOLUME_REQUIRED, source)
     frame = frame.reset_index(drop=True)
     subj = _ids(frame, "subject_id", source)
     sess = _ids(frame, "session_id", source)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wmhseg.io import atomic_write_csv, atomic_write_text
+from wmhseg.files import atomic_write_csv, atomic_write_text
 from wmhseg.synth.images import generate_subject
 from wmhseg.synth.minc import write_minc1, write_minc2
 

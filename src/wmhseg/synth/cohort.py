@@ -48,13 +48,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from wmhseg.io import atomic_write_csv, atomic_write_json
-from wmhseg.stats.tables import CLINICAL_COLUMNS
+from wmhseg.files import atomic_write_csv, atomic_write_json
 
-__all__ = ["CohortParams", "Cohort", "simulate_cohort", "write_cohort", "VOLUME_COLUMNS", "CLINICAL_COLUMNS",
-           "params_dict"]
+__all__ = ["CohortParams", "Cohort", "simulate_cohort", "write_cohort", "params_dict"]
 
-VOLUME_COLUMNS = ("subject_id", "session_id", "wmh_mm3", "n_lesions", "status", "error")
 _PROBABILITIES = (
     "p_male_als",
     "p_male_control",

@@ -38,7 +38,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from wmhseg.io import atomic_save_nifti
+from wmhseg.image_io import atomic_save_nifti
 from wmhseg.synth.anatomy import rotation_matrix
 
 __all__ = ["FollowUps", "Acquisition", "draw_acquisitions", "move_scan", "IDEAL"]

@@ -40,7 +40,9 @@ import pandas as pd
 from scipy import ndimage
 
 from wmhseg.errors import InputError
-from wmhseg.io import atomic_save_nifti, atomic_write_csv, atomic_write_text, check_safe_id
+from wmhseg.files import atomic_write_csv, atomic_write_text
+from wmhseg.ids import check_safe_id
+from wmhseg.image_io import atomic_save_nifti
 from wmhseg.synth.anatomy import (
     SCALP,
     Grid,

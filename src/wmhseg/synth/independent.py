@@ -36,7 +36,8 @@ import pandas as pd
 from scipy import ndimage
 
 from wmhseg.errors import InputError
-from wmhseg.io import atomic_save_nifti, atomic_write_csv
+from wmhseg.files import atomic_write_csv
+from wmhseg.image_io import atomic_save_nifti
 
 __all__ = ["Phantom", "make_phantom", "write_family", "GRID_KINDS"]
 

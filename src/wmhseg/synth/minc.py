@@ -1,6 +1,6 @@
 """Write MINC1 (netCDF) and MINC2 (HDF5) volumes, as BISON and the MINC tools store them.
 
-Used to build synthetic BISON runs; reading MINC is left to nibabel (:mod:`wmhseg.io`). A volume
+Used to build synthetic BISON runs; reading MINC is left to nibabel (:mod:`wmhseg.image_io`). A volume
 is given as a 3-D array with a voxel-to-world (RAS mm) affine, like a NIfTI image; it is stored
 in MINC's usual ``zspace, yspace, xspace`` order (the slowest-varying dimension first), each
 dimension with its ``start``, ``step`` and ``direction_cosines``. MINC's world coordinates are
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from wmhseg.errors import InputError
+from wmhseg.geometry import voxel_sizes
 
 __all__ = ["minc_geometry", "write_minc1", "write_minc2"]
 
@@ -43,7 +44,7 @@ def minc_geometry(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, lis
     if data.ndim != 3 or affine.shape != (4, 4):
         raise InputError(f"MINC writing needs 3-D data and a 4x4 affine, got {data.shape} and {affine.shape}")
     lin = affine[:3, :3]
-    sizes = np.linalg.norm(lin, axis=0)
+    sizes = voxel_sizes(affine)
     cosines = lin / sizes
     world_axis = np.abs(cosines).argmax(axis=0)  # which of x, y, z each voxel axis follows
     if sorted(world_axis.tolist()) != [0, 1, 2]:

@@ -42,7 +42,8 @@ import numpy as np
 import pandas as pd
 
 from wmhseg.changes import lesion_changes
-from wmhseg.io import atomic_save_nifti, atomic_write_csv, atomic_write_json, atomic_write_text
+from wmhseg.files import atomic_write_csv, atomic_write_json, atomic_write_text
+from wmhseg.image_io import atomic_save_nifti
 from wmhseg.synth.cohort import CohortParams, params_dict, simulate_cohort
 from wmhseg.synth.followups import Acquisition, FollowUps, draw_acquisitions, move_scan
 from wmhseg.synth.images import generate_subject, write_scan
