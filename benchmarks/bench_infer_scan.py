@@ -129,9 +129,9 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         return {"name": "infer_scan", "available": False, "reason": reason, "rows": []}
     from wmhseg.data.preprocessing import PreprocessSpec
     from wmhseg.inference.loading import prepare_scan
+    from wmhseg.inference.pipeline import process_prepared
     from wmhseg.inference.predictor import Predictor
     from wmhseg.inference.records import ResultStore
-    from wmhseg.inference.runner import process_prepared
     from wmhseg.manifest import read_manifest
 
     n_scans = 1 if quick else 3

@@ -12,7 +12,8 @@ from test_infer_helpers import make_checkpoint, write_case
 
 from wmhseg.errors import CheckpointError, InputError, ScanError
 from wmhseg.inference.loading import prepare_scan
-from wmhseg.inference.predictor import InferenceSettings, Predictor
+from wmhseg.inference.predictor import Predictor
+from wmhseg.inference.settings import InferenceSettings
 
 
 @pytest.fixture(scope="module")

@@ -244,7 +244,7 @@ def test_prepared_stream_keeps_order_and_prepares_ahead_in_threads(num_workers):
     import threading
     import time
 
-    from wmhseg.inference.runner import _prepared_stream
+    from wmhseg.inference.pipeline import _prepared_stream
 
     started: list[int] = []
     threads: set[str] = set()

@@ -12,7 +12,7 @@ through :func:`segment_subject`:
    becomes ``(1 - prior_weight) * p_visit + prior_weight * p_mean`` (``p_mean`` resampled back
    onto the visit's working grid); ``prior_weight=0`` is independent segmentation;
 4. thresholding, the native-grid mask, measures and record are those of an independent run
-   (:func:`wmhseg.inference.runner.process_prepared`), flagged ``longitudinal=True``;
+   (:func:`wmhseg.inference.pipeline.process_prepared`), flagged ``longitudinal=True``;
 5. between consecutive visits, the earlier native mask is mapped onto the later visit's native
    grid and every lesion is classified (:func:`wmhseg.changes.lesion_changes`):
    ``DIR/longitudinal/<subject_id>/<from>_to_<to>_changes.nii.gz`` (1 new, 2 enlarging,
@@ -53,9 +53,9 @@ from wmhseg.errors import InputError, WmhsegError
 from wmhseg.files import atomic_write_csv, atomic_write_json
 from wmhseg.image_io import atomic_save_nifti
 from wmhseg.inference.loading import PreparedScan
+from wmhseg.inference.pipeline import ScanDataset, process_prepared, process_scans, run_scan
 from wmhseg.inference.predictor import Predictor, WorkingPrediction
 from wmhseg.inference.records import ResultStore
-from wmhseg.inference.runner import ScanDataset, process_prepared, process_scans, run_scan
 from wmhseg.inference.subject_space import (
     RegistrationError,
     between_visits,
@@ -314,7 +314,7 @@ def process_longitudinal(predictor: Predictor, store: ResultStore, todo: list[Sc
                          opts: Any) -> tuple[int, int, list[float], list[dict[str, float]]]:
     """The runner's per-scan loop in longitudinal mode: a subject with two or more valid visits is
     segmented together (all its visits, when any of them is to do); the rest scan by scan.
-    Returns what :func:`~wmhseg.inference.runner.process_scans` returns."""
+    Returns what :func:`~wmhseg.inference.pipeline.process_scans` returns."""
     pending = {s.subject_id for s in todo}
     groups = order_visits([s for s in candidates if s.subject_id in pending], opts.times)
     singles = [s for s in todo if len(groups[s.subject_id]) < 2]
