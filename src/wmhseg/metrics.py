@@ -1,12 +1,41 @@
 """Segmentation metrics of the MICCAI 2017 WMH segmentation challenge, on boolean masks.
 
-Dice, 95th-percentile Hausdorff distance (mm), absolute volume difference (%), and
-lesion-wise recall and F1 over connected components. NumPy/SciPy only, so the same numbers are
-used in training validation, in ``infer.py``'s ``metrics.csv`` and in tests.
+The five numbers are computed the way the challenge's evaluation script (``evaluation.py`` of
+``hjkuijf/wmhchallenge``) computes them, so that they can be compared with its leaderboard:
 
-Conventions for empty masks: Dice is 1 when both masks are empty; HD95 is NaN when either is
-empty; AVD is NaN when the reference is empty; lesion recall is NaN without reference lesions,
-and F1 is 1 when neither mask has a lesion.
+- **Dice** ``2|P∩R| / (|P| + |R|)`` (``monai.metrics.compute_dice``).
+- **HD95** (mm): each mask's contour is the mask minus its *in-plane* erosion, SimpleITK's
+  ``BinaryErode(mask, (1, 1, 0))``: a 3 x 3 square in each slice (ITK's ball of radius 1 takes
+  the 8 in-plane neighbours), nothing across slices, and the outside of the image counted as
+  foreground (a lesion's face on the image border is not contour). Distances run between contour
+  voxel centres in world mm (the voxel spacing; a rotation of the grid changes no distance),
+  nearest neighbour by KD tree (``monai.metrics.utils.get_surface_distance``); the 95th
+  percentile (linear interpolation, ``np.percentile``) of each directed set of distances, and
+  the larger of the two. Arrays are ``(x, y, z)`` in voxel order as nibabel reads them, the third
+  axis being the slice axis (SimpleITK's index order is also x, y, z).
+- **AVD** (%): ``|V_P - V_R| / V_R * 100``.
+- **Lesion recall and F1** over fully connected components (26 neighbours in 3-D, as SimpleITK's
+  ``ConnectedComponent`` with ``FullyConnected``): recall = reference lesions that any predicted
+  voxel touches / reference lesions; precision = predicted lesions touching the reference /
+  predicted lesions; F1 their harmonic mean (0 when both are 0).
+
+Empty masks (the challenge scores recall, and precision, 1 when there is nothing to find, resp.
+nothing found; every challenge scan has WMH, so the script itself leaves the other cases of an
+empty reference undefined: AVD divides by zero, HD95 queries an empty tree). Both empty is a
+perfect result:
+
+==================  ====  ====  ====  ======  ===
+case                Dice  HD95  AVD   recall  F1
+==================  ====  ====  ====  ======  ===
+both empty          1     0     0     1       1
+reference empty     0     NaN   NaN   1       0
+prediction empty    0     NaN   100   0       0
+==================  ====  ====  ====  ======  ===
+
+HD95 is also NaN when a non-empty mask has no contour (it fills whole slices of the image).
+
+MONAI is imported on first use (the metrics module is imported by torch-free code for
+:func:`label_lesions`).
 """
 
 from __future__ import annotations
@@ -20,6 +49,7 @@ from wmhseg.schema import METRIC_NAMES
 
 __all__ = [
     "dice",
+    "contour",
     "hd95",
     "avd_percent",
     "label_lesions",
@@ -28,7 +58,8 @@ __all__ = [
     "METRIC_NAMES",
 ]
 
-_FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity, as the challenge's fully connected components
+_FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity, the challenge's fully connected components
+_IN_PLANE = np.ones((3, 3, 1), dtype=bool)  # SimpleITK BinaryErode radius (1, 1, 0): 8 in-plane neighbours
 
 
 def _bool(a: np.ndarray) -> np.ndarray:
@@ -37,62 +68,90 @@ def _bool(a: np.ndarray) -> np.ndarray:
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     """Dice coefficient 2|P∩R| / (|P| + |R|); 1.0 when both are empty."""
-    p, r = _bool(pred), _bool(ref)
-    denom = int(p.sum()) + int(r.sum())
-    return 1.0 if denom == 0 else 2.0 * int(np.logical_and(p, r).sum()) / denom
+    import torch
+    from monai.metrics import compute_dice
+
+    p, r = (torch.from_numpy(np.ascontiguousarray(_bool(a)))[None, None] for a in (pred, ref))
+    return float(compute_dice(p, r, include_background=True, ignore_empty=False)[0, 0])
 
 
-def _surface(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask, structure=_FULL, border_value=0)
+def contour(mask: np.ndarray) -> np.ndarray:
+    """The challenge's lesion contour: the mask minus its in-plane (3 x 3 per slice) erosion.
+
+    MONAI's ``get_mask_edges`` erodes in 3-D (6 neighbours) with the outside of the image as
+    background, so its edges are not the challenge's; SciPy's erosion with the in-plane
+    structuring element and ``border_value=1`` is SimpleITK's ``BinaryErode(mask, (1, 1, 0))``.
+
+    Example:
+        >>> m = np.zeros((5, 5, 1), bool); m[1:4, 1:4] = True
+        >>> int(contour(m).sum())  # the ring of 8 around the centre
+        8
+    """
+    m = _bool(mask)
+    return m & ~ndimage.binary_erosion(m, structure=_IN_PLANE, border_value=1)
 
 
 def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
-    """95th-percentile symmetric Hausdorff distance in mm between the masks' surfaces.
+    """95th-percentile symmetric Hausdorff distance in mm between the masks' contours.
 
-    ``max(p95(d(P -> R)), p95(d(R -> P)))`` over surface voxels, distances in world units given
-    by ``spacing``. NaN when either mask is empty.
+    ``max(p95(d(P -> R)), p95(d(R -> P)))`` over :func:`contour` voxels, distances in world units
+    given by ``spacing``. 0 when both masks are empty, NaN when only one is.
     """
+    from monai.metrics.utils import get_surface_distance
+
     p, r = _bool(pred), _bool(ref)
-    if not p.any() or not r.any():
+    if not p.any() and not r.any():
+        return 0.0
+    cp, cr = contour(p), contour(r)
+    if not cp.any() or not cr.any():
         return float("nan")
-    sp, sr = _surface(p), _surface(r)
-    dist_to_r = ndimage.distance_transform_edt(~sr, sampling=spacing)
-    dist_to_p = ndimage.distance_transform_edt(~sp, sampling=spacing)
-    return float(max(np.percentile(dist_to_r[sp], 95), np.percentile(dist_to_p[sr], 95)))
+    sp = np.asarray(spacing, np.float64)
+    p_to_r = get_surface_distance(cp, cr, distance_metric="euclidean", spacing=sp)
+    r_to_p = get_surface_distance(cr, cp, distance_metric="euclidean", spacing=sp)
+    return float(max(np.percentile(p_to_r, 95), np.percentile(r_to_p, 95)))
 
 
 def avd_percent(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Absolute volume difference |V_P - V_R| / V_R in percent; NaN when the reference is empty."""
+    """Absolute volume difference |V_P - V_R| / V_R in percent; 0 when both are empty, NaN when
+    only the reference is.
+
+    Counted in NumPy: ``monai.metrics.compute_absolute_volume_difference`` gives the absolute
+    voxel count difference, not relative to the reference, and needs torch tensors for that.
+    """
     vp, vr = int(_bool(pred).sum()), int(_bool(ref).sum())
-    return float("nan") if vr == 0 else 100.0 * abs(vp - vr) / vr
+    if vr == 0:
+        return 0.0 if vp == 0 else float("nan")
+    return 100.0 * abs(vp - vr) / vr
 
 
 def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Connected components (26-connectivity): ``(labels, count)``."""
+    """Connected components (26-connectivity): ``(labels, count)``.
+
+    SciPy's labelling: MONAI has no lesion-wise components (its connected-component helpers
+    keep or drop the largest one); ``ndimage.label`` with the full 3 x 3 x 3 structure is
+    SimpleITK's fully connected ``ConnectedComponent``, on NumPy arrays.
+    """
     labels, n = ndimage.label(_bool(mask), structure=_FULL)
     return labels, int(n)
 
 
 def lesion_detection(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
-    """Lesion-wise ``(recall, f1)``.
+    """Lesion-wise ``(recall, f1)`` as the challenge scores them.
 
     A reference lesion is detected when any of its voxels is predicted; a predicted lesion is a
-    true positive when it touches the reference. Recall = detected / reference lesions;
-    precision = true-positive / predicted lesions; F1 their harmonic mean.
+    true positive when it touches the reference. Recall = detected / reference lesions (1 without
+    reference lesions); precision = true-positive / predicted lesions (1 without predicted
+    lesions); F1 their harmonic mean, 0 when both are 0.
     """
     p, r = _bool(pred), _bool(ref)
     ref_lab, n_ref = label_lesions(r)
     pred_lab, n_pred = label_lesions(p)
-    if n_ref == 0 and n_pred == 0:
-        return float("nan"), 1.0
-    detected = len(np.setdiff1d(np.unique(ref_lab[p]), [0]))
-    true_pos = len(np.setdiff1d(np.unique(pred_lab[r]), [0]))
-    recall = detected / n_ref if n_ref else float("nan")
-    precision = true_pos / n_pred if n_pred else float("nan")
-    if n_ref == 0 or n_pred == 0:
-        return recall, 0.0
+    detected = np.count_nonzero(np.unique(ref_lab[p]))
+    true_pos = np.count_nonzero(np.unique(pred_lab[r]))
+    recall = detected / n_ref if n_ref else 1.0
+    precision = true_pos / n_pred if n_pred else 1.0
     f1 = 0.0 if recall + precision == 0 else 2 * recall * precision / (recall + precision)
-    return recall, f1
+    return float(recall), float(f1)
 
 
 def segmentation_metrics(
