@@ -94,14 +94,34 @@ def check_command_line(command: str, argv: Sequence[str], *, config_dir: str | o
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    try:
-        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+        try:
             cfg = compose(config_name=config_name, overrides=list(argv))
-    except (HydraException, OmegaConfBaseException) as exc:
-        fail(command, exc)
+        except (HydraException, OmegaConfBaseException) as exc:
+            cause = str(exc.__cause__ or "").splitlines()[:1]  # e.g. the type a value could not be converted to
+            fail(command, "; ".join([one_line(exc), *cause])
+                 + _closest_setting(str(exc), lambda: compose(config_name=config_name)))
     missing = _missing(cfg)
     if missing:
         fail(command, f"missing required setting{'s' if len(missing) > 1 else ''} {', '.join(missing)}; usage: {usage}")
+
+
+def _closest_setting(message: str, defaults: Callable[[], Any]) -> str:
+    """``"; did you mean 'x'?"`` when ``message`` is Hydra's for an unknown key and a setting is close to it."""
+    import difflib
+    import re
+
+    from omegaconf import DictConfig, OmegaConf
+
+    found = re.search(r"Could not override '([^']+)'", message)
+    if found is None:
+        return ""
+    parent, _, leaf = found.group(1).rpartition(".")
+    node = OmegaConf.select(defaults(), parent) if parent else defaults()
+    if not isinstance(node, DictConfig) or leaf in node:
+        return ""
+    close = difflib.get_close_matches(leaf, [str(k) for k in node.keys()], n=1)
+    return f"; did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else ""
 
 
 def guard(command: str, task: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -43,81 +43,18 @@ from wmhseg.inference.agreement import bland_altman_plot, volume_agreement
 from wmhseg.inference.pipeline import process_scans
 from wmhseg.inference.predictor import Predictor
 from wmhseg.inference.records import ResultStore, invalid_rows
-from wmhseg.inference.uncertainty import UncertaintySettings, VolumeUncertainty
+from wmhseg.inference.settings import InferConfig
+from wmhseg.inference.uncertainty import VolumeUncertainty
 from wmhseg.manifest import Scan, read_manifest
 from wmhseg.plain import to_plain
-from wmhseg.qc import CONVENTIONS as QC_CONVENTIONS
 from wmhseg.qc import write_qc
 from wmhseg.qc.flags import cohort_flags
 from wmhseg.schema import TIMING_COLUMNS
 
-__all__ = ["infer", "RunOptions"]
+__all__ = ["infer"]
 
 log = logging.getLogger("wmhseg.infer")
 _PACKAGES = ("wmhseg", "torch", "monai", "nibabel", "numpy", "scipy", "pandas", "lightning", "hydra-core")
-
-
-class RunOptions:
-    """The validated run-level settings of ``configs/infer.yaml``.
-
-    Raises:
-        InputError: a missing required value (``???``) or a bad one, named in the message.
-    """
-
-    def __init__(self, cfg: Any) -> None:
-        get = cfg.get if hasattr(cfg, "get") else lambda k, d=None: getattr(cfg, k, d)
-        for key in ("input", "out_dir"):
-            value = _get_required(cfg, key)
-            setattr(self, key, Path(str(value)).expanduser())
-        self.ckpt_paths = _checkpoint_paths(_get_required(cfg, "ckpt_path"))
-        self.ckpt_path = self.ckpt_paths[0]
-        self.overwrite = bool(get("overwrite", False))
-        self.num_parts = int(get("num_parts", 1))
-        self.part_id = int(get("part_id", 0))
-        self.num_workers = int(get("num_workers", 1))
-        self.progress = bool(get("progress", True))
-        self.pv_distance_mm = float(get("pv_distance_mm", 10.0))
-        self.register_t1 = get("register_t1", None)
-        self.qc = bool(get("qc", True))
-        self.qc_convention = str(get("qc_convention", "radiological"))
-        self.torch_threads = get("torch_threads", None)
-        self.strategy = get("strategy", None) or None
-        self.accelerator = str(get("accelerator", "auto"))
-        self.devices = get("devices", "auto")
-        self.num_nodes = int(get("num_nodes", 1))
-        self.bids_filters = to_plain(get("bids_filters", None)) or {}
-        self.longitudinal = bool(get("longitudinal", False))
-        self.visit_times = get("visit_times", None) or None
-        if self.longitudinal:
-            lon = _longitudinal()
-            lon.check_supported(self.num_parts, get("strategy", None) or None)
-            self.longitudinal_options = lon.LongitudinalSettings(**(to_plain(get("longitudinal_options", None)) or {}))
-        inference = get("inference", None) or {}
-        self.inference = {k: to_plain(v) for k, v in dict(inference).items()}
-        self.uncertainty = UncertaintySettings.pop_from(self.inference)
-        if self.num_parts < 1 or not 0 <= self.part_id < self.num_parts:
-            raise InputError(f"part_id={self.part_id} must satisfy 0 <= part_id < num_parts={self.num_parts}")
-        if self.num_workers < 0:
-            raise InputError(f"num_workers={self.num_workers} must be >= 0")
-        if self.pv_distance_mm <= 0:
-            raise InputError(f"pv_distance_mm={self.pv_distance_mm} must be > 0")
-        if self.qc_convention not in QC_CONVENTIONS:
-            raise InputError(f"qc_convention={self.qc_convention!r} is not one of {QC_CONVENTIONS}")
-        if self.uncertainty.mode != "none" and self.longitudinal:
-            raise InputError(f"inference.uncertainty={self.uncertainty.mode} is not available with longitudinal=true")
-        if self.uncertainty.mode != "none" and self.strategy is not None:
-            raise InputError(f"inference.uncertainty={self.uncertainty.mode} runs in one process per part "
-                             "(num_parts/part_id), not with strategy")
-
-
-def _checkpoint_paths(value: Any) -> list[Path]:
-    """``ckpt_path``: one checkpoint, a list of them, or a comma-separated string."""
-    value = to_plain(value)
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    paths = [Path(str(v).strip()).expanduser() for v in items if str(v).strip()]
-    if not paths:
-        raise InputError("ckpt_path names no checkpoint")
-    return paths
 
 
 def _longitudinal():
@@ -125,16 +62,6 @@ def _longitudinal():
     from wmhseg.inference import longitudinal
 
     return longitudinal
-
-
-def _get_required(cfg: Any, key: str) -> Any:
-    try:
-        value = cfg[key] if hasattr(cfg, "__getitem__") else getattr(cfg, key)
-    except Exception as exc:  # omegaconf MissingMandatoryValue, KeyError, AttributeError
-        raise InputError(f"{key} is required: python infer.py ckpt_path=CKPT input=MANIFEST_OR_FOLDER out_dir=DIR") from exc
-    if value is None or str(value) in ("", "???"):
-        raise InputError(f"{key} is required: python infer.py ckpt_path=CKPT input=MANIFEST_OR_FOLDER out_dir=DIR")
-    return value
 
 
 def _console_logging() -> bool:
@@ -157,13 +84,13 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _write_provenance(opts: RunOptions, cfg: Any, predictor: Predictor, n_scans: int) -> None:
+def _write_provenance(opts: InferConfig, cfg: Any, predictor: Predictor, n_scans: int) -> None:
     meta = {k: v for k, v in predictor.meta.items() if k != "config"}
     suffix = "" if opts.num_parts == 1 else f".part-{opts.part_id + 1}-of-{opts.num_parts}"
     atomic_write_json(opts.out_dir / f"provenance{suffix}.json", {
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": sys.argv, "host": platform.node(), "config": to_plain(cfg),
-        "checkpoint": {"path": str(opts.ckpt_path.resolve()), "sha256_16": predictor.model_id, "meta": meta},
+        "checkpoint": {"path": str(opts.ckpt_paths[0].resolve()), "sha256_16": predictor.model_id, "meta": meta},
         "predictor": predictor.describe(), "versions": _versions(), "torch_threads": torch.get_num_threads(),
         "manifest": {"path": str(opts.input.resolve()), "n_scans": n_scans},
         "part": {"num_parts": opts.num_parts, "part_id": opts.part_id},
@@ -172,17 +99,18 @@ def _write_provenance(opts: RunOptions, cfg: Any, predictor: Predictor, n_scans:
         atomic_write_text(opts.out_dir / "training_config.yaml", str(predictor.meta["config"]))
 
 
-def _volume_uncertainty(opts: RunOptions) -> VolumeUncertainty | None:
+def _volume_uncertainty(opts: InferConfig) -> VolumeUncertainty | None:
     """What ``inference.uncertainty`` asks for (the other checkpoints loaded for ``ensemble``)."""
-    mode = opts.uncertainty.mode
+    settings = opts.inference.uncertainty_settings()
+    mode = settings.mode
     if mode == "none":
         if len(opts.ckpt_paths) > 1:
             raise InputError(f"ckpt_path names {len(opts.ckpt_paths)} checkpoints; that needs inference.uncertainty=ensemble")
         return None
     if mode == "tta" and len(opts.ckpt_paths) > 1:
         raise InputError("inference.uncertainty=tta takes one checkpoint; several are an ensemble")
-    members = [Predictor.from_checkpoint(p, **opts.inference) for p in opts.ckpt_paths[1:]]
-    return VolumeUncertainty(opts.uncertainty, members)
+    members = [Predictor.from_checkpoint(p, **opts.inference.predictor_settings()) for p in opts.ckpt_paths[1:]]
+    return VolumeUncertainty(settings, members)
 
 
 def _write_agreement(out_dir: Path, records: list[dict[str, Any]]) -> None:
@@ -219,11 +147,11 @@ def infer(cfg: Any) -> int:
         0
     """
     t_start = time.perf_counter()
-    opts = RunOptions(cfg)
+    opts = InferConfig.from_mapping(cfg)
     if opts.torch_threads:
         torch.set_num_threads(int(opts.torch_threads))
     scans = read_manifest(opts.input, bids_filters=opts.bids_filters)
-    opts.times = _longitudinal().read_visit_times(opts.visit_times) if opts.visit_times else None
+    times = _longitudinal().read_visit_times(opts.visit_times) if opts.visit_times else None
     predictor, uncertainty = _load_predictors(opts)
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     _write_provenance(opts, cfg, predictor, len(scans))
@@ -231,13 +159,13 @@ def infer(cfg: Any) -> int:
     plan = _plan(scans, store, opts, redo_without_interval=uncertainty is not None)
     log.info("%d scans in %s; this run: %d to do, %d already done", len(scans), opts.input, len(plan.todo),
              plan.n_skipped)
-    result = _process(predictor, store, plan, opts, uncertainty)
+    result = _process(predictor, store, plan, opts, uncertainty, times)
     if result is None:  # other ranks: their scans are on disk; rank 0 writes the tables
         done = [store.read(s) or {"status": "error"} for s in plan.todo]
         return 1 if len(plan.failed_invalid) or any(r["status"] != "ok" for r in done) else 0
     n_ok, n_failed, walls, stages = result
     n_failed += len(plan.failed_invalid)
-    tables = _write_outputs(store, scans, plan.invalid, opts)
+    tables = _write_outputs(store, scans, plan.invalid, opts, times)
     _report(opts, plan, n_ok, n_failed, walls, stages, tables, time.perf_counter() - t_start)
     return 1 if n_failed else 0
 
@@ -257,15 +185,15 @@ class _Plan:
         return len(self.candidates) - len(self.todo)
 
 
-def _load_predictors(opts: RunOptions) -> tuple[Predictor, VolumeUncertainty | None]:
+def _load_predictors(opts: InferConfig) -> tuple[Predictor, VolumeUncertainty | None]:
     """The checkpoint's predictor (the run's ``register_t1`` over the checkpoint's) and the uncertainty asked for."""
-    predictor = Predictor.from_checkpoint(opts.ckpt_path, **opts.inference)
+    predictor = Predictor.from_checkpoint(opts.ckpt_paths[0], **opts.inference.predictor_settings())
     if opts.register_t1 is not None:  # the run's choice over the checkpoint's
         predictor.preprocess_spec = replace(predictor.preprocess_spec, register_t1=str(opts.register_t1))
     return predictor, _volume_uncertainty(opts)
 
 
-def _plan(scans: list[Scan], store: ResultStore, opts: RunOptions, *, redo_without_interval: bool) -> _Plan:
+def _plan(scans: list[Scan], store: ResultStore, opts: InferConfig, *, redo_without_interval: bool) -> _Plan:
     """This part's scans: invalid rows fail at once, finished ones are skipped (unless they lack the interval)."""
     invalid = invalid_rows(scans)
     share = [s for i, s in enumerate(scans) if i % opts.num_parts == opts.part_id]
@@ -281,13 +209,13 @@ def _plan(scans: list[Scan], store: ResultStore, opts: RunOptions, *, redo_witho
     return _Plan(invalid, share, failed_invalid, candidates, todo)
 
 
-def _process(predictor: Predictor, store: ResultStore, plan: _Plan, opts: RunOptions,
-             uncertainty: VolumeUncertainty | None) -> tuple[int, int, list[float], list[dict[str, float]]] | None:
+def _process(predictor: Predictor, store: ResultStore, plan: _Plan, opts: InferConfig, uncertainty: VolumeUncertainty | None,
+             times: dict[tuple[str, str], float] | None) -> tuple[int, int, list[float], list[dict[str, float]]] | None:
     """Run the scans to do in this process, longitudinally, or over Lightning's ranks (``None`` on ranks > 0)."""
     todo = plan.todo
     if opts.strategy is None:
         if opts.longitudinal:
-            return _longitudinal().process_longitudinal(predictor, store, todo, plan.candidates, opts)
+            return _longitudinal().process_longitudinal(predictor, store, todo, plan.candidates, opts, times)
         return process_scans(predictor, store, todo, opts, uncertainty)
     from wmhseg.inference.distributed import predict_distributed  # Lightning, imported only for ddp
 
@@ -303,7 +231,8 @@ def _process(predictor: Predictor, store: ResultStore, plan: _Plan, opts: RunOpt
     return len(stages), len(done) - len(stages), walls, stages
 
 
-def _write_outputs(store: ResultStore, scans: list[Scan], invalid: dict[int, str], opts: RunOptions) -> str:
+def _write_outputs(store: ResultStore, scans: list[Scan], invalid: dict[int, str], opts: InferConfig,
+                   times: dict[tuple[str, str], float] | None) -> str:
     """The tables, QC, progression and agreement, once every part is done; what was written, in words."""
     records = store.collect(scans, invalid)
     if records is None:
@@ -318,7 +247,7 @@ def _write_outputs(store: ResultStore, scans: list[Scan], invalid: dict[int, str
         write_qc(opts.out_dir, records, convention=opts.qc_convention)
         tables += f", qc/index.html ({time.perf_counter() - t_qc:.1f} s)"
     if opts.longitudinal:
-        _longitudinal().write_progression(opts.out_dir, records, opts.times, opts.longitudinal_options)
+        _longitudinal().write_progression(opts.out_dir, records, times, opts.longitudinal_options)
         tables += ", progression.csv, longitudinal/"
     if with_metrics:
         _write_agreement(opts.out_dir, records)
@@ -326,7 +255,7 @@ def _write_outputs(store: ResultStore, scans: list[Scan], invalid: dict[int, str
     return tables
 
 
-def _report(opts: RunOptions, plan: _Plan, n_ok: int, n_failed: int, walls: list[float],
+def _report(opts: InferConfig, plan: _Plan, n_ok: int, n_failed: int, walls: list[float],
             stages: list[dict[str, float]], tables: str, elapsed: float) -> None:
     """Log (or print, when logging does not reach the terminal) the run's one-line summary."""
     per_scan = f"{np.mean(walls):.2f} s/scan wall" if walls else "no scan processed"
