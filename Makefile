@@ -21,7 +21,7 @@ INFER_OUT   := $(DEMO_DIR)/infer
 REPORT      := $(DEMO_DIR)/report
 INDEPENDENT := $(DEMO_DIR)/independent
 
-.PHONY: help install test lint demo demo-clean bench bench-quick clean
+.PHONY: help install test test-fast lint demo demo-clean bench bench-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/; s|[$$][(]TORCH_SPEC[)]|$(TORCH_SPEC)|' | expand -t 14
@@ -41,6 +41,9 @@ install: $(STAMP)  ## create .venv and install wmhseg with its dependencies ($(T
 # test processes (DDP ranks, loader workers) share the cores.
 test: $(STAMP)  ## run the test suite (CPU, tiny synthetic volumes)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q tests
+
+test-fast: $(STAMP)  ## the suite without the end-to-end runs marked slow (about a minute and a half)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -m "not slow" tests
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check src tests benchmarks train.py infer.py analyze.py

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from inference_cases import write_case
 from matplotlib.image import imread
-from test_infer_helpers import write_case
 
 from wmhseg.qc.gallery import write_gallery
 from wmhseg.qc.image import qc_picture

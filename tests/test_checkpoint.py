@@ -31,22 +31,34 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_malicious_pickle_is_refused(tmp_path):
+def _loaders():
+    """Every way a user hands wmhseg a checkpoint file: the loader itself, inference, training's resume check."""
+    from wmhseg.inference.predictor import Predictor
+    from wmhseg.training import check_resume_compatible
+
+    module = WMHSegModule(net_config=NET)
+    return {"load_checkpoint": load_checkpoint, "Predictor.from_checkpoint": Predictor.from_checkpoint,
+            "resume": lambda path: check_resume_compatible(str(path), module)}
+
+
+@pytest.mark.parametrize("entry", ["load_checkpoint", "Predictor.from_checkpoint", "resume"])
+def test_malicious_pickle_is_refused(tmp_path, entry):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "wmhseg": _Payload(str(marker))}, path)
     with pytest.raises(CheckpointError, match="refused"):
-        load_checkpoint(path)
+        _loaders()[entry](path)
     assert not marker.exists()
 
 
-def test_missing_and_corrupt_checkpoints(tmp_path):
-    with pytest.raises(CheckpointError, match="not found"):
-        load_checkpoint(tmp_path / "nope.ckpt")
+@pytest.mark.parametrize("entry", ["load_checkpoint", "Predictor.from_checkpoint", "resume"])
+def test_missing_and_corrupt_checkpoints_are_named(tmp_path, entry):
+    with pytest.raises(CheckpointError, match="nope.ckpt.*not found"):
+        _loaders()[entry](tmp_path / "nope.ckpt")
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="bad.ckpt"):
-        load_checkpoint(bad)
+        _loaders()[entry](bad)
 
 
 @pytest.fixture(scope="module")

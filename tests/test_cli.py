@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 from hydra.errors import InstantiationException
+from inference_cases import infer_cfg, make_checkpoint, write_case, write_manifest
 from lightning.pytorch.callbacks import Callback
-from test_infer_helpers import infer_cfg, make_checkpoint, write_case, write_manifest
 from test_training import _compose
 
 from wmhseg.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, guard, one_line, user_error
@@ -48,6 +48,7 @@ def tables(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_infer_py_without_arguments_and_with_a_missing_manifest(tmp_path):
     line = _one_error_line(_run("infer.py"), "infer.py")
     assert "missing required settings ckpt_path, input, out_dir" in line and "usage: python infer.py" in line
@@ -57,6 +58,7 @@ def test_infer_py_without_arguments_and_with_a_missing_manifest(tmp_path):
     assert "nope.csv: manifest not found" in line
 
 
+@pytest.mark.slow
 def test_analyze_py_names_the_bad_value_plainly(tables, tmp_path):
     line = _one_error_line(_run("analyze.py", f"volumes={tables / 'volumes.csv'}",
                                 f"clinical={tables / 'clinical.csv'}", f"out_dir={tmp_path}"), "analyze.py")

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from test_infer_helpers import (
+from inference_cases import (
     FLAIR_THRESHOLD,
     infer_cfg,
     make_checkpoint,

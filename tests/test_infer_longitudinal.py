@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from test_infer_helpers import infer_cfg, make_checkpoint, phantom, write_manifest, write_nifti
+from inference_cases import infer_cfg, make_checkpoint, phantom, write_manifest, write_nifti
 
 from wmhseg.changes import CHANGE_CODES
 from wmhseg.errors import InputError

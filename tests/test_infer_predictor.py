@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from test_infer_helpers import make_checkpoint, write_case
+from inference_cases import make_checkpoint, write_case
 
 from wmhseg.errors import CheckpointError, InputError, ScanError
 from wmhseg.inference.loading import prepare_scan
@@ -25,21 +23,6 @@ def lps_case(tmp_path_factory):
     return write_case(tmp_path_factory.mktemp("lps"), "lps", codes="LPS", origin=(3.3, -7.9, 12.1))
 
 
-class _Evil:
-    def __reduce__(self):
-        return (os.system, (f"touch {os.environ['WMHSEG_PWNED']}",))
-
-
-def test_checkpoint_with_malicious_pickle_is_refused(tmp_path, monkeypatch):
-    marker = tmp_path / "pwned"
-    monkeypatch.setenv("WMHSEG_PWNED", str(marker))
-    path = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {}, "wmhseg": {"network": {}}, "payload": _Evil()}, path)
-    with pytest.raises(CheckpointError, match="refused"):
-        Predictor.from_checkpoint(path)
-    assert not marker.exists()
-
-
 def test_incomplete_or_unsafe_checkpoints_are_refused(tmp_path, binary_ckpt):
     ckpt = torch.load(binary_ckpt, weights_only=True)
     no_meta = {k: v for k, v in ckpt.items() if k != "wmhseg"}
@@ -54,8 +37,6 @@ def test_incomplete_or_unsafe_checkpoints_are_refused(tmp_path, binary_ckpt):
     torch.save(wrong, tmp_path / "weights.ckpt")
     with pytest.raises(CheckpointError, match="weights"):
         Predictor.from_checkpoint(tmp_path / "weights.ckpt")
-    with pytest.raises(CheckpointError, match="not found"):
-        Predictor.from_checkpoint(tmp_path / "missing.ckpt")
 
 
 def test_settings_are_validated():
@@ -180,14 +161,19 @@ def test_whole_volume_pads_to_the_network_divisor(tmp_path):
 
     net = build_network({"_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 2,
                          "out_channels": 2, "channels": [4, 8, 8], "strides": [2, 2], "num_res_units": 1})
-    predictor = Predictor(net, PreprocessSpec(), LabelSpec(), size_divisor=4,
-                          settings=InferenceSettings(device="cpu", precision="bf16", roi_size=None))
     from monai.data import MetaTensor
 
+    torch.manual_seed(0)
     image = MetaTensor(torch.randn(2, 13, 10, 7), affine=torch.eye(4, dtype=torch.float64))
-    out = predictor.predict(image)
-    assert tuple(out.wmh.shape) == (13, 10, 7)
-    assert float(out.wmh.min()) >= 0 and float(out.wmh.max()) <= 1
+    out = {}
+    for precision in ("bf16", "fp32"):
+        predictor = Predictor(net, PreprocessSpec(), LabelSpec(), size_divisor=4,
+                              settings=InferenceSettings(device="cpu", precision=precision, roi_size=None))
+        out[precision] = predictor.predict(image).wmh
+    assert tuple(out["bf16"].shape) == (13, 10, 7)
+    # the odd sizes were padded to 16 x 12 x 8 and cropped back: bf16 gives the fp32 probabilities to
+    # within its 8-bit mantissa (relative 2^-8 per operation, a few operations deep)
+    torch.testing.assert_close(out["bf16"].float(), out["fp32"].float(), rtol=0, atol=0.03)
 
 
 def test_bison_mode_gives_ventricles_and_tissue_classes(tmp_path):

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from test_infer_helpers import (
+from inference_cases import (
     infer_cfg,
     make_checkpoint,
     phantom,
@@ -213,6 +213,7 @@ def test_bad_checkpoint_or_manifest_stops_with_code_2(cohort, tmp_path):
     assert not any((tmp_path / d).exists() for d in ("o1", "o2", "o3"))
 
 
+@pytest.mark.slow
 def test_command_line(cohort, tmp_path):
     ckpt, manifest, _ = cohort
     out = tmp_path / "cli"
@@ -225,6 +226,7 @@ def test_command_line(cohort, tmp_path):
     assert (out / "infer.log").is_file()
 
 
+@pytest.mark.slow
 def test_lightning_ddp_predict_gives_the_single_process_table(cohort, first_run, tmp_path):
     ckpt, manifest, _ = cohort
     out = tmp_path / "ddp"

@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from test_infer_helpers import infer_cfg, make_checkpoint, phantom, reorient
+from inference_cases import infer_cfg, make_checkpoint, phantom, reorient
 
 from wmhseg.errors import ScanError
 from wmhseg.image_io import load_nifti, read_header

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_infer_helpers import make_checkpoint
+from inference_cases import make_checkpoint
 
 from wmhseg.errors import CheckpointError
 from wmhseg.inference.predictor import Predictor

@@ -9,8 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.image import imread
-from test_infer_helpers import (
+from inference_cases import (
     infer_cfg,
     make_checkpoint,
     phantom,
@@ -19,6 +18,7 @@ from test_infer_helpers import (
     write_manifest,
     write_nifti,
 )
+from matplotlib.image import imread
 
 from wmhseg.errors import InputError
 from wmhseg.inference.runner import infer

@@ -39,6 +39,7 @@ def compose_cfg(overrides: list[str]):
         return compose(config_name="analyze", overrides=overrides)
 
 
+@pytest.mark.slow
 def test_analyze_writes_every_output(tables, tmp_path):
     out = tmp_path / "out"
     cfg = compose_cfg([f"volumes={tables['volumes']}", f"clinical={tables['clinical']}", f"out_dir={out}"])
@@ -72,6 +73,7 @@ def test_analyze_writes_every_output(tables, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_settings_from_config(tables, tmp_path):
     cfg = compose_cfg(
         [
@@ -131,6 +133,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tables, tmp_path):
     out = tmp_path / "run"
     proc = run_cli(f"volumes={tables['volumes']}", f"clinical={tables['clinical']}", f"out_dir={out}")
@@ -144,6 +147,7 @@ def test_cli_end_to_end(tables, tmp_path):
     assert not (ROOT / "outputs").exists() or not any((ROOT / "outputs").rglob("analyze.log"))
 
 
+@pytest.mark.slow
 def test_cli_bad_table_exits_2_with_one_line(tables, tmp_path):
     bad = tmp_path / "clinical.csv"
     frame = pd.read_csv(tables["clinical"], dtype=str, keep_default_na=False)
@@ -160,6 +164,7 @@ def test_cli_bad_table_exits_2_with_one_line(tables, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_stats_and_cohort_never_import_torch():
     code = (
         "import sys, wmhseg.cli, wmhseg.stats, wmhseg.stats.figures, wmhseg.stats.report, wmhseg.synth.cohort\n"

@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from wmhseg.stats.analysis import analyze
 from wmhseg.stats.forest import forest_figure, key_terms
@@ -65,6 +66,7 @@ def test_embed_figures_inlines_relative_png_and_svg_only(tmp_path):
         assert f"src='{kept}'" in out
 
 
+@pytest.mark.slow
 def test_analyze_writes_a_self_contained_html_report_beside_the_markdown(tmp_path):
     cohort = simulate_cohort(CohortParams(n_als=40, n_control=30, p_survival_data=0.9, seed=5))
     paths = write_cohort(cohort, tmp_path / "in")

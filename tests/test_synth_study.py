@@ -14,6 +14,7 @@ from wmhseg.synth.__main__ import main
 from wmhseg.synth.cohort import CohortParams
 
 
+@pytest.mark.slow
 def test_study_scans_carry_the_cohort_volumes(tmp_path):
     out = tmp_path / "study"
     assert main(["study", str(out), "--n-als", "2", "--n-control", "1", "--seed", "3",

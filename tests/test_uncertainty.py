@@ -9,7 +9,7 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 import pytest
-from test_infer_helpers import infer_cfg, make_checkpoint, write_case, write_manifest
+from inference_cases import infer_cfg, make_checkpoint, write_case, write_manifest
 
 from wmhseg.errors import InputError
 from wmhseg.inference.predictor import Predictor

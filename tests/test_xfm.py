@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from test_infer_helpers import infer_cfg, make_checkpoint, phantom, write_nifti
+from inference_cases import infer_cfg, make_checkpoint, phantom, write_nifti
 
 from wmhseg.data.preprocessing import PreprocessSpec
 from wmhseg.errors import ScanError
