@@ -38,16 +38,11 @@ KNOWN_EXCEPTIONS = {
 }
 # runner reaches distributed and longitudinal lazily, and both call back into runner: the list only shrinks
 KNOWN_CYCLES = [["wmhseg.inference.distributed", "wmhseg.inference.longitudinal", "wmhseg.inference.runner"]]
-MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60  # a function's lines without its docstring
 LONG = {  # (module, function or None) -> lines today: the list only shrinks
     ("wmhseg.data.datamodule", "__init__"): 65,
-    ("wmhseg.inference.export", "resample_to_grid"): 74,
     ("wmhseg.inference.runner", None): 475,
-    ("wmhseg.inference.runner", "infer"): 94,
-    ("wmhseg.synth.images", "generate_subject"): 106,
-    ("wmhseg.synth.images", "write_dataset"): 71,
-    ("wmhseg.synth.study", "write_study"): 80,
-    ("wmhseg.training", "train"): 70,
+    ("wmhseg.inference.runner", "infer"): 73,
 }
 
 
@@ -166,10 +161,19 @@ def _lengths() -> dict[tuple[str, str | None], int]:
             out[(name, None)] = text.count("\n")
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                n = node.end_lineno - node.lineno + 1
+                n = _code_lines(node)
                 if n > MAX_FUNCTION_LINES:
                     out[(name, node.name)] = n
     return out
+
+
+def _code_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """A function's length from its signature to its end, its docstring left out (documenting
+    every argument must not push a function over the limit)."""
+    body = node.body
+    docstring = ast.get_docstring(node, clean=False) is not None
+    doc_lines = body[0].end_lineno - body[0].lineno + 1 if docstring else 0
+    return node.end_lineno - node.lineno + 1 - doc_lines
 
 
 def test_modules_and_functions_stay_short():

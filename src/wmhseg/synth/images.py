@@ -53,6 +53,7 @@ from wmhseg.synth.anatomy import (
     rotation_matrix,
     smooth_field,
 )
+from wmhseg.synth.lesions import LesionCut, lesion_score
 
 __all__ = ["SyntheticScan", "generate_subject", "write_scan", "write_dataset"]
 
@@ -97,29 +98,6 @@ def _check_args(shape, spacing, anatomy, orientation, wmh_volume_mm3) -> None:
         raise InputError(f"orientation={orientation!r} is not three axis codes such as 'RAS' or 'LPS'") from exc
     if wmh_volume_mm3 is not None and not (np.isfinite(wmh_volume_mm3) and wmh_volume_mm3 >= 0):
         raise InputError(f"wmh_volume_mm3={wmh_volume_mm3!r} must be a finite number >= 0")
-
-
-def _lesion_score(codes, vdist, horn, pose, grid, head, rng_subject) -> np.ndarray:
-    """Smooth WMH propensity inside the white matter (head frame, subject-seeded)."""
-    rs = np.random.default_rng(rng_subject)
-    pv_weight, deep_weight = rs.uniform(0.6, 1.0), rs.uniform(0.3, 0.8)
-    lam = rs.uniform(2.5, 5.0)  # mm: how far periventricular lesions reach per score unit
-    score = pv_weight * np.exp(-np.clip(vdist, 0, None) / lam) * (0.55 + 0.45 * np.clip(horn, 0, 1.2))
-    # Deep blobs: centres drawn in the head frame, so every scan of a subject has the same ones.
-    hx, hy, hz = pose.head_coords(grid)
-    n_blobs = 2 + rs.poisson(6)
-    centres = head.wm_points(rs, n_blobs)
-    sigmas = rs.uniform(1.5, 4.0, len(centres)) * head.lesion_scale
-    weights = rs.uniform(0.35, 0.9, len(centres))
-    world = centres @ pose.rotation.T + pose.centre
-    vox = (world - np.asarray(grid.origin)) / np.asarray(grid.spacing)
-    for v, c, s, w in zip(vox, centres, sigmas, weights, strict=True):
-        reach = np.ceil(4 * s / np.asarray(grid.spacing)).astype(int)  # the blob is ~0 beyond 4 sigma
-        box = tuple(slice(max(0, int(round(v[i])) - reach[i]), max(0, int(round(v[i])) + reach[i] + 1)) for i in range(3))
-        hb = [np.broadcast_to(h, grid.shape)[box] for h in (hx, hy, hz)]
-        score[box] += deep_weight * w * np.exp(-((hb[0] - c[0]) ** 2 + (hb[1] - c[1]) ** 2 + (hb[2] - c[2]) ** 2) / (2 * s * s))
-    rough = smooth_field(Noise(rs, 6.0), pose, grid)
-    return (score + 0.06 * rough).astype(_F)
 
 
 def _render(codes, lesion, core, grid, pose, acq: np.random.Generator, *, contrast_jitter, bias_field, noise):
@@ -219,54 +197,25 @@ def generate_subject(
     anat_rng = np.random.default_rng([int(subject_seed), 1])
     acq = np.random.default_rng([int(seed), 2])
     rot = rotation_matrix(acq.uniform(-rotation_deg, rotation_deg, 3)) if rotation_deg else np.eye(3)
-    if anatomy == "mni":
-        resolution = 2 if min(spacing) >= 2 else 1
-        head: Any = MNIHead(anat_rng, resolution)
-        centre = np.asarray(centre_mm if centre_mm is not None else (0.0, 0.0, 0.0), dtype=float)
-        grid_centre = np.asarray(_MNI_CENTRE) + centre
-        if tuple(shape) == (32, 32, 32):
-            shape = tuple(int(np.ceil(f / s)) for f, s in zip((197, 233, 189), spacing, strict=True))
-    else:
-        grid_centre = np.asarray(centre_mm if centre_mm is not None else (0.0, 0.0, 0.0), dtype=float)
-        centre = grid_centre
-        fov = np.asarray(shape) * np.asarray(spacing)
-        head = ProceduralHead(anat_rng, 0.46 * fov * anat_rng.uniform(0.93, 1.02, 3))
+    head, shape, centre, grid_centre = _head(anatomy, shape, spacing, centre_mm, anat_rng)
     pose = Pose(rot, centre)
     grid = Grid.centred(shape, spacing, grid_centre)
     codes, vdist, horn = head.sample(grid, pose)
-    score = _lesion_score(codes, vdist, horn, pose, grid, head, [int(subject_seed), 3])
-    wm = codes == 8
+    score = lesion_score(codes, vdist, horn, pose, grid, head, [int(subject_seed), 3])
     voxel_mm3 = float(np.prod(grid.spacing))
-    wm_mm3 = wm.sum() * voxel_mm3
-    if wmh_volume_mm3 is None:
-        wmh_volume_mm3 = float(wm_mm3 * np.exp(acq.uniform(np.log(0.002), np.log(0.04))))
-    if wmh_volume_mm3 > 0.6 * wm_mm3:
-        raise InputError(
-            f"wmh_volume_mm3={wmh_volume_mm3:.0f} is more than 60% of the white matter ({wm_mm3:.0f} mm^3) "
-            f"of a {tuple(shape)} grid at {tuple(spacing)} mm; use a larger grid or a smaller volume"
-        )
-    n = int(round(wmh_volume_mm3 / voxel_mm3))
-    wm_scores = score[wm]
-    thresh = np.inf if n == 0 else np.partition(wm_scores, wm_scores.size - n)[wm_scores.size - n]
-    spread = float(np.std(wm_scores)) + 1e-6
-
-    def lesions(codes_g, score_g):
-        les = (codes_g == 8) & (score_g >= thresh)
-        core = np.clip(0.55 + 0.45 * (score_g[les] - thresh) / (0.5 * spread), 0.55, 1.0).astype(_F)
-        return les, core
-
-    lesion, core = lesions(codes, score)
+    cut = LesionCut.for_volume(score, codes == 8, voxel_mm3, wmh_volume_mm3, acq, grid)
+    lesion, core = cut.lesions(codes, score)
     label = np.where(codes >= SCALP, 0, codes).astype(np.uint8)
     label[lesion] = 9
     kw = dict(contrast_jitter=contrast_jitter, bias_field=bias_field, noise=noise)
     t1, flair = _render(codes, lesion, core, grid, pose, acq, **kw)
     t1_affine = grid.affine
-    if t1_spacing is not None:
-        t1_shape = tuple(max(8, int(round(f / s))) for f, s in zip(grid.fov, t1_spacing, strict=True))
-        t1_grid = Grid.centred(t1_shape, t1_spacing, grid_centre)
+    if t1_spacing is not None:  # the same head and lesions sampled on the T1's own grid
+        t1_grid = Grid.centred([max(8, int(round(f / s))) for f, s in zip(grid.fov, t1_spacing, strict=True)],
+                               t1_spacing, grid_centre)
         codes_t1, vd_t1, horn_t1 = head.sample(t1_grid, pose)
-        score_t1 = _lesion_score(codes_t1, vd_t1, horn_t1, pose, t1_grid, head, [int(subject_seed), 3])
-        les_t1, core_t1 = lesions(codes_t1, score_t1)
+        les_t1, core_t1 = cut.lesions(codes_t1, lesion_score(codes_t1, vd_t1, horn_t1, pose, t1_grid, head,
+                                                             [int(subject_seed), 3]))
         t1, _ = _render(codes_t1, les_t1, core_t1, t1_grid, pose, np.random.default_rng([int(seed), 2]), **kw)
         t1_affine = t1_grid.affine
     flair, affine = _reorient(flair, grid.affine, orientation)
@@ -274,6 +223,24 @@ def generate_subject(
     t1, t1_affine = _reorient(t1, t1_affine, orientation)
     return SyntheticScan(t1=t1, flair=flair, label=label, affine=affine, t1_affine=t1_affine,
                          wmh_mm3=float(lesion.sum() * voxel_mm3))
+
+
+def _head(anatomy: str, shape: Sequence[int], spacing: Sequence[float], centre_mm: Sequence[float] | None,
+          anat_rng: np.random.Generator) -> tuple[Any, tuple[int, ...], np.ndarray, np.ndarray]:
+    """``(head, shape, head centre, grid centre)``: the anatomy model and the grid it is sampled on."""
+    shape = tuple(shape)
+    if anatomy == "mni":
+        resolution = 2 if min(spacing) >= 2 else 1
+        head: Any = MNIHead(anat_rng, resolution)
+        centre = np.asarray(centre_mm if centre_mm is not None else (0.0, 0.0, 0.0), dtype=float)
+        grid_centre = np.asarray(_MNI_CENTRE) + centre
+        if shape == (32, 32, 32):
+            shape = tuple(int(np.ceil(f / s)) for f, s in zip((197, 233, 189), spacing, strict=True))
+        return head, shape, centre, grid_centre
+    grid_centre = np.asarray(centre_mm if centre_mm is not None else (0.0, 0.0, 0.0), dtype=float)
+    fov = np.asarray(shape) * np.asarray(spacing)
+    head = ProceduralHead(anat_rng, 0.46 * fov * anat_rng.uniform(0.93, 1.02, 3))
+    return head, shape, grid_centre, grid_centre
 
 
 def write_scan(
@@ -362,13 +329,9 @@ def write_dataset(
         return manifest
     rng = np.random.default_rng([int(seed), 7])
     width = max(3, len(str(n_subjects)))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for s in range(int(n_subjects)):
-        if wmh_volume_mm3 is None or np.isscalar(wmh_volume_mm3):
-            base = wmh_volume_mm3
-        else:
-            lo, hi = (float(v) for v in wmh_volume_mm3)  # type: ignore[union-attr]
-            base = float(np.exp(rng.uniform(np.log(max(lo, 1e-3)), np.log(max(hi, 1e-3)))))
+        base = _baseline_volume(wmh_volume_mm3, rng)
         subject_seed = int(seed) * 100_003 + s
         for t in range(int(n_sessions)):
             volume = None if base is None else float(base) * (1 + growth_per_session) ** t
@@ -382,3 +345,11 @@ def write_dataset(
     atomic_write_csv(manifest, pd.DataFrame(rows, columns=["subject_id", "session_id", "t1", "flair", "label", "wmh_mm3"]))
     atomic_write_text(record, settings_text)
     return manifest
+
+
+def _baseline_volume(wmh_volume_mm3: float | Sequence[float] | None, rng: np.random.Generator) -> float | None:
+    """A subject's baseline WMH volume: the number given, log-uniform in a ``(low, high)`` range, or ``None``."""
+    if wmh_volume_mm3 is None or np.isscalar(wmh_volume_mm3):
+        return wmh_volume_mm3  # type: ignore[return-value]
+    lo, hi = (float(v) for v in wmh_volume_mm3)  # type: ignore[union-attr]
+    return float(np.exp(rng.uniform(np.log(max(lo, 1e-3)), np.log(max(hi, 1e-3)))))
