@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
-from wmhseg.inference.agreement import bland_altman, bland_altman_plot, icc, volume_agreement
+from wmhseg.inference.agreement import (
+    bland_altman,
+    bland_altman_figure,
+    bland_altman_plot,
+    icc,
+    volume_agreement,
+)
 from wmhseg.inference.export import resample_to_grid, voxel_mapping, write_mask
 from wmhseg.inference.measures import NO_PV_RULE, periventricular_split, tissue_volumes, wmh_measures
 
@@ -158,14 +166,33 @@ def test_icc_matches_shrout_fleiss_and_pingouin():
 
 def test_bland_altman_and_plot(tmp_path):
     m, r = np.array([110.0, 205.0, 290.0, np.nan]), np.array([100.0, 200.0, 300.0, 5.0])
+    # the NaN pair is left out; differences 10, 5, -10: bias 5/3; deviations 25/3, 10/3, -35/3 ->
+    # sample variance (625 + 100 + 1225) / 9 / 2 = 325/3, SD 10.4083; limits 5/3 -/+ 1.96 * 10.4083
+    bias, half = 5 / 3, 1.96 * math.sqrt(325 / 3)
     ba = bland_altman(m, r)
-    d = np.array([10.0, 5.0, -10.0])
-    assert ba["n"] == 3 and ba["bias"] == pytest.approx(d.mean())
-    assert ba["loa_high"] - ba["bias"] == pytest.approx(1.96 * d.std(ddof=1))
+    assert ba["n"] == 3 and ba["bias"] == pytest.approx(bias) and ba["sd_diff"] == pytest.approx(math.sqrt(325 / 3))
+    assert (ba["loa_low"], ba["loa_high"]) == (pytest.approx(bias - half), pytest.approx(bias + half))
+    assert (round(bias - half, 3), round(bias + half, 3)) == (-18.734, 22.067)
+    # ICC(A,1) of rows (110, 100), (205, 200), (290, 300): MSR = 18054.17, MSC = 4.17, MSE = 54.17,
+    # (MSR - MSE) / (MSR + MSE + 2 (MSC - MSE) / 3) = 18000 / 18075; ICC(C,1) = 18000 / 18108.33
     agreement = volume_agreement(m, r)
-    assert agreement["n"] == 3 and 0 < agreement["icc_a1"] <= 1
-    png = bland_altman_plot(m, r, tmp_path / "ba.png")
+    assert agreement["n"] == 3 and agreement["icc_a1"] == pytest.approx(18000 / 18075)
+    assert agreement["icc_c1"] == pytest.approx(18000 / (18054 + 1 / 6 + 54 + 1 / 6))
+    # the figure: points at (mean, difference), lines at the bias and the limits above
+    ax = bland_altman_figure(m, r, scale=1.0, unit="mm^3").axes[0]
+    np.testing.assert_allclose(ax.collections[0].get_offsets(), [[105, 10], [202.5, 5], [295, -10]])
+    assert sorted(line.get_ydata()[0] for line in ax.lines) == pytest.approx([bias - half, bias, bias + half])
+    texts = {t.get_text() for t in ax.texts}
+    assert {"-1.96 SD: -18.7", "+1.96 SD: 22.1"} <= texts and ax.get_title().endswith("(n=3)")
+    # one outlier among 20 (difference 100, bias 5, SD sqrt(500) = 22.4) lies beyond statsmodels'
+    # y range (bias + 1.5 * 1.96 SD = 70.7); the range grows to show it
+    outlier = bland_altman_figure(np.r_[np.zeros(19), 100.0], np.zeros(20), scale=1.0).axes[0]
+    assert outlier.get_ylim()[1] > 100 and outlier.get_ylim()[0] == pytest.approx(5 - 1.5 * 1.96 * math.sqrt(500))
+    png = bland_altman_plot(m, r, tmp_path / "bland_altman.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["bland_altman.png"]  # no temporary left
+    with pytest.raises(ValueError, match="at least 2"):
+        bland_altman_plot(m[:1], r[:1], tmp_path / "one.png")
 
 
 def test_write_mask_keeps_a_single_volume_4d_shape(tmp_path):

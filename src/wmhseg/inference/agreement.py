@@ -5,9 +5,10 @@
   offset between methods lowers it) with its F-based 95% confidence interval, and ``ICC(C,1)``
   (consistency; offsets ignored).
 - Bland-Altman: bias (mean of network - teacher), standard deviation of the differences,
-  95% limits of agreement (bias +/- 1.96 SD), and a PNG plot.
+  95% limits of agreement (bias +/- 1.96 SD), and a PNG plot drawn by statsmodels'
+  ``mean_diff_plot`` (matplotlib and statsmodels are imported only when a plot is drawn).
 
-NumPy/SciPy/matplotlib only (no pyplot state: figures are drawn on the Agg canvas directly).
+NumPy/SciPy at import; figures are drawn on the Agg canvas directly (no pyplot state).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from wmhseg.files import atomic_path
 
-__all__ = ["icc", "bland_altman", "bland_altman_plot", "volume_agreement"]
+__all__ = ["icc", "bland_altman", "bland_altman_figure", "bland_altman_plot", "volume_agreement"]
 
 
 def icc(ratings: np.ndarray, *, alpha: float = 0.05) -> dict[str, float]:
@@ -96,39 +97,59 @@ def bland_altman(method: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     return {"bias": bias, "sd_diff": sd, "loa_low": bias - 1.96 * sd, "loa_high": bias + 1.96 * sd, "n": n}
 
 
-def bland_altman_plot(method: np.ndarray, reference: np.ndarray, path: str | os.PathLike, *,
-                      unit: str = "mL", scale: float = 1e-3, title: str = "WMH volume: network vs BISON") -> Path:
-    """Draw a Bland-Altman plot (difference against mean) and write it atomically as PNG.
+def bland_altman_figure(method: np.ndarray, reference: np.ndarray, *, unit: str = "mL", scale: float = 1e-3,
+                        title: str = "WMH volume: network vs BISON"):
+    """A Bland-Altman plot (difference against mean) on its own Agg figure (no pyplot state).
+
+    Drawn by ``statsmodels.graphics.agreement.mean_diff_plot`` with the limits of
+    :func:`bland_altman` (bias -/+ 1.96 sample SD, as in ``agreement.json``): statsmodels takes the
+    population SD (``ddof=0``), so its ``sd_limit`` is widened by ``sqrt(n / (n - 1))`` and its
+    two limit labels are rewritten to say 1.96 SD. The y range is widened where a point lies beyond
+    statsmodels' fixed range. matplotlib and statsmodels are imported here, not at start-up.
 
     Args:
-        method, reference: paired volumes in mm^3.
-        path: destination ``.png``.
+        method, reference: paired volumes in mm^3 (pairs with a NaN are left out; at least 2).
         unit, scale: axis unit and the factor from mm^3 to it (default mL).
         title: figure title.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from statsmodels.graphics.agreement import mean_diff_plot
 
     m = np.asarray(method, np.float64) * scale
     r = np.asarray(reference, np.float64) * scale
     keep = np.isfinite(m) & np.isfinite(r)
     m, r = m[keep], r[keep]
     ba = bland_altman(m, r)
+    if ba["n"] < 2:
+        raise ValueError(f"a Bland-Altman plot needs at least 2 paired values, got {ba['n']}")
     fig = Figure(figsize=(5.5, 4.2), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    ax.scatter((m + r) / 2, m - r, s=18, alpha=0.8, color="tab:blue")
-    for value, style, label in ((ba["bias"], "-", "bias"), (ba["loa_low"], "--", "-1.96 SD"),
-                                (ba["loa_high"], "--", "+1.96 SD")):
-        if np.isfinite(value):
-            ax.axhline(value, color="tab:red", linestyle=style, linewidth=1)
-            ax.annotate(f"{label} {value:.2f}", xy=(1.0, value), xycoords=("axes fraction", "data"),
-                        xytext=(-4, 2), textcoords="offset points", ha="right", fontsize=8)
-    ax.axhline(0.0, color="grey", linewidth=0.6)
-    ax.set_xlabel(f"mean of network and BISON ({unit})")
-    ax.set_ylabel(f"network - BISON ({unit})")
+    mean_diff_plot(m, r, sd_limit=1.96 * math.sqrt(ba["n"] / (ba["n"] - 1)), ax=ax,
+                   scatter_kwds={"s": 18, "alpha": 0.8, "color": "tab:blue"},
+                   mean_line_kwds={"color": "tab:red", "linestyle": "-"}, limit_lines_kwds={"color": "tab:red"})
+    for text in ax.texts:
+        if " SD: " in text.get_text():
+            sign, value = ("-", ba["loa_low"]) if text.get_text().startswith("-") else ("+", ba["loa_high"])
+            text.set_text(f"{sign}1.96 SD: {value:.3g}")
+        text.set_fontsize(8)
+    low, high = ax.get_ylim()  # statsmodels fixes them at bias -/+ 1.5 limits: keep outliers in view
+    d = m - r
+    pad = 0.05 * (max(high, d.max()) - min(low, d.min()))
+    ax.set_ylim(min(low, d.min() - pad), max(high, d.max() + pad))
+    ax.tick_params(labelsize=8)
+    ax.set_xlabel(f"mean of network and BISON ({unit})", fontsize=9)
+    ax.set_ylabel(f"network - BISON ({unit})", fontsize=9)
     ax.set_title(f"{title} (n={ba['n']})", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def bland_altman_plot(method: np.ndarray, reference: np.ndarray, path: str | os.PathLike, *,
+                      unit: str = "mL", scale: float = 1e-3, title: str = "WMH volume: network vs BISON") -> Path:
+    """Draw :func:`bland_altman_figure` and write it atomically as PNG to ``path``."""
+    fig = bland_altman_figure(method, reference, unit=unit, scale=scale, title=title)
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
