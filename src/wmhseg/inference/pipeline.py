@@ -17,8 +17,8 @@ import math
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,13 +32,15 @@ from wmhseg.inference.measures import tissue_volumes, wmh_measures
 from wmhseg.inference.predictor import Predictor, WorkingPrediction
 from wmhseg.inference.records import ResultStore, error_record
 from wmhseg.inference.uncertainty import VolumeUncertainty
+from wmhseg.inference.writer import BackgroundWriter
 from wmhseg.manifest import Scan, check_scan
 from wmhseg.metrics import label_lesions, segmentation_metrics
-from wmhseg.qc.flags import scan_checks
+from wmhseg.qc.flags import cohort_flags, scan_checks
 from wmhseg.schema import TIMING_COLUMNS
 from wmhseg.xfm import native_volumes, stereotaxic_scale
 
-__all__ = ["ScanDataset", "process_prepared", "run_scan", "process_scans"]
+__all__ = ["ScanDataset", "Predicted", "predict_scan", "finish_scan", "process_prepared", "export_prediction",
+           "run_scan", "process_scans"]
 
 log = logging.getLogger("wmhseg.infer")
 
@@ -117,6 +119,54 @@ def _crop_to(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a[tuple(box)], b[tuple(box)]
 
 
+@dataclass
+class Predicted:
+    """A scan after layer 2: its network output on the working grid, or the error that stopped it."""
+
+    scan: Scan
+    prepared: PreparedScan | None
+    working: WorkingPrediction | None = None
+    t_predict_s: float = 0.0
+    error: str | None = None
+
+
+def _failure(scan: Scan, exc: Exception, stage: str) -> str:
+    """The message of a scan that failed: the error itself when it is one of ours, else what and where."""
+    if isinstance(exc, WmhsegError):
+        return str(exc)
+    log.debug("%s failed on %s", stage, scan.flair, exc_info=True)
+    return f"{scan.flair}: {stage} failed ({type(exc).__name__}: {exc})"
+
+
+def predict_scan(predictor: Predictor, scan: Scan, prepared: PreparedScan | None, error: str | None) -> Predicted:
+    """Layer 2 of one :class:`ScanDataset` item, in the calling thread (the one that runs the network)."""
+    if prepared is None:
+        return Predicted(scan, None, error=error)
+    t0 = time.perf_counter()
+    try:
+        working = predictor.predict(prepared.image)
+    except (WmhsegError, RuntimeError, ValueError, MemoryError) as exc:  # e.g. out of memory on one big scan
+        return Predicted(scan, prepared, error=_failure(scan, exc, "prediction"))
+    return Predicted(scan, prepared, working, time.perf_counter() - t0)
+
+
+def finish_scan(predictor: Predictor, store: ResultStore, predicted: Predicted, *, pv_distance_mm: float = 10.0,
+                uncertainty: VolumeUncertainty | None = None) -> dict[str, Any]:
+    """Layer 3 and the measures of a predicted scan: writes its mask and returns its record (ok, or
+    error naming the file and the problem). Safe in a thread beside :func:`predict_scan` unless
+    ``uncertainty`` is given (which runs the network again)."""
+    scan, error = predicted.scan, predicted.error
+    if error is None and predicted.prepared is not None and predicted.working is not None:
+        try:
+            return export_prediction(predictor, store, scan, predicted.prepared, predicted.working,
+                                     t_predict_s=predicted.t_predict_s, pv_distance_mm=pv_distance_mm,
+                                     uncertainty=uncertainty)
+        except (WmhsegError, RuntimeError, ValueError, MemoryError, OSError) as exc:
+            error = _failure(scan, exc, "export")
+    log.warning("%s: %s", scan.describe(), error)
+    return error_record(scan, str(error))
+
+
 def process_prepared(predictor: Predictor, store: ResultStore, scan: Scan, prepared: PreparedScan, *,
                      pv_distance_mm: float = 10.0, uncertainty: VolumeUncertainty | None = None,
                      working: WorkingPrediction | None = None) -> dict[str, Any]:
@@ -125,6 +175,14 @@ def process_prepared(predictor: Predictor, store: ResultStore, scan: Scan, prepa
     elsewhere, e.g. with the other visits' evidence)."""
     t0 = time.perf_counter()
     working = predictor.predict(prepared.image) if working is None else working
+    return export_prediction(predictor, store, scan, prepared, working, t_predict_s=time.perf_counter() - t0,
+                             pv_distance_mm=pv_distance_mm, uncertainty=uncertainty)
+
+
+def export_prediction(predictor: Predictor, store: ResultStore, scan: Scan, prepared: PreparedScan,
+                      working: WorkingPrediction, *, t_predict_s: float, pv_distance_mm: float = 10.0,
+                      uncertainty: VolumeUncertainty | None = None) -> dict[str, Any]:
+    """Layer 3 and measures of one predicted scan: writes its mask and returns its ok-record."""
     t1 = time.perf_counter()
     native = predictor.to_native(working, prepared.shape, prepared.affine)
     write_mask(native.mask, prepared.flair, store.mask_path(scan), affine=prepared.affine)
@@ -152,7 +210,7 @@ def process_prepared(predictor: Predictor, store: ResultStore, scan: Scan, prepa
         if metrics is not None:
             metrics["ref_wmh_mm3"] /= scale
     measures.update(prepared.alignment)
-    timings = {"t_load_s": prepared.t_load_s, "t_preprocess_s": prepared.t_preprocess_s, "t_predict_s": t1 - t0,
+    timings = {"t_load_s": prepared.t_load_s, "t_preprocess_s": prepared.t_preprocess_s, "t_predict_s": t_predict_s,
                "t_export_s": t2 - t1, "t_measure_s": t3 - t2, "t_uncertainty_s": t4 - t3}
     timings["t_total_s"] = sum(timings.values())
     timings = {k: round(v, 4) for k, v in timings.items()}
@@ -162,17 +220,61 @@ def process_prepared(predictor: Predictor, store: ResultStore, scan: Scan, prepa
 def run_scan(predictor: Predictor, store: ResultStore, scan: Scan, prepared: PreparedScan | None, error: str | None,
              *, pv_distance_mm: float = 10.0, uncertainty: VolumeUncertainty | None = None) -> dict[str, Any]:
     """One item of :class:`ScanDataset` -> its record (ok, or error naming the file and problem)."""
-    if prepared is not None:
-        try:
-            return process_prepared(predictor, store, scan, prepared, pv_distance_mm=pv_distance_mm,
-                                    uncertainty=uncertainty)
-        except WmhsegError as exc:
-            error = str(exc)
-        except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. out of memory on one big scan
-            log.debug("prediction failed on %s", scan.flair, exc_info=True)
-            error = f"{scan.flair}: prediction failed ({type(exc).__name__}: {exc})"
-    log.warning("%s: %s", scan.describe(), error)
-    return error_record(scan, str(error))
+    return finish_scan(predictor, store, predict_scan(predictor, scan, prepared, error),
+                       pv_distance_mm=pv_distance_mm, uncertainty=uncertainty)
+
+
+class _Tally:
+    """Counts, per-scan wall times and stage timings of the finished scans, and the progress bar."""
+
+    def __init__(self, n: int, progress: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.n, self.ok, self.failed = n, 0, 0
+        self.walls: list[float] = []
+        self.stages: list[dict[str, float]] = []
+        self.bar = tqdm(total=n, desc="scans", unit="scan", disable=not progress, file=sys.stderr)
+        self._last = time.perf_counter()
+
+    def add(self, record: dict[str, Any]) -> None:
+        if record["status"] == "error":
+            self.failed += 1
+        else:
+            self.ok += 1
+            self.stages.append({k: record[k] for k in TIMING_COLUMNS})
+        now = time.perf_counter()
+        self.walls.append(now - self._last)
+        self._last = now
+        self.bar.set_postfix(ok=self.ok, failed=self.failed)
+        self.bar.update(1)
+
+    def result(self) -> tuple[int, int, list[float], list[dict[str, float]]]:
+        return self.ok, self.failed, self.walls, self.stages
+
+
+def _finish_job(predictor: Predictor, store: ResultStore, predicted: Predicted, opts: Any,
+                uncertainty: VolumeUncertainty | None) -> Callable[[], dict[str, Any]]:
+    """What the writer does with one predicted scan: mask and measures, the record, the QC picture."""
+
+    def job() -> dict[str, Any]:
+        record = finish_scan(predictor, store, predicted, pv_distance_mm=opts.pv_distance_mm, uncertainty=uncertainty)
+        store.write(predicted.scan, record)
+        if getattr(opts, "qc", False) and getattr(opts, "num_parts", 1) == 1 and record["status"] == "ok":
+            _draw_picture(store, predicted.scan, opts.qc_convention)
+        return record
+
+    return job
+
+
+def _draw_picture(store: ResultStore, scan: Scan, convention: str) -> None:
+    """The scan's QC picture with the flags it has on its own; a picture whose flags change with the
+    cohort (``volume_outlier``) is drawn again with the tables."""
+    from wmhseg.qc import draw_pictures
+
+    stored = store.read(scan)
+    if stored is not None:
+        stored["qc_flags"] = cohort_flags([stored])[0]
+        draw_pictures(store.out_dir, [stored], convention=convention)
 
 
 def process_scans(predictor: Predictor, store: ResultStore, todo: list[Scan], opts: Any,
@@ -184,36 +286,29 @@ def process_scans(predictor: Predictor, store: ResultStore, todo: list[Scan], op
     Raises:
         Interrupted: Ctrl-C; the message says how many scans were finished and how to resume.
     """
-    from tqdm.auto import tqdm
-
-    n_ok = n_failed = 0
-    walls: list[float] = []
-    stages: list[dict[str, float]] = []
-    dataset = ScanDataset(todo, predictor)
-    bar = tqdm(total=len(todo), desc="scans", unit="scan", disable=not opts.progress, file=sys.stderr)
-    last = time.perf_counter()
+    tally = _Tally(len(todo), opts.progress)
+    background = getattr(opts, "background_writer", True) and uncertainty is None  # tta/ensemble run the network
+    writer = BackgroundWriter() if background else None
     try:
-        for index, prepared, error in _prepared_stream(dataset, opts.num_workers):
-            scan = todo[index]
-            record = run_scan(predictor, store, scan, prepared, error, pv_distance_mm=opts.pv_distance_mm,
-                              uncertainty=uncertainty)
-            if record["status"] == "error":
-                n_failed += 1
-            else:
-                n_ok += 1
-                stages.append({k: record[k] for k in TIMING_COLUMNS})
-            store.write(scan, record)
-            now = time.perf_counter()
-            walls.append(now - last)
-            last = now
-            bar.set_postfix(ok=n_ok, failed=n_failed)
-            bar.update(1)
+        for index, prepared, error in _prepared_stream(ScanDataset(todo, predictor), opts.num_workers):
+            predicted = predict_scan(predictor, todo[index], prepared, error)
+            job = _finish_job(predictor, store, predicted, opts, uncertainty)
+            if writer is None:
+                tally.add(job())
+                continue
+            writer.submit(index, job)
+            for _, record in writer.finished():
+                tally.add(record)
+        for _, record in writer.finished(wait=True) if writer is not None else ():
+            tally.add(record)
     except KeyboardInterrupt:
-        raise Interrupted(f"{n_ok + n_failed} of the {len(todo)} scans of this run were finished ({n_ok} ok; "
-                          f"their records are in {store.rows_dir}); rerun the same command to resume, finished "
+        for _, record in writer.finished(wait=True) if writer is not None else ():  # the scans already predicted
+            tally.add(record)
+        raise Interrupted(f"{tally.ok + tally.failed} of the {len(todo)} scans of this run were finished ({tally.ok} "
+                          f"ok; their records are in {store.rows_dir}); rerun the same command to resume, finished "
                           "scans are skipped") from None
     finally:
-        bar.close()
-    return n_ok, n_failed, walls, stages
-
-
+        if writer is not None:
+            writer.close()
+        tally.bar.close()
+    return tally.result()

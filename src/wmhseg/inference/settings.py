@@ -264,6 +264,7 @@ class InferConfig:
     num_parts: int = 1
     part_id: int = 0
     num_workers: int = 1
+    background_writer: bool = True
     torch_threads: int | None = None
     progress: bool = True
     strategy: str | None = None
