@@ -101,37 +101,45 @@ class CohortParams:
         seed: random seed; the same parameters give the same cohort.
     """
 
+    # who and when
     n_als: int = 232
     n_control: int = 207
     visit_probabilities: tuple[float, ...] = (0.15, 0.25, 0.35, 0.25)
     visit_interval_years: float = 0.5
     visit_jitter_years: float = 0.1
+    # demographics
     age_mean: float = 60.0
     age_sd: float = 10.0
     age_range: tuple[float, float] = (30.0, 85.0)
     p_male_als: float = 0.6
     p_male_control: float = 0.5
+    # baseline WMH (log scale)
     baseline_wmh_median_mm3: float = 3000.0
     baseline_wmh_log_sd: float = 0.45
     wmh_log_per_year_of_age: float = 0.025
     wmh_log_male: float = 0.1
+    # WMH progression (mm^3/year) and visit noise
     control_slope: float = 150.0
     als_extra_slope: float = 911.5
     short_extra_slope: float = 1006.0
     wmh_residual_sd: float = 300.0
+    # ALSFRS-R against WMH
     alsfrs_intercept: float = 43.0
     alsfrs_per_500mm3: float = -1.0
     alsfrs_slope_diff_short_vs_long: float = 0.0
     alsfrs_age_per_year: float = -0.05
     alsfrs_male: float = 0.0
+    # ALSFRS-R noise and missingness
     alsfrs_subject_sd: float = 2.5
     alsfrs_residual_sd: float = 1.5
     p_alsfrs_measured: float = 0.9
+    # survival
     p_survival_data: float = 0.5
     p_short: float = 0.39
     p_censored_early: float = 0.05
     cutoff_months: float = 24.0
     survival_shape: float = 1.5
+    # follow-up and the random stream
     survival_scale_months: float = 35.0
     max_followup_months: float = 72.0
     seed: int = 0
