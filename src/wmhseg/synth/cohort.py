@@ -101,13 +101,12 @@ class CohortParams:
         seed: random seed; the same parameters give the same cohort.
     """
 
-    # who and when
+    # who, when, demographics
     n_als: int = 232
     n_control: int = 207
     visit_probabilities: tuple[float, ...] = (0.15, 0.25, 0.35, 0.25)
     visit_interval_years: float = 0.5
     visit_jitter_years: float = 0.1
-    # demographics
     age_mean: float = 60.0
     age_sd: float = 10.0
     age_range: tuple[float, float] = (30.0, 85.0)
@@ -123,23 +122,21 @@ class CohortParams:
     als_extra_slope: float = 911.5
     short_extra_slope: float = 1006.0
     wmh_residual_sd: float = 300.0
-    # ALSFRS-R against WMH
+    # ALSFRS-R against WMH, its noise and missingness
     alsfrs_intercept: float = 43.0
     alsfrs_per_500mm3: float = -1.0
     alsfrs_slope_diff_short_vs_long: float = 0.0
     alsfrs_age_per_year: float = -0.05
     alsfrs_male: float = 0.0
-    # ALSFRS-R noise and missingness
     alsfrs_subject_sd: float = 2.5
     alsfrs_residual_sd: float = 1.5
     p_alsfrs_measured: float = 0.9
-    # survival
+    # survival and follow-up
     p_survival_data: float = 0.5
     p_short: float = 0.39
     p_censored_early: float = 0.05
     cutoff_months: float = 24.0
     survival_shape: float = 1.5
-    # follow-up and the random stream
     survival_scale_months: float = 35.0
     max_followup_months: float = 72.0
     seed: int = 0
@@ -160,11 +157,8 @@ class CohortParams:
             raise bad("visit_jitter_years", "must be >= 0 and smaller than visit_interval_years")
         longest = (probs.size - 1) * (self.visit_interval_years + self.visit_jitter_years) * 12.0
         if longest >= self.cutoff_months - 1.0:
-            raise bad(
-                "visit_interval_years",
-                f"the longest visit schedule ({longest:.1f} months) must end at least a month "
-                f"before cutoff_months={self.cutoff_months}",
-            )
+            raise bad("visit_interval_years", f"the longest visit schedule ({longest:.1f} months) must end at least "
+                      f"a month before cutoff_months={self.cutoff_months}")
         for name in _PROBABILITIES:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise bad(name, "must be a probability in [0, 1]")
