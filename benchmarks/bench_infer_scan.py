@@ -142,11 +142,10 @@ def _in_process(scans: list[Any], predictor: Any, out_dir: Path) -> tuple[list[d
 
 
 def _command_lines(ckpt: Path, manifest: Path, tmp: Path, n_scans: int) -> dict[str, Any]:
-    """``python infer.py`` as configured, with num_workers=0, and with scans finished one after the
-    other (``background_writer=false``), alternating the last two so that a change of load hits both."""
-    runs: dict[str, list[dict[str, Any]]] = {"default": [], "num_workers_0": [], "serial_writer": []}
+    """``python infer.py`` as configured, and with scans finished one after the other
+    (``background_writer=false``), alternating so that a change of load hits both."""
+    runs: dict[str, list[dict[str, Any]]] = {"default": [], "serial_writer": []}
     runs["default"].append(_cli(ckpt, manifest, tmp / "cli", []))
-    runs["num_workers_0"].append(_cli(ckpt, manifest, tmp / "cli_w0", ["num_workers=0"]))
     for r in range(2):
         runs["serial_writer"].append(_cli(ckpt, manifest, tmp / f"cli_serial{r}", ["background_writer=false"]))
         runs["default"].append(_cli(ckpt, manifest, tmp / f"cli_writer{r}", []))
