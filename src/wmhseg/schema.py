@@ -10,7 +10,7 @@ __all__ = [
     "MANIFEST_REQUIRED", "MANIFEST_OPTIONAL",
     "VOLUME_REQUIRED", "VOLUME_CORE", "UNCERTAINTY_COLUMNS", "TIMING_COLUMNS", "STEREOTAXIC_COLUMNS",
     "REGISTRATION_COLUMNS", "VOLUME_COLUMNS", "METRIC_NAMES", "METRICS_COLUMNS",
-    "CLINICAL_COLUMNS", "GROUPS", "SEXES",
+    "CLINICAL_COLUMNS", "GROUPS", "SEXES", "HEADLINE_KEYS", "ESTIMATE_FIELDS", "MODELS_COLUMNS", "LEFT_OUT_COLUMNS",
     "PROGRESSION_COLUMNS", "CHANGE_COLUMNS",
 ]
 
@@ -51,6 +51,18 @@ CLINICAL_COLUMNS = (
 )
 GROUPS = ("control", "ALS")
 SEXES = ("F", "M")
+
+# ---- analyze.py's outputs: headline.json (one entry per key), models.csv, left_out.csv
+HEADLINE_KEYS = (
+    "wmh_progression_als_vs_control", "wmh_progression_short_vs_long", "alsfrs_per_500mm3_wmh",
+    "alsfrs_wmh_slope_short_vs_long",
+)
+ESTIMATE_FIELDS = ("estimate", "std_err", "df", "ci_low", "ci_high", "p_value", "n_subjects", "n_obs", "method")
+MODELS_COLUMNS = (
+    "model", "term", "estimate", "std_err", "df", "ci_low", "ci_high", "p_value", "n_subjects", "n_obs", "converged",
+    "optimizer", "method", "kind", "formula", "hazard_ratio", "hr_ci_low", "hr_ci_high", "ph_p_value", "note",
+)
+LEFT_OUT_COLUMNS = ("table", "line", "subject_id", "session_id", "left_out_of", "reason")
 
 # ---- longitudinal mode: progression.csv and the per-pair lesion change tables
 PROGRESSION_COLUMNS = ("subject_id", "n_visits", "years", "wmh_first_mm3", "wmh_last_mm3", "slope_mm3_per_year",

@@ -33,7 +33,7 @@ import pandas as pd
 from wmhseg.files import atomic_write_csv, atomic_write_json, atomic_write_text
 from wmhseg.stats.headline_models import HEADLINE_KEYS, MODEL_NAMES, fit_study_models
 from wmhseg.stats.mixed import Estimate, MixedFit
-from wmhseg.stats.models_table import MODELS_COLUMNS, models_table
+from wmhseg.stats.models_table import models_table
 from wmhseg.stats.sensitivity import Sensitivity, run_sensitivity
 from wmhseg.stats.settings import AnalysisSettings, AnalyzeConfig, SettingsError
 from wmhseg.stats.structure import SlopeCheck, check_random_slopes
@@ -41,7 +41,7 @@ from wmhseg.stats.study_data import StudyData, build_dataset
 from wmhseg.stats.survival import SurvivalResult, run_survival
 from wmhseg.stats.tables import check_clinical, check_volumes, load_clinical, load_volumes
 
-__all__ = ["AnalysisResult", "run_analysis", "write_outputs", "analyze", "MODELS_COLUMNS"]
+__all__ = ["AnalysisResult", "run_analysis", "write_outputs", "analyze"]
 
 log = logging.getLogger(__name__)
 

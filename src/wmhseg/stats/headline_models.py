@@ -25,17 +25,12 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from wmhseg.schema import HEADLINE_KEYS
 from wmhseg.stats.mixed import Estimate, MixedFit, fit_mixed
 from wmhseg.stats.study_data import StudyData
 
 __all__ = ["HEADLINE_KEYS", "MODEL_NAMES", "PER_WMH", "fit_study_models", "fit_spec", "headline_specs", "covariate_terms"]
 
-HEADLINE_KEYS = (
-    "wmh_progression_als_vs_control",
-    "wmh_progression_short_vs_long",
-    "alsfrs_per_500mm3_wmh",
-    "alsfrs_wmh_slope_short_vs_long",
-)
 MODEL_NAMES = {
     "wmh_progression_als_vs_control": "model1_wmh_als_vs_control",
     "wmh_progression_short_vs_long": "model2_wmh_by_survival_group",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from scipy import stats
 
+from wmhseg.schema import MODELS_COLUMNS
 from wmhseg.stats.cox import CoxFit
 from wmhseg.stats.headline_models import HEADLINE_KEYS, MODEL_NAMES, PER_WMH, TIME
 from wmhseg.stats.mixed import Estimate, MixedFit
@@ -20,11 +21,8 @@ from wmhseg.stats.mixed import Estimate, MixedFit
 if TYPE_CHECKING:
     from wmhseg.stats.analysis import AnalysisResult
 
-__all__ = ["MODELS_COLUMNS", "models_table"]
+__all__ = ["models_table"]
 
-MODELS_COLUMNS = ["model", "term", "estimate", "std_err", "df", "ci_low", "ci_high", "p_value", "n_subjects", "n_obs",
-                  "converged", "optimizer", "method", "kind", "formula", "hazard_ratio", "hr_ci_low", "hr_ci_high",
-                  "ph_p_value", "note"]
 
 
 def models_table(result: AnalysisResult) -> pd.DataFrame:
@@ -58,7 +56,7 @@ def models_table(result: AnalysisResult) -> pd.DataFrame:
             table[col] = pd.NA
     for col in ("n_subjects", "n_obs"):
         table[col] = pd.array(pd.to_numeric(table[col]), dtype="Float64").astype("Int64")
-    return table[MODELS_COLUMNS]
+    return table[list(MODELS_COLUMNS)]
 
 
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from wmhseg.stats.tables import SEXES, TableError, VolumeTable, is_missing, lines
+from wmhseg.schema import LEFT_OUT_COLUMNS, SEXES
+from wmhseg.stats.tables import TableError, VolumeTable, is_missing, lines
 
 __all__ = [
     "SURVIVAL_STATUSES",
@@ -108,7 +109,6 @@ def _extra_covariate(clinical: pd.DataFrame, name: str, source: str) -> pd.Serie
     return col.astype(str).str.strip().astype("category")
 
 
-_LEDGER_COLUMNS = ["table", "line", "subject_id", "session_id", "left_out_of", "reason"]
 _KEYS = ["subject_id", "session_id"]
 
 
@@ -130,7 +130,7 @@ class _Ledger:
             }))
 
     def frame(self) -> pd.DataFrame:
-        return pd.concat(self.parts, ignore_index=True) if self.parts else pd.DataFrame(columns=_LEDGER_COLUMNS)
+        return pd.concat(self.parts, ignore_index=True) if self.parts else pd.DataFrame(columns=list(LEFT_OUT_COLUMNS))
 
 
 def _record_unjoined(volumes: VolumeTable, clinical: pd.DataFrame, ledger: _Ledger) -> dict[str, int]:
