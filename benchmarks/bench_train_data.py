@@ -165,7 +165,7 @@ def run(*, quick: bool = False, device: str | torch.device = "cpu", overrides: l
         data_cfg = {k: cfg.data.get(k) for k in ("patch_size", "batch_size", "samples_per_volume", "num_workers",
                                                  "train_repeats")}
         data_cfg = {k: (list(v) if hasattr(v, "__iter__") and not isinstance(v, str) else v) for k, v in data_cfg.items()}
-        synth = dict(cfg.data.synthetic)
+        synth = {k: v for k, v in cfg.data.synthetic.items() if not k.startswith("_")}
         synth = {k: (list(v) if hasattr(v, "__iter__") and not isinstance(v, str) else v) for k, v in synth.items()}
     cached, naive = result["cached"], result["naive"]
     speed = cached["steps_per_s"] / naive["steps_per_s"]
