@@ -51,8 +51,10 @@ _OPPOSITE = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
 class QCThresholds:
     """Where each flag starts (see the module docstring)."""
 
+    # volume_outlier: robust z of log(1 + WMH), in cohorts of at least min_cohort scans
     outlier_z: float = 3.5
     min_cohort: int = 5
+    # the other flags, each against its own threshold
     low_lesion_prob: float = 0.6
     outside_wm_share: float = 0.2
     fov_cut_share: float = 0.25

@@ -9,7 +9,6 @@ reported by Hydra/OmegaConf, naming the key. The values are checked when the dat
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -17,7 +16,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from wmhseg.errors import InputError, check_known_keys
+from wmhseg.errors import InputError, check_known_keys, did_you_mean
 
 __all__ = ["SettingsError", "AnalysisSettings", "AnalyzeConfig", "register_configs", "REPORT_FORMATS", "FIGURE_FORMATS",
            "INFERENCE_METHODS"]
@@ -36,9 +35,7 @@ class SettingsError(InputError):
 def _choice(name: str, value: Any, allowed: Sequence[str]) -> str:
     text = str(value).strip().lower()
     if text not in allowed:
-        close = difflib.get_close_matches(text, allowed, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise SettingsError(f"{name}={value!r}: must be one of {', '.join(allowed)}{hint}")
+        raise SettingsError(f"{name}={value!r}: must be one of {', '.join(allowed)}{did_you_mean(text, allowed)}")
     return text
 
 

@@ -12,7 +12,6 @@ missing values.
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wmhseg.errors import InputError
+from wmhseg.errors import InputError, closest, did_you_mean
 from wmhseg.ids import MISSING_WORDS
 from wmhseg.schema import CLINICAL_COLUMNS, GROUPS, SEXES, VOLUME_REQUIRED
 
@@ -104,9 +103,9 @@ def _require_columns(frame: pd.DataFrame, columns: Sequence[str], source: str) -
     if missing:
         hints = []
         for col in missing:
-            close = difflib.get_close_matches(col, [str(c) for c in frame.columns], n=1)
-            if close:
-                hints.append(f"{close[0]!r} instead of {col!r}?")
+            close = closest(col, frame.columns)
+            if close is not None:
+                hints.append(f"{close!r} instead of {col!r}?")
         hint = f" (found {', '.join(hints)})" if hints else ""
         raise TableError(
             f"{source}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}{hint}; "
@@ -175,13 +174,9 @@ def _category(frame: pd.DataFrame, column: str, source: str, allowed: Sequence[s
     bad = np.flatnonzero(~np.isin(values, allowed))
     if bad.size:
         first = str(values[bad[0]])  # a plain str in messages, not np.str_
-        close = [a for a in allowed if a.lower() == first.lower()] or difflib.get_close_matches(
-            first, allowed, n=1
-        )
-        hint = f"; did you mean {close[0]!r}?" if close else ""
         raise TableError(
             f"{source}: column {column} has {first!r}, not one of {', '.join(map(repr, allowed))}, "
-            f"on {lines(bad)}{hint}"
+            f"on {lines(bad)}{did_you_mean(first, allowed)}"
         )
     return values
 

@@ -101,6 +101,7 @@ class CohortParams:
         seed: random seed; the same parameters give the same cohort.
     """
 
+    # who, when, demographics
     n_als: int = 232
     n_control: int = 207
     visit_probabilities: tuple[float, ...] = (0.15, 0.25, 0.35, 0.25)
@@ -111,14 +112,17 @@ class CohortParams:
     age_range: tuple[float, float] = (30.0, 85.0)
     p_male_als: float = 0.6
     p_male_control: float = 0.5
+    # baseline WMH (log scale)
     baseline_wmh_median_mm3: float = 3000.0
     baseline_wmh_log_sd: float = 0.45
     wmh_log_per_year_of_age: float = 0.025
     wmh_log_male: float = 0.1
+    # WMH progression (mm^3/year) and visit noise
     control_slope: float = 150.0
     als_extra_slope: float = 911.5
     short_extra_slope: float = 1006.0
     wmh_residual_sd: float = 300.0
+    # ALSFRS-R against WMH, its noise and missingness
     alsfrs_intercept: float = 43.0
     alsfrs_per_500mm3: float = -1.0
     alsfrs_slope_diff_short_vs_long: float = 0.0
@@ -127,6 +131,7 @@ class CohortParams:
     alsfrs_subject_sd: float = 2.5
     alsfrs_residual_sd: float = 1.5
     p_alsfrs_measured: float = 0.9
+    # survival and follow-up
     p_survival_data: float = 0.5
     p_short: float = 0.39
     p_censored_early: float = 0.05
@@ -152,11 +157,8 @@ class CohortParams:
             raise bad("visit_jitter_years", "must be >= 0 and smaller than visit_interval_years")
         longest = (probs.size - 1) * (self.visit_interval_years + self.visit_jitter_years) * 12.0
         if longest >= self.cutoff_months - 1.0:
-            raise bad(
-                "visit_interval_years",
-                f"the longest visit schedule ({longest:.1f} months) must end at least a month "
-                f"before cutoff_months={self.cutoff_months}",
-            )
+            raise bad("visit_interval_years", f"the longest visit schedule ({longest:.1f} months) must end at least "
+                      f"a month before cutoff_months={self.cutoff_months}")
         for name in _PROBABILITIES:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise bad(name, "must be a probability in [0, 1]")

@@ -43,26 +43,32 @@ CUTOFF_MONTHS = 24.0
 class DiseaseParams:
     """Parameters of :func:`simulate_disease` (WMH in mm3, time in years unless named months)."""
 
+    # who
     n_als: int = 120
     n_control: int = 100
+    p_male: float = 0.55
+    # visits, missed visits and dropout
     max_visits: int = 4
     visit_interval_years: float = 0.5
     visit_jitter_years: float = 0.1
     p_missed_visit: float = 0.1
     p_dropout_per_visit: float = 0.08
-    p_male: float = 0.55
+    # baseline WMH (log scale)
     baseline_wmh_median_mm3: float = 3000.0
     baseline_wmh_log_sd: float = 0.5
     wmh_log_per_year_of_age: float = 0.03
+    # WMH progression (mm3/year): group means, per-participant spread, visit noise
     control_slope: float = 150.0
     als_extra_slope: float = 911.5
     short_extra_slope: float = 1006.0
     slope_sd: float = 300.0
     wmh_residual_sd: float = 250.0
+    # ALSFRS-R decline, slow and fast progressors
     p_fast: float = 0.4
     alsfrs_baseline_mean: float = 40.0
     alsfrs_decline_per_year: tuple[float, float] = (4.0, 9.0)  # slow, fast progressors
     alsfrs_decline_sd: float = 2.0
+    # ALSFRS-R against WMH, survival data, the random stream
     alsfrs_per_500mm3: float = -1.0
     alsfrs_residual_sd: float = 1.5
     p_survival_data: float = 0.9
