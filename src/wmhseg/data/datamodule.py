@@ -32,7 +32,7 @@ import torch
 from monai.data import DataLoader
 from monai.transforms import Compose
 
-from wmhseg.data.augment import AugmentSpec, augment_transforms
+from wmhseg.data.augment import AugmentSpec, augment_transforms, pose_transform
 from wmhseg.data.dataset import (
     CACHE_MODES,
     RepeatDataset,
@@ -273,9 +273,7 @@ class WMHDataModule(L.LightningDataModule):
         if not self._augment_device or trainer is None or not trainer.training or not isinstance(batch, dict):
             return batch
         if self._device_augment is None:  # augmentation disabled: only cut the crop to size
-            from wmhseg.data.augment import RandAffined
-
-            self._device_augment = Compose([RandAffined(["image", "label"], self.patch_size, prob=0.0)])
+            self._device_augment = Compose([pose_transform(["image", "label"], self.patch_size)])
         images, labels = [], []
         for img, lab in zip(batch["image"], batch["label"], strict=True):
             out = self._device_augment({"image": img, "label": lab})
