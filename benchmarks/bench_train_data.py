@@ -50,6 +50,9 @@ def compose_config(data_dir: Path, out_dir: Path, overrides: list[str] | None = 
     """The ``synthetic`` experiment's training config, with run paths pointed at ``out_dir``."""
     from hydra import compose, initialize_config_dir
 
+    from wmhseg.data.settings import register_configs
+
+    register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         return compose(config_name="train", overrides=[
             "experiment=synthetic",

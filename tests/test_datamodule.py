@@ -157,7 +157,7 @@ def test_synthetic_prepare_and_lightning_fit(tmp_path: Path) -> None:
 def test_bad_settings(tiny_dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="data.cache='ram' is not one of"):
         _dm(tiny_dataset, cache="ram")
-    with pytest.raises(InputError, match="unknown preprocessing settings"):
+    with pytest.raises(InputError, match="unknown preprocessing setting .spacingg.; did you mean .spacing."):
         _dm(tiny_dataset, preprocessing={"spacingg": [1, 1, 1]})
     with pytest.raises(InputError, match="data.cache='disk' needs data.cache_dir"):
         _dm(tiny_dataset, cache="disk")

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,8 @@ from monai.transforms import (
     RandShiftIntensityd,
 )
 
-from wmhseg.errors import InputError, check_known_keys
+from wmhseg.data.structured import Settings
+from wmhseg.errors import InputError
 
 __all__ = [
     "AugmentSpec",
@@ -51,7 +52,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class AugmentSpec:
+class AugmentSpec(Settings):
     """Augmentation settings (each ``*_prob`` is the chance per patch; 0 turns a step off).
 
     Args:
@@ -69,6 +70,8 @@ class AugmentSpec:
             ``anisotropy`` (thick slices).
         motion_prob / ghosting_prob / spike_prob: torchio artefacts (costly: ~0.1-0.6 s each).
     """
+
+    SECTION: ClassVar[str] = "augmentation"
 
     enabled: bool = True
     strength: float = 1.0
@@ -93,25 +96,13 @@ class AugmentSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "flip_axes", tuple(int(a) for a in self.flip_axes))
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.name.endswith("_prob") and not 0 <= float(v) <= 1:
-                raise InputError(f"augmentation.{f.name}={v!r} must be a probability in [0, 1]")
+        self.check_probabilities()
         if not 0 <= self.strength <= 2:
             raise InputError(f"augmentation.strength={self.strength!r} must be in [0, 2]")
         if any(a not in (0, 1, 2) for a in self.flip_axes):
             raise InputError(f"augmentation.flip_axes={self.flip_axes!r} must be spatial axes 0, 1, 2")
         if self.anisotropy < 1:
             raise InputError(f"augmentation.anisotropy={self.anisotropy!r} must be >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> AugmentSpec:
-        d = dict(d or {})
-        check_known_keys(d, [f.name for f in fields(cls)], "augmentation")
-        return cls(**d)
 
 
 def crop_margin_for(spec: AugmentSpec, patch_size) -> tuple[int, int, int]:

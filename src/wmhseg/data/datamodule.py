@@ -44,6 +44,7 @@ from wmhseg.data.dataset import (
 )
 from wmhseg.data.preprocessing import PreprocessSpec
 from wmhseg.data.split import split_by_subject
+from wmhseg.data.structured import from_settings
 from wmhseg.data.synthesis import SynthesisSpec
 from wmhseg.errors import InputError, check_known_keys
 from wmhseg.labels import LabelSpec
@@ -164,7 +165,7 @@ class WMHDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.preprocess_spec = PreprocessSpec.from_dict(to_plain(preprocessing or {}))
-        self.label_spec = LabelSpec.from_dict(to_plain(labels or {}))
+        self.label_spec = from_settings(LabelSpec, labels, "labels")
         self.augment_spec = AugmentSpec.from_dict(to_plain(augmentation or {}))
         self.synthesis_spec = SynthesisSpec.from_dict(to_plain(synthesis or {}))
         self.synthetic, self.independent = _check_writer(synthetic, "synthetic"), _check_writer(independent, "independent")
