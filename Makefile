@@ -12,8 +12,12 @@ STAMP       := $(VENV)/.installed
 # The demo: train on synthetic scans, simulate a longitudinal ALS/control study of scans,
 # segment them, and run the study's statistics on the measured volumes.
 DEMO_DIR    ?= demo_out
-DEMO_ALS    ?= 16
+DEMO_ALS    ?= 28
 DEMO_CTRL   ?= 16
+# 3-4 visits and survival data for 90% of patients: benchmarks/demo_design.py shows the headlines
+# and the Cox model need them at this size
+DEMO_VISITS ?= 0 0 0.5 0.5
+DEMO_SURVIVAL ?= 0.9
 DEMO_SEED   ?= 1
 CKPT        := $(DEMO_DIR)/train/checkpoints/last.ckpt
 STUDY       := $(DEMO_DIR)/study
@@ -67,6 +71,7 @@ $(CKPT): | $(STAMP)
 $(STUDY)/manifest.csv: | $(STAMP)
 	@echo "== 2/5 simulating a longitudinal study: $(DEMO_ALS) ALS, $(DEMO_CTRL) controls ($(STUDY))"
 	$(PY) -m wmhseg.synth study $(STUDY) --n-als $(DEMO_ALS) --n-control $(DEMO_CTRL) --seed $(DEMO_SEED) \
+		--visit-probabilities $(DEMO_VISITS) --p-survival-data $(DEMO_SURVIVAL) \
 		--anatomy procedural --shape 80 96 80 --spacing 2
 
 $(INFER_OUT)/volumes.csv: $(CKPT) $(STUDY)/manifest.csv

@@ -20,8 +20,9 @@ import hydra
 from omegaconf import DictConfig
 
 from wmhseg.cli import guard, run
+from wmhseg.inference.settings import USAGE, register_configs
 
-USAGE = "python infer.py ckpt_path=CKPT input=MANIFEST_OR_FOLDER out_dir=DIR [setting=value ...]"
+register_configs()
 
 
 @hydra.main(config_path="configs", config_name="infer", version_base="1.3")

@@ -15,6 +15,10 @@ Sections (each skipped with its reason when the code it measures is missing):
 * ``train_data`` - goal 3: cached training pipeline vs a naive uncached one (:mod:`bench_train_data`);
 * ``analysis``   - goal 5: the full analysis of a 439-subject cohort (:mod:`bench_analysis`).
 
+Each section runs in a process of its own (this script again, with ``--child``), so a section that
+crashes (a segfault in a native library) is reported as crashed and the others still run; what
+one section loads (OpenVINO's thread pool, a forked loader worker) cannot disturb the next.
+
 Writes ``benchmarks/results/latest.json`` (every figure, the machine, the load) and
 ``latest.md`` (the table); a full run also refreshes the table in ``benchmarks/README.md``.
 The benchmarks are never part of ``make test``.
@@ -25,7 +29,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -34,8 +41,6 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-# train_data forks loader workers, so it runs before any section loads OpenVINO: a forked copy of a
-# process holding OpenVINO's thread pool crashes
 SECTIONS = ("train_data", "analysis", "inference", "accuracy", "infer_scan")
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
@@ -115,8 +120,7 @@ def update_readme(readme: Path, table: str) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit code (1 when a section failed to run)."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats and variants")
@@ -128,6 +132,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the whole run")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for latest.json and latest.md")
     parser.add_argument("--no-readme", action="store_true", help="do not refresh the README table")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # run one section, write its JSON
+    parser.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def _run_child(args: argparse.Namespace, device: str) -> int:
+    """This process is one section's: run it and write its result as JSON to ``--child-out``."""
+    try:
+        section = _section_runner(args.child, args, device)()
+        code = 0
+    except Exception as exc:  # a section that raises is reported with its reason
+        traceback.print_exc()
+        section = {"name": args.child, "available": False, "rows": [],
+                   "reason": f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+        code = 1
+    _atomic_write(args.child_out, json.dumps(section, default=str) + "\n")
+    return code
+
+
+def _crash_reason(returncode: int) -> str:
+    """What a child's exit status says: a signal (e.g. SIGSEGV, exit 139 in a shell) or an exit code."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"crashed: killed by {name} (exit {128 - returncode} in a shell)"
+    return f"crashed: exit {returncode} without a result"
+
+
+def run_section(name: str, args: argparse.Namespace, device: str) -> tuple[dict[str, Any], bool]:
+    """Run section ``name`` in a fresh process; return its result and whether it ran to the end."""
+    forwarded = ["--device", device] + (["--quick"] if args.quick else []) + (["--ckpt", args.ckpt] if args.ckpt else [])
+    forwarded += ["--threads", str(args.threads)] if args.threads else []
+    with tempfile.TemporaryDirectory(prefix="wmhseg-bench-") as tmp:
+        out = Path(tmp) / f"{name}.json"
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", name, "--child-out", str(out),
+                               *forwarded], check=False)
+        if out.is_file():
+            return json.loads(out.read_text(encoding="utf-8")), proc.returncode == 0
+    return {"name": name, "available": False, "rows": [], "reason": _crash_reason(proc.returncode)}, False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit code (1 when a section failed to run)."""
+    parser = _parser()
     args = parser.parse_args(argv)
 
     import torch
@@ -140,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in names if s not in SECTIONS]
     if unknown:
         parser.error(f"--sections: unknown {unknown}; known: {','.join(SECTIONS)}")
+    if args.child:
+        return _run_child(args, device)
 
     start = time.perf_counter()
     results: dict[str, Any] = {
@@ -155,13 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         t = time.perf_counter()
         print(f"[{name}] running ...", file=sys.stderr, flush=True)
-        try:
-            section = _section_runner(name, args, device)()
-        except Exception as exc:  # one broken section must not lose the others' figures
-            traceback.print_exc()
-            section = {"name": name, "available": False, "rows": [],
-                       "reason": f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
-            failed = True
+        section, ran = run_section(name, args, device)  # a crash or an error is that section's alone
+        failed |= not ran
         section["wall_s"] = round(time.perf_counter() - t, 1)
         results["sections"].append(section)
         print(f"[{name}] {section['wall_s']} s" + ("" if section.get("available") else f" - {section.get('reason')}"),

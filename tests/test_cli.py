@@ -19,8 +19,8 @@ from test_training import _compose
 
 from wmhseg.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, guard, one_line, user_error
 from wmhseg.errors import InputError, ScanError
-from wmhseg.inference import runner
-from wmhseg.inference.predictor import InferenceSettings
+from wmhseg.inference import pipeline, runner
+from wmhseg.inference.settings import InferenceSettings
 from wmhseg.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_ctrl_c_during_inference_says_what_was_finished_and_resumes(tmp_path, mo
     case = write_case(tmp_path / "data", "c")
     manifest = write_manifest(tmp_path / "m.csv", [
         {"subject_id": str(i), "session_id": "1", "t1": case["t1"], "flair": case["flair"]} for i in range(3)])
-    real = runner.run_scan
+    real = pipeline.predict_scan
     calls = []
 
     def interrupted_on_the_second(*args, **kwargs):
@@ -101,14 +101,14 @@ def test_ctrl_c_during_inference_says_what_was_finished_and_resumes(tmp_path, mo
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "run_scan", interrupted_on_the_second)
+    monkeypatch.setattr(pipeline, "predict_scan", interrupted_on_the_second)
     with pytest.raises(SystemExit) as info:
         guard("infer.py", runner.infer, infer_cfg(ckpt, manifest, tmp_path / "out"))
     assert info.value.code == EXIT_INTERRUPTED
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("infer.py: interrupted: 1 of the 3 scans of this run were finished")
     assert "rerun the same command to resume" in err[0]
-    monkeypatch.setattr(runner, "run_scan", real)
+    monkeypatch.setattr(pipeline, "predict_scan", real)
     assert runner.infer(infer_cfg(ckpt, manifest, tmp_path / "out")) == 0
     assert "1 skipped (done before)" in capsys.readouterr().out
 

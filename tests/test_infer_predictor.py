@@ -10,7 +10,8 @@ from inference_cases import make_checkpoint, write_case
 
 from wmhseg.errors import CheckpointError, InputError, ScanError
 from wmhseg.inference.loading import prepare_scan
-from wmhseg.inference.predictor import InferenceSettings, Predictor
+from wmhseg.inference.predictor import Predictor
+from wmhseg.inference.settings import InferenceSettings
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,8 @@ def test_settings_are_validated():
         InferenceSettings(tta_flips=[[3]])
     with pytest.raises(InputError, match="channels_last"):
         InferenceSettings(channels_last="yes")
-    with pytest.raises(InputError, match="unknown inference settings"):
-        InferenceSettings.from_dict({"roi": 3})
+    with pytest.raises(InputError, match="unknown inference setting 'roi_sise'; did you mean 'roi_size'"):
+        InferenceSettings.from_dict({"roi_sise": 3})
     assert InferenceSettings(roi_size=64).roi_size == [64, 64, 64]
 
 

@@ -131,6 +131,30 @@ def test_metrics_and_agreement_are_written(first_run):
     assert (out / "bland_altman.png").is_file()
 
 
+def _cells(path: Path) -> pd.DataFrame:
+    """A table's cells as written (strings), its seconds left out (they differ between any two runs)."""
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return table[[c for c in table.columns if not (c.startswith("t_") and c.endswith("_s"))]]
+
+
+def test_the_background_writer_changes_no_output_byte(cohort, first_run, tmp_path):
+    """Finishing scan i in the background while scan i+1 is predicted writes the masks, tables and
+    agreement of finishing each scan before the next (the seconds aside)."""
+    ckpt, manifest, _ = cohort
+    code, out = first_run
+    serial = tmp_path / "serial"
+    assert infer(infer_cfg(ckpt, manifest, serial, num_workers=1, background_writer=False)) == code == 1
+    masks = sorted(p.name for p in (out / "masks").iterdir())
+    assert len(masks) == 6 and masks == sorted(p.name for p in (serial / "masks").iterdir())
+    for name in masks:
+        assert (out / "masks" / name).read_bytes() == (serial / "masks" / name).read_bytes(), name
+    for table in ("volumes.csv", "metrics.csv"):
+        pd.testing.assert_frame_equal(_cells(out / table), _cells(serial / table))
+    assert (out / "agreement.json").read_bytes() == (serial / "agreement.json").read_bytes()
+    pictures = sorted(p.name for p in (out / "qc").glob("*.png"))
+    assert len(pictures) == 6 and pictures == sorted(p.name for p in (serial / "qc").glob("*.png"))
+
+
 def test_metrics_against_hand_computed_dice_and_lesion_counts(tmp_path):
     ckpt = make_checkpoint(tmp_path / "threshold.ckpt")
     case = write_case(tmp_path / "data", "m", codes="RPI")
@@ -246,7 +270,7 @@ def test_prepared_stream_keeps_order_and_prepares_ahead_in_threads(num_workers):
     import threading
     import time
 
-    from wmhseg.inference.runner import _prepared_stream
+    from wmhseg.inference.pipeline import _prepared_stream
 
     started: list[int] = []
     threads: set[str] = set()

@@ -211,9 +211,9 @@ def test_qc_false_writes_no_pictures_and_a_rerun_keeps_unchanged_pictures(qc_run
     infer(infer_cfg(ckpt, manifest, other, qc=False))
     assert (other / "volumes.csv").is_file() and not (other / "qc").exists()
     with pytest.raises(Exception, match="qc_convention"):
-        from wmhseg.inference.runner import RunOptions
+        from wmhseg.inference.settings import InferConfig
 
-        RunOptions(infer_cfg(ckpt, manifest, other, qc_convention="sideways"))
+        InferConfig.from_mapping(infer_cfg(ckpt, manifest, other, qc_convention="sideways"))
 
 
 def test_picture_lines_carry_the_interval_and_flags():

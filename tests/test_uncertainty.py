@@ -13,7 +13,8 @@ from inference_cases import infer_cfg, make_checkpoint, write_case, write_manife
 
 from wmhseg.errors import InputError
 from wmhseg.inference.predictor import Predictor
-from wmhseg.inference.runner import RunOptions, infer
+from wmhseg.inference.runner import infer
+from wmhseg.inference.settings import InferConfig
 from wmhseg.inference.uncertainty import UncertaintySettings, tta_volumes, volume_interval
 
 IDS = {"subject_id": str, "session_id": str}
@@ -94,10 +95,10 @@ def test_ensemble_and_checkpoint_lists_must_agree(setup, tmp_path):
     root, ckpt, _, _, _ = setup
     manifest = root / "manifest.csv"
     cfg = {**infer_cfg(ckpt, manifest, tmp_path, inference={"uncertainty": "ensemble"}), "ckpt_path": [ckpt, ckpt]}
-    assert RunOptions(cfg).ckpt_paths == [ckpt, ckpt]  # a list, as Hydra gives ckpt_path=[a,b]
+    assert InferConfig.from_mapping(cfg).ckpt_paths == [ckpt, ckpt]  # a list, as Hydra gives ckpt_path=[a,b]
     with pytest.raises(InputError, match="needs several checkpoints"):
         infer(infer_cfg(ckpt, manifest, tmp_path / "a", inference={"uncertainty": "ensemble"}))
     with pytest.raises(InputError, match="needs inference.uncertainty=ensemble"):
         infer(infer_cfg(f"{ckpt},{ckpt}", manifest, tmp_path / "b"))
     with pytest.raises(InputError, match="strategy"):
-        RunOptions(infer_cfg(ckpt, manifest, tmp_path, strategy="ddp", inference={"uncertainty": "tta"}))
+        InferConfig.from_mapping(infer_cfg(ckpt, manifest, tmp_path, strategy="ddp", inference={"uncertainty": "tta"}))

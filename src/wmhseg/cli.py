@@ -36,7 +36,7 @@ from typing import Any, NoReturn
 from wmhseg.errors import WmhsegError
 
 __all__ = ["EXIT_USER_ERROR", "EXIT_INTERRUPTED", "one_line", "fail", "user_error", "check_command_line",
-           "guard", "run"]
+           "guard", "print_help", "run"]
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -94,14 +94,34 @@ def check_command_line(command: str, argv: Sequence[str], *, config_dir: str | o
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    try:
-        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+        try:
             cfg = compose(config_name=config_name, overrides=list(argv))
-    except (HydraException, OmegaConfBaseException) as exc:
-        fail(command, exc)
+        except (HydraException, OmegaConfBaseException) as exc:
+            cause = str(exc.__cause__ or "").splitlines()[:1]  # e.g. the type a value could not be converted to
+            fail(command, "; ".join([one_line(exc), *cause])
+                 + _closest_setting(str(exc), lambda: compose(config_name=config_name)))
     missing = _missing(cfg)
     if missing:
         fail(command, f"missing required setting{'s' if len(missing) > 1 else ''} {', '.join(missing)}; usage: {usage}")
+
+
+def _closest_setting(message: str, defaults: Callable[[], Any]) -> str:
+    """``"; did you mean 'x'?"`` when ``message`` is Hydra's for an unknown key and a setting is close to it."""
+    import difflib
+    import re
+
+    from omegaconf import DictConfig, OmegaConf
+
+    found = re.search(r"Could not override '([^']+)'", message)
+    if found is None:
+        return ""
+    parent, _, leaf = found.group(1).rpartition(".")
+    node = OmegaConf.select(defaults(), parent) if parent else defaults()
+    if not isinstance(node, DictConfig) or leaf in node:
+        return ""
+    close = difflib.get_close_matches(leaf, [str(k) for k in node.keys()], n=1)
+    return f"; did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else ""
 
 
 def guard(command: str, task: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -127,9 +147,35 @@ def _interrupted(command: str, exc: BaseException) -> NoReturn:
     sys.exit(EXIT_INTERRUPTED)
 
 
+def print_help(config_dir: str | os.PathLike, config_name: str) -> bool:
+    """Print the command's help (its ``hydra.help.template`` with ``$CONFIG``, the settings and their
+    defaults) and return True; False, leaving it to Hydra, when the template lists config groups.
+
+    Hydra's own ``--help`` lists every config group of the search path before filling the template,
+    whether or not the template shows them: with the training groups beside ``infer.yaml`` that
+    took twice the rest of ``infer.py --help``.
+    """
+    import string
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf, open_dict
+
+    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+        cfg = compose(config_name=config_name, return_hydra_config=True)
+    template = str(cfg.hydra.help.template)
+    if "CONFIG_GROUPS" in template or "FLAGS_HELP" in template:
+        return False
+    with open_dict(cfg):
+        del cfg["hydra"]
+    print(string.Template(template).safe_substitute(CONFIG=OmegaConf.to_yaml(cfg)))
+    return True
+
+
 def run(command: str, main: Callable[[], Any], *, config_dir: str | os.PathLike, config_name: str, usage: str) -> None:
     """Check the command line, then run the Hydra ``main``; Ctrl-C at any point exits 130 in one line."""
     try:
+        if sys.argv[1:] == ["--help"] and print_help(config_dir, config_name):
+            return
         check_command_line(command, sys.argv[1:], config_dir=config_dir, config_name=config_name, usage=usage)
         main()
     except KeyboardInterrupt as exc:

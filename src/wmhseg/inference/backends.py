@@ -38,10 +38,10 @@ import torch
 
 from wmhseg.checkpoint import file_sha256
 from wmhseg.errors import InputError
+from wmhseg.inference.settings import BACKENDS
 
 __all__ = ["BACKENDS", "INSTALL_HINT", "openvino_available", "resolve_backend", "cache_folder", "OpenVinoNetwork"]
 
-BACKENDS = ("auto", "torch", "openvino")
 INSTALL_HINT = "pip install 'wmhseg[openvino]'"
 _FORMAT = 1  # bump when the conversion changes, so older cache entries are not reused
 _PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}

@@ -18,12 +18,20 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from wmhseg.inference.pipeline import ScanDataset, run_scan
 from wmhseg.inference.predictor import Predictor
 from wmhseg.inference.records import ResultStore
-from wmhseg.inference.runner import ScanDataset, _identity, _worker_init, run_scan
 from wmhseg.manifest import Scan
 
 __all__ = ["PredictModule", "RecordWriter", "predict_distributed"]
+
+
+def _identity(item: Any) -> Any:
+    return item
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
 
 
 class PredictModule(L.LightningModule):

@@ -3,14 +3,15 @@
 Predictions are made on the working grid of preprocessing (oriented, resampled, cropped), whose
 voxel-to-world affine is known. Any native grid (LPS, oblique, anisotropic, shifted origin) is
 reached through the affines alone: a native voxel ``v`` sits at working-grid voxel
-``inv(A_work) @ A_native @ v``. Probabilities are interpolated there (trilinear; 0 outside the
-working grid) and thresholded afterwards, so the mask follows the smooth probability rather
+``inv(A_work) @ A_native @ v``. Probabilities are interpolated there (trilinear, by MONAI's
+``SpatialResample``; 0 outside the working grid) and thresholded afterwards, so the mask follows the smooth probability rather
 than a blocky nearest-neighbour copy.
 
 Partial volume. A native voxel larger than a working voxel along some axis (a 3 mm slice over a
 1 mm working grid) takes the *mean* over its footprint, not the value at its centre: the
 footprint is supersampled at the midpoints of ``ceil(native size / working size)`` equal parts
-per axis (:func:`footprint_factors`). The mask then keeps the volume the network segmented on
+per axis (:func:`footprint_factors`): the native grid with each voxel cut into those parts is
+resampled, and the parts are averaged (``avg_pool3d``). The mask then keeps the volume the network segmented on
 its own grid (:func:`partial_volume_mask`): the footprint mean of the working-grid mask is the
 WMH fraction of each native voxel, and the native mask is the voxels of highest fraction, as
 many as the fractions add up to. Thresholding a thick voxel's value at 0.5 instead loses every
@@ -39,7 +40,12 @@ from wmhseg.image_io import atomic_save_nifti
 __all__ = ["voxel_mapping", "footprint_factors", "resample_to_grid", "partial_volume_mask", "write_mask"]
 
 _INTEGER_TOL = 1e-4
-_SLAB = 24  # native slices sampled at once by the general path (bounds the sampling grid's memory)
+# Destination slices resampled at once: bounds the sampling grid's memory. A 1 mm working grid
+# (150 x 186 x 156, 3 channels) onto 256 x 256 x 56 voxels of 0.9 x 0.9 x 3 mm, 2 threads, 5 runs
+# each, alternating, median: 3.0 s axial / 3.1 s oblique here against 4.2 / 4.5 s for the former
+# hand-written slab-wise grid_sample (on a quieter machine, the whole grid at once: 1.4 s against
+# 2.05 s, axial); process peak memory 677 MiB against 663 MiB (840 MiB without slabs).
+_SLAB = 32
 
 
 def voxel_mapping(src_affine: np.ndarray, dst_affine: np.ndarray) -> np.ndarray:
@@ -70,11 +76,13 @@ def footprint_factors(mapping: np.ndarray) -> tuple[int, int, int]:
     return tuple(max(1, int(np.ceil(n - _INTEGER_TOL))) for n in lengths)  # type: ignore[return-value]
 
 
-def _footprint_offsets(mapping: np.ndarray, factors: Sequence[int]) -> torch.Tensor:
-    """``(K, 3)`` source-voxel offsets of the midpoints of a destination voxel's sub-voxels."""
-    parts = [(np.arange(k) + 0.5) / k - 0.5 for k in factors]
-    sub = np.stack(np.meshgrid(*parts, indexing="ij"), -1).reshape(-1, 3)  # destination voxel units
-    return torch.as_tensor(sub @ np.asarray(mapping, np.float64)[:3, :3].T, dtype=torch.float64)
+def _subvoxel_affine(dst_affine: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    """Voxel-to-world affine of the destination grid with each voxel cut into ``factors`` equal
+    parts per axis: fine voxel ``f`` is the midpoint ``(f + 0.5) / k - 0.5`` of destination voxel units."""
+    k = np.asarray(factors, np.float64)
+    sub = np.diag([*(1.0 / k), 1.0])
+    sub[:3, 3] = (1.0 / k - 1.0) / 2.0
+    return np.asarray(dst_affine, np.float64) @ sub
 
 
 def _as_permutation(mapping: np.ndarray) -> tuple[list[int], list[int], list[int]] | None:
@@ -98,10 +106,10 @@ def _as_permutation(mapping: np.ndarray) -> tuple[list[int], list[int], list[int
 
 
 def _copy_permuted(data: torch.Tensor, perm: tuple[list[int], list[int], list[int]],
-                   dst_shape: Sequence[int], fill: float) -> torch.Tensor:
+                   dst_shape: Sequence[int]) -> torch.Tensor:
     axes, signs, offsets = perm
     src = data.permute(0, *(1 + a for a in axes))  # source axes in destination order
-    out = torch.full((data.shape[0], *dst_shape), fill, dtype=data.dtype)
+    out = torch.zeros((data.shape[0], *dst_shape), dtype=data.dtype)
     dst_index, src_index = [], []
     for j in range(3):
         n_src = src.shape[1 + j]
@@ -119,17 +127,28 @@ def _copy_permuted(data: torch.Tensor, perm: tuple[list[int], list[int], list[in
     return out
 
 
-def _destination_box(mapping: np.ndarray, src_shape: Sequence[int], dst_shape: Sequence[int]) -> list[slice] | None:
-    """Destination voxels whose source position may fall inside the source grid."""
-    inv = np.linalg.inv(mapping)
-    corners = np.array([[x, y, z, 1.0] for x in (-1, src_shape[0]) for y in (-1, src_shape[1])
-                        for z in (-1, src_shape[2])])
-    pts = (inv @ corners.T)[:3]
-    lo = np.clip(np.floor(pts.min(axis=1)).astype(int), 0, None)
-    hi = np.minimum(np.ceil(pts.max(axis=1)).astype(int) + 1, np.asarray(dst_shape))
-    if np.any(hi <= lo):
-        return None
-    return [slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True)]
+def _footprint_mean(src: torch.Tensor, src_affine: np.ndarray, dst_shape: Sequence[int], dst_affine: np.ndarray,
+                    mode: str, factors: Sequence[int]) -> torch.Tensor:
+    """MONAI's ``SpatialResample`` (torch ``affine_grid`` + ``grid_sample``, voxel centres at
+    integer indices, 0 outside) onto the sub-voxel grid, then the mean of each voxel's ``factors``
+    parts (``avg_pool3d``): the midpoint rule over the footprint. ``_SLAB`` destination slices
+    at a time."""
+    from monai.data import MetaTensor
+    from monai.transforms import SpatialResample
+
+    resample = SpatialResample(mode=mode, padding_mode="zeros", align_corners=True, dtype=torch.float32)
+    img = MetaTensor(src, affine=torch.as_tensor(np.asarray(src_affine, np.float64)))
+    out = torch.empty((src.shape[0], *dst_shape), dtype=torch.float32)
+    for start in range(0, dst_shape[0], _SLAB):
+        n = min(_SLAB, dst_shape[0] - start)
+        slab_affine = np.asarray(dst_affine, np.float64) @ np.array(
+            [[1, 0, 0, start], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], np.float64)
+        fine_shape = [k * m for k, m in zip(factors, (n, *dst_shape[1:]), strict=True)]
+        fine = resample(img, dst_affine=torch.as_tensor(_subvoxel_affine(slab_affine, factors)),
+                        spatial_size=fine_shape)
+        fine = (fine.as_tensor() if isinstance(fine, MetaTensor) else fine).float()
+        out[:, start:start + n] = fine if max(factors) == 1 else F.avg_pool3d(fine[None], tuple(factors))[0]
+    return out
 
 
 def resample_to_grid(
@@ -139,10 +158,13 @@ def resample_to_grid(
     dst_affine: np.ndarray,
     *,
     mode: str = "bilinear",
-    fill: float = 0.0,
     footprint: bool = True,
 ) -> torch.Tensor:
     """Resample channel-first data from its grid onto another grid through the affines.
+
+    Destination voxels outside the source grid get 0. A signed axis permutation with an integer
+    shift is copied voxel for voxel; any other mapping is resampled by MONAI's ``SpatialResample``
+    (:func:`_footprint_mean`).
 
     Args:
         data: ``(C, X, Y, Z)`` values on the source grid (probabilities, labels ...).
@@ -150,7 +172,6 @@ def resample_to_grid(
         dst_shape: the destination grid's shape ``(X', Y', Z')``.
         dst_affine: the destination grid's voxel-to-world affine (4x4), any orientation.
         mode: ``"bilinear"`` (trilinear interpolation) or ``"nearest"``.
-        fill: value of destination voxels outside the source grid.
         footprint: average over each destination voxel's footprint where it is larger than a
             source voxel (:func:`footprint_factors`); ``False`` samples the centre only. Use
             ``False`` with ``mode="nearest"`` for labels.
@@ -175,37 +196,9 @@ def resample_to_grid(
     mapping = voxel_mapping(src_affine, dst_affine)
     perm = _as_permutation(mapping)
     if perm is not None:
-        return _copy_permuted(src, perm, dst_shape, fill)
-
-    out = torch.full((src.shape[0], *dst_shape), fill, dtype=torch.float32)
-    box = _destination_box(mapping, src.shape[1:], dst_shape)
-    if box is None:
-        return out
-    m = torch.as_tensor(mapping, dtype=torch.float64)
-    offsets = _footprint_offsets(mapping, footprint_factors(mapping) if footprint else (1, 1, 1))
-    sizes = torch.tensor(src.shape[1:], dtype=torch.float64)
-    # grid_sample with align_corners=True: -1 and +1 are the centres of the first and last voxel
-    scale = torch.where(sizes > 1, 2.0 / (sizes - 1).clamp(min=1), torch.zeros(3, dtype=torch.float64))
-    jj = torch.arange(box[1].start, box[1].stop, dtype=torch.float64)
-    kk = torch.arange(box[2].start, box[2].stop, dtype=torch.float64)
-    planes = (m[:3, 1, None, None] * jj[None, :, None] + m[:3, 2, None, None] * kk[None, None, :]
-              + m[:3, 3, None, None])  # (3, ny, nz)
-    src5 = src.unsqueeze(0)
-    for start in range(box[0].start, box[0].stop, _SLAB):
-        stop = min(start + _SLAB, box[0].stop)
-        ii = torch.arange(start, stop, dtype=torch.float64)
-        coords = planes[:, None] + m[:3, 0, None, None, None] * ii[None, :, None, None]  # (3, nx, ny, nz)
-        vals = torch.zeros((src.shape[0], *coords.shape[1:]), dtype=torch.float32)
-        for delta in offsets:
-            norm = (coords + delta[:, None, None, None]) * scale[:, None, None, None] - 1.0
-            grid = norm.flip(0).permute(1, 2, 3, 0).unsqueeze(0).to(torch.float32)  # (1, nx, ny, nz, [z, y, x])
-            vals += F.grid_sample(src5, grid, mode=mode, padding_mode="zeros", align_corners=True)[0]
-        vals /= len(offsets)
-        if fill != 0.0:
-            inside = ((coords > -0.5) & (coords < sizes[:, None, None, None] - 0.5)).all(0)
-            vals = torch.where(inside, vals, torch.full_like(vals, fill))
-        out[:, start:stop, box[1], box[2]] = vals
-    return out
+        return _copy_permuted(src, perm, dst_shape)
+    factors = footprint_factors(mapping) if footprint else (1, 1, 1)
+    return _footprint_mean(src, src_affine, dst_shape, dst_affine, mode, factors)
 
 
 def partial_volume_mask(fraction: np.ndarray | torch.Tensor, order: np.ndarray | torch.Tensor | None = None

@@ -12,7 +12,7 @@ through :func:`segment_subject`:
    becomes ``(1 - prior_weight) * p_visit + prior_weight * p_mean`` (``p_mean`` resampled back
    onto the visit's working grid); ``prior_weight=0`` is independent segmentation;
 4. thresholding, the native-grid mask, measures and record are those of an independent run
-   (:func:`wmhseg.inference.runner.process_prepared`), flagged ``longitudinal=True``;
+   (:func:`wmhseg.inference.pipeline.process_prepared`), flagged ``longitudinal=True``;
 5. between consecutive visits, the earlier native mask is mapped onto the later visit's native
    grid and every lesion is classified (:func:`wmhseg.changes.lesion_changes`):
    ``DIR/longitudinal/<subject_id>/<from>_to_<to>_changes.nii.gz`` (1 new, 2 enlarging,
@@ -39,7 +39,6 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +52,10 @@ from wmhseg.errors import InputError, WmhsegError
 from wmhseg.files import atomic_write_csv, atomic_write_json
 from wmhseg.image_io import atomic_save_nifti
 from wmhseg.inference.loading import PreparedScan
+from wmhseg.inference.pipeline import ScanDataset, process_prepared, process_scans, run_scan
 from wmhseg.inference.predictor import Predictor, WorkingPrediction
 from wmhseg.inference.records import ResultStore
-from wmhseg.inference.runner import ScanDataset, process_prepared, process_scans, run_scan
+from wmhseg.inference.settings import LongitudinalSettings
 from wmhseg.inference.subject_space import (
     RegistrationError,
     between_visits,
@@ -67,30 +67,10 @@ from wmhseg.manifest import Scan
 from wmhseg.schema import PROGRESSION_COLUMNS, TIMING_COLUMNS
 
 __all__ = ["PROGRESSION_COLUMNS", "LongitudinalSettings", "read_visit_times", "order_visits",
-           "segment_subject", "process_longitudinal", "write_progression", "check_supported"]
+           "segment_subject", "process_longitudinal", "write_progression"]
 
 log = logging.getLogger("wmhseg.infer")
 
-
-
-@dataclass
-class LongitudinalSettings:
-    """``configs/infer.yaml``'s ``longitudinal_options``.
-
-    Args:
-        prior_weight: weight of the subject's mean probability in each visit's (0-1).
-        min_new_mm3: new lesions smaller than this are not counted in ``progression.csv``
-            (they stay in the change maps).
-    """
-
-    prior_weight: float = 0.5
-    min_new_mm3: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= float(self.prior_weight) < 1.0:
-            raise InputError(f"longitudinal_options.prior_weight={self.prior_weight!r} must be within [0, 1)")
-        if not float(self.min_new_mm3) >= 0.0:
-            raise InputError(f"longitudinal_options.min_new_mm3={self.min_new_mm3!r} must be >= 0")
 
 
 def read_visit_times(path: str | os.PathLike) -> dict[tuple[str, str], float]:
@@ -273,14 +253,6 @@ def write_progression(out_dir: Path, records: list[dict[str, Any]], times: dict[
     return atomic_write_csv(out_dir / "progression.csv", table)
 
 
-def check_supported(num_parts: int, strategy: Any) -> None:
-    """Longitudinal mode runs in one process over the whole manifest."""
-    if num_parts != 1 or strategy is not None:
-        raise InputError(f"longitudinal=true needs one process over the whole manifest (num_parts={num_parts}, "
-                         f"strategy={strategy!r}); run without parts and strategy")
-
-
-
 def _run_subject(predictor: Predictor, store: ResultStore, visits: list[Scan], opts: Any) -> list[dict[str, Any]]:
     """Prepare a subject's visits and segment them together (independently when fewer than two load)."""
     dataset = ScanDataset(visits, predictor)
@@ -311,12 +283,13 @@ def _run_subject(predictor: Predictor, store: ResultStore, visits: list[Scan], o
 
 
 def process_longitudinal(predictor: Predictor, store: ResultStore, todo: list[Scan], candidates: list[Scan],
-                         opts: Any) -> tuple[int, int, list[float], list[dict[str, float]]]:
+                         opts: Any, times: dict[tuple[str, str], float] | None = None
+                         ) -> tuple[int, int, list[float], list[dict[str, float]]]:
     """The runner's per-scan loop in longitudinal mode: a subject with two or more valid visits is
     segmented together (all its visits, when any of them is to do); the rest scan by scan.
-    Returns what :func:`~wmhseg.inference.runner.process_scans` returns."""
+    Returns what :func:`~wmhseg.inference.pipeline.process_scans` returns."""
     pending = {s.subject_id for s in todo}
-    groups = order_visits([s for s in candidates if s.subject_id in pending], opts.times)
+    groups = order_visits([s for s in candidates if s.subject_id in pending], times)
     singles = [s for s in todo if len(groups[s.subject_id]) < 2]
     n_ok, n_failed, walls, stages = process_scans(predictor, store, singles, opts, None)
     for visits in (v for v in groups.values() if len(v) >= 2):

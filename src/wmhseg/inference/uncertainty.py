@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
 
@@ -40,55 +39,10 @@ import torch
 
 from wmhseg.errors import InputError
 from wmhseg.geometry import voxel_sizes
+from wmhseg.inference.settings import UNCERTAINTY_MODES, UncertaintySettings
 
 __all__ = ["UNCERTAINTY_MODES", "UncertaintySettings", "VolumeUncertainty", "tta_volumes", "member_volumes",
            "volume_interval"]
-
-UNCERTAINTY_MODES = ("none", "tta", "ensemble")
-_PREFIX = "uncertainty"
-
-
-@dataclass(frozen=True)
-class UncertaintySettings:
-    """The ``inference.uncertainty*`` settings (see the module docstring).
-
-    Raises:
-        InputError: an unknown mode or an out-of-range value, named.
-    """
-
-    mode: str = "none"
-    samples: int = 8
-    rotate_deg: float = 3.0
-    scale_range: float = 0.03
-    translate_mm: float = 2.0
-    intensity: float = 0.05
-    level: float = 0.95
-    calibration: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.mode not in UNCERTAINTY_MODES:
-            raise InputError(f"inference.uncertainty={self.mode!r} is not one of {UNCERTAINTY_MODES}")
-        if int(self.samples) < 2:
-            raise InputError(f"inference.uncertainty_samples={self.samples!r} must be >= 2")
-        if not 0 < float(self.level) < 1:
-            raise InputError(f"inference.uncertainty_level={self.level!r} must lie between 0 and 1")
-        if float(self.calibration) <= 0:
-            raise InputError(f"inference.uncertainty_calibration={self.calibration!r} must be > 0")
-        for name in ("rotate_deg", "scale_range", "translate_mm", "intensity"):
-            if float(getattr(self, name)) < 0:
-                raise InputError(f"inference.uncertainty_{name}={getattr(self, name)!r} must be >= 0")
-
-    @classmethod
-    def pop_from(cls, inference: dict[str, Any]) -> UncertaintySettings:
-        """Take the ``uncertainty*`` keys out of an ``inference`` mapping (the rest is the predictor's)."""
-        keys = [k for k in inference if k == _PREFIX or k.startswith(_PREFIX + "_")]
-        values = {("mode" if k == _PREFIX else k[len(_PREFIX) + 1:]): inference.pop(k) for k in keys}
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise InputError(f"unknown inference settings {[f'{_PREFIX}_{u}' for u in unknown]}")
-        return cls(**{k: (str(v) if k == "mode" else v) for k, v in values.items()})
-
 
 def _augmentation(s: UncertaintySettings, spacing: Sequence[float], seed: int) -> Any:
     from monai.transforms import Compose, RandAffined, RandFlipd, RandScaleIntensityd

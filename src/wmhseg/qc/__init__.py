@@ -23,7 +23,7 @@ from wmhseg.files import atomic_write_json
 from wmhseg.qc.gallery import picture_name, write_gallery
 from wmhseg.qc.image import CONVENTIONS, qc_picture
 
-__all__ = ["write_qc", "picture_lines", "CONVENTIONS"]
+__all__ = ["write_qc", "draw_pictures", "picture_lines", "CONVENTIONS"]
 
 log = logging.getLogger("wmhseg.qc")
 _STATE = ".pictures.json"
@@ -68,6 +68,14 @@ def write_qc(out_dir: str | os.PathLike, records: Sequence[dict[str, Any]], *,
     Returns:
         The gallery's path.
     """
+    draw_pictures(out_dir, records, convention=convention)
+    return write_gallery(Path(out_dir), records)
+
+
+def draw_pictures(out_dir: str | os.PathLike, records: Sequence[dict[str, Any]], *,
+                  convention: str = "radiological") -> None:
+    """Draw the pictures of the ok ``records`` that are missing or out of date (their text, model,
+    inputs or mask changed), one at a time; failed records are left to the gallery."""
     out = Path(out_dir)
     qc_dir = out / "qc"
     qc_dir.mkdir(parents=True, exist_ok=True)
@@ -85,4 +93,3 @@ def write_qc(out_dir: str | os.PathLike, records: Sequence[dict[str, Any]], *,
     for name, record in todo:  # one at a time: matplotlib is not thread-safe (each picture reads its files in threads)
         state[name] = _draw(out, record, convention)
     atomic_write_json(qc_dir / _STATE, {k: v for k, v in state.items() if v is not None})
-    return write_gallery(out, records)

@@ -2,6 +2,7 @@
 
     python -m wmhseg.synth study OUT_DIR [--n-als 30 --n-control 30 --seed 0 --spacing 2 --followups realistic]
     python -m wmhseg.synth cohort OUT_DIR [--n-als 232 --n-control 207 --seed 0]
+    python -m wmhseg.synth study OUT_DIR --visit-probabilities 0 0.5 0.5 --p-survival-data 0.9   # 2-3 visits
     python -m wmhseg.synth bison OUT_DIR [--n-subjects 4 --seed 0]
     python -m wmhseg.synth independent OUT_DIR [--n-subjects 4 --seed 0]
 
@@ -32,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-control", type=int, default=None)
     parser.add_argument("--n-subjects", type=int, default=4,
                         help="subjects of a BISON run (two visits each) or independent phantoms")
+    parser.add_argument("--visit-probabilities", type=float, nargs="+", default=None, metavar="P",
+                        help="probabilities of 1, 2, ... visits per subject (study, cohort; sum to 1)")
+    parser.add_argument("--p-survival-data", type=float, default=None,
+                        help="share of patients with survival data (study, cohort)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spacing", type=float, default=2.0, help="voxel size of the scans (study)")
     parser.add_argument("--shape", type=int, nargs=3, default=None, help="grid size of the scans (study)")
@@ -45,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print(json.dumps({"manifest": str(write_family(args.out_dir, n_subjects=args.n_subjects, seed=args.seed))}))
         return 0
-    sizes = {"n_als": args.n_als, "n_control": args.n_control}
-    params = CohortParams(seed=args.seed, **{k: v for k, v in sizes.items() if v is not None})
+    design = {"n_als": args.n_als, "n_control": args.n_control, "p_survival_data": args.p_survival_data,
+              "visit_probabilities": tuple(args.visit_probabilities) if args.visit_probabilities else None}
+    try:
+        params = CohortParams(seed=args.seed, **{k: v for k, v in design.items() if v is not None})
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.what == "bison":
         from wmhseg.synth.bison_run import write_bison_run
 
