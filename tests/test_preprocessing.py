@@ -8,8 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.data import MetaTensor
 
-from wmhseg.data.preprocessing import PreprocessSpec, preprocess_transforms
+from wmhseg.data.preprocessing import PreprocessSpec, crop_head, head_bbox, head_mask, preprocess_transforms
 from wmhseg.errors import InputError, ScanError
 from wmhseg.manifest import read_manifest
 
@@ -124,6 +125,31 @@ def test_crop_keeps_head_bbox_plus_margin(tmp_path: Path) -> None:
     assert tuple(image.shape[1:]) == (20 + 6, 35 + 6, 8 + 6)
     assert np.allclose(image.affine.numpy()[:3, 3], (10 - 3, 5 - 3, 12 - 3))
     assert float(image[1].max()) == 50.0
+
+
+def _old_crop_box(flair: np.ndarray, voxel: np.ndarray, threshold: float, margin_mm: float) -> list[slice]:
+    """The box the hand-written CropHeadd cut (before MONAI's CropForegroundd replaced it)."""
+    box = head_bbox(head_mask(flair, threshold))
+    margin = np.ceil(margin_mm / voxel - 1e-6).astype(int)
+    return [slice(max(0, b0 - m), min(n, b1 + m)) for (b0, b1), m, n in zip(box, margin, flair.shape, strict=True)]
+
+
+def test_crop_head_cuts_the_old_box_on_anisotropic_grids() -> None:
+    rng = np.random.default_rng(3)
+    flair = rng.uniform(0, 1, (40, 36, 20)).astype(np.float32)  # background noise below the threshold
+    flair[2:30, 8:36, 1:12] += 80.0  # the head touches the upper y edge: the margin is clipped there
+    flair[38, 0, 19] = 90.0  # a lone bright voxel must not stretch the box
+    voxel = np.array([0.9, 0.9, 3.0])
+    affine = torch.as_tensor(np.diag([*voxel, 1.0]))
+    image = MetaTensor(torch.from_numpy(np.stack([flair * 2, flair])), affine=affine)
+    label = MetaTensor(torch.from_numpy((flair > 40).astype(np.int16))[None], affine=affine)
+    out = crop_head(["image", "label"], threshold=0.05, margin_mm=(4.0, 4.0, 4.0))({"image": image, "label": label})
+    box = _old_crop_box(flair, voxel, 0.05, 4.0)
+    assert box == [slice(0, 35), slice(3, 36), slice(0, 14)]  # margins of 5, 5 and 2 voxels
+    assert torch.equal(out["image"].as_tensor(), image.as_tensor()[(slice(None), *box)])
+    assert torch.equal(out["label"].as_tensor(), label.as_tensor()[(slice(None), *box)])
+    assert np.allclose(out["image"].affine.numpy()[:3, 3], [0.0, 3 * 0.9, 0.0])
+    assert set(out) == {"image", "label"}  # no foreground-coordinate keys added
 
 
 def test_real_scan_label_values_and_nan_repair(tiny_dataset: Path, tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from wmhseg.errors import WmhsegError
+from wmhseg.errors import WmhsegError, closest
 
 __all__ = ["EXIT_USER_ERROR", "EXIT_INTERRUPTED", "one_line", "fail", "user_error", "check_command_line",
            "guard", "print_help", "run"]
@@ -108,7 +108,6 @@ def check_command_line(command: str, argv: Sequence[str], *, config_dir: str | o
 
 def _closest_setting(message: str, defaults: Callable[[], Any]) -> str:
     """``"; did you mean 'x'?"`` when ``message`` is Hydra's for an unknown key and a setting is close to it."""
-    import difflib
     import re
 
     from omegaconf import DictConfig, OmegaConf
@@ -120,8 +119,8 @@ def _closest_setting(message: str, defaults: Callable[[], Any]) -> str:
     node = OmegaConf.select(defaults(), parent) if parent else defaults()
     if not isinstance(node, DictConfig) or leaf in node:
         return ""
-    close = difflib.get_close_matches(leaf, [str(k) for k in node.keys()], n=1)
-    return f"; did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else ""
+    close = closest(leaf, node.keys())
+    return f"; did you mean '{parent + '.' if parent else ''}{close}'?" if close is not None else ""
 
 
 def guard(command: str, task: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

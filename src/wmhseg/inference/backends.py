@@ -23,7 +23,6 @@ directly (``ov.convert_model`` would also send usage telemetry).
 from __future__ import annotations
 
 import copy
-import difflib
 import importlib.util
 import json
 import logging
@@ -37,7 +36,7 @@ from typing import Any
 import torch
 
 from wmhseg.checkpoint import file_sha256
-from wmhseg.errors import InputError
+from wmhseg.errors import InputError, did_you_mean
 from wmhseg.inference.settings import BACKENDS
 
 __all__ = ["BACKENDS", "INSTALL_HINT", "openvino_available", "resolve_backend", "cache_folder", "OpenVinoNetwork"]
@@ -65,9 +64,7 @@ def resolve_backend(backend: str, device: torch.device, precision: str = "fp32")
         InputError: ``backend`` is not one of :data:`BACKENDS`.
     """
     if backend not in BACKENDS:
-        close = difflib.get_close_matches(str(backend), BACKENDS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise InputError(f"backend={backend!r} is not one of {BACKENDS}{hint}")
+        raise InputError(f"backend={backend!r} is not one of {BACKENDS}{did_you_mean(backend, BACKENDS)}")
     if backend == "torch" or (backend == "auto" and precision != "fp32"):
         return "torch"
     if device.type != "cpu":

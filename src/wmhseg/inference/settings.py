@@ -14,7 +14,6 @@ that ``infer.py`` registers and checks its configuration before it imports torch
 
 from __future__ import annotations
 
-import difflib
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -23,7 +22,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from wmhseg.errors import InputError, check_known_keys
+from wmhseg.errors import InputError, check_known_keys, did_you_mean
 
 __all__ = ["PRECISIONS", "BACKENDS", "UNCERTAINTY_MODES", "USAGE", "InferenceSettings", "UncertaintySettings",
            "LongitudinalSettings", "InferenceConfig", "InferConfig", "register_configs"]
@@ -40,9 +39,7 @@ USAGE = "python infer.py ckpt_path=CKPT input=MANIFEST_OR_FOLDER out_dir=DIR [se
 def _choose(value: str, options: Sequence[str], name: str) -> str:
     if value in options:
         return value
-    close = difflib.get_close_matches(str(value), options, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise InputError(f"{name}={value!r} is not one of {tuple(options)}{hint}")
+    raise InputError(f"{name}={value!r} is not one of {tuple(options)}{did_you_mean(value, options)}")
 
 
 def _check_device(device: str) -> str:
