@@ -50,6 +50,9 @@ def compose_config(data_dir: Path, out_dir: Path, overrides: list[str] | None = 
     """The ``synthetic`` experiment's training config, with run paths pointed at ``out_dir``."""
     from hydra import compose, initialize_config_dir
 
+    from wmhseg.data.settings import register_configs
+
+    register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         return compose(config_name="train", overrides=[
             "experiment=synthetic",
@@ -165,7 +168,7 @@ def run(*, quick: bool = False, device: str | torch.device = "cpu", overrides: l
         data_cfg = {k: cfg.data.get(k) for k in ("patch_size", "batch_size", "samples_per_volume", "num_workers",
                                                  "train_repeats")}
         data_cfg = {k: (list(v) if hasattr(v, "__iter__") and not isinstance(v, str) else v) for k, v in data_cfg.items()}
-        synth = dict(cfg.data.synthetic)
+        synth = {k: v for k, v in cfg.data.synthetic.items() if not k.startswith("_")}
         synth = {k: (list(v) if hasattr(v, "__iter__") and not isinstance(v, str) else v) for k, v in synth.items()}
     cached, naive = result["cached"], result["naive"]
     speed = cached["steps_per_s"] / naive["steps_per_s"]

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from wmhseg.data.settings import register_configs
 from wmhseg.synth.images import write_dataset
+
+register_configs()  # the data group's schema, as train.py registers it
 
 
 @pytest.fixture(scope="session")

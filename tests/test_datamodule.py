@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +18,7 @@ from torch.utils.data import DistributedSampler
 from wmhseg.data.datamodule import WMHDataModule
 from wmhseg.data.preprocessing import PreprocessSpec, preprocess_transforms
 from wmhseg.errors import InputError, ManifestError
+from wmhseg.synth.images import write_dataset
 
 PATCH = (24, 24, 24)
 
@@ -122,7 +124,8 @@ def test_device_augmentation_cuts_crops_to_patch(tiny_dataset: Path) -> None:
 
 
 def test_synthetic_prepare_and_lightning_fit(tmp_path: Path) -> None:
-    dm = WMHDataModule(synthetic={"n_subjects": 3, "shape": [32, 32, 32], "seed": 1}, data_dir=str(tmp_path / "syn"),
+    writer = functools.partial(write_dataset, n_subjects=3, shape=[32, 32, 32], seed=1)
+    dm = WMHDataModule(synthetic=writer, data_dir=str(tmp_path / "syn"),
                        patch_size=PATCH, batch_size=1, samples_per_volume=1, val_fraction=0.34)
     dm.prepare_data()
     assert pd.read_csv(tmp_path / "syn" / "manifest.csv", dtype=str).subject_id.tolist() == ["001", "002", "003"]
@@ -154,7 +157,7 @@ def test_synthetic_prepare_and_lightning_fit(tmp_path: Path) -> None:
 def test_bad_settings(tiny_dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="data.cache='ram' is not one of"):
         _dm(tiny_dataset, cache="ram")
-    with pytest.raises(InputError, match="unknown preprocessing settings"):
+    with pytest.raises(InputError, match="unknown preprocessing setting .spacingg.; did you mean .spacing."):
         _dm(tiny_dataset, preprocessing={"spacingg": [1, 1, 1]})
     with pytest.raises(InputError, match="data.cache='disk' needs data.cache_dir"):
         _dm(tiny_dataset, cache="disk")
@@ -164,3 +167,17 @@ def test_bad_settings(tiny_dataset: Path, tmp_path: Path) -> None:
     frame.to_csv(tmp_path / "nolabel.csv", index=False)
     with pytest.raises(ManifestError, match="row 1 .*no label file"):
         _dm(tmp_path / "nolabel.csv").setup("fit")
+
+
+def test_data_writers_come_from_the_config(tiny_dataset: Path) -> None:
+    """The generators are named by the config (``_target_`` + ``_partial_``), never imported by the data package."""
+    with pytest.raises(InputError, match="did you mean 'n_subjects'"):
+        WMHDataModule(synthetic=functools.partial(_writer, n_subject=2))
+    with pytest.raises(InputError, match="data writer"):
+        WMHDataModule(manifest=str(tiny_dataset), independent={"n_subjects": 2})
+    with pytest.raises(InputError, match="data.manifest is not set"):
+        WMHDataModule()
+
+
+def _writer(out_dir, n_subjects: int = 1, seed: int = 0) -> None:
+    raise AssertionError("never called")

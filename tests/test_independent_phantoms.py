@@ -4,6 +4,7 @@ every grid kind, a reusable written set."""
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -73,7 +74,8 @@ def test_datamodule_validates_on_the_family_as_a_second_loader(tiny_dataset, tmp
 
     dm = WMHDataModule(manifest=str(tiny_dataset), data_dir=str(tmp_path), patch_size=(16, 16, 16),
                        val_fraction=0.25, validate="headers", augmentation={"enabled": False},
-                       independent={"n_subjects": 1, "seed": 2, "voxel_mm": 4.0, "spacing_scale": 2.5})
+                       independent=functools.partial(write_family, n_subjects=1, seed=2, voxel_mm=4.0,
+                                                     spacing_scale=2.5))
     dm.prepare_data()
     dm.setup("fit")
     in_family, other = dm.val_dataloader()
@@ -82,4 +84,4 @@ def test_datamodule_validates_on_the_family_as_a_second_loader(tiny_dataset, tmp
     assert (batch["label"] == 1).any()  # binary WMH target of the phantom
     assert len(in_family) == 2
     with pytest.raises(InputError, match="did you mean 'n_subjects'"):
-        WMHDataModule(manifest=str(tiny_dataset), independent={"n_subject": 2})
+        WMHDataModule(manifest=str(tiny_dataset), independent=functools.partial(write_family, n_subject=2))

@@ -181,5 +181,5 @@ def test_spec_round_trip_and_bad_values() -> None:
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(InputError, match="preprocessing.spacing"):
         PreprocessSpec(spacing=(1.0, 0.0, 1.0))
-    with pytest.raises(InputError, match="unknown preprocessing settings \\['spcing'\\]"):
+    with pytest.raises(InputError, match="unknown preprocessing setting 'spcing'; did you mean 'spacing'"):
         PreprocessSpec.from_dict({"spcing": [1, 1, 1]})

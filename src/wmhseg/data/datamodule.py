@@ -1,6 +1,10 @@
 """Lightning data module: manifest (or synthetic cohort) -> subject split -> cached loaders.
 
-``prepare_data`` (one process per node) writes the synthetic cohort when no manifest is given;
+``prepare_data`` (one process per node) runs the configured data writers: the generator of the
+synthetic cohort when no manifest is given, and of the independent validation family. The writers
+come from the config (``_target_`` + ``_partial_: true``), so this package never imports a
+generator: data flows from ``wmhseg.synth`` into files, and from files into here.
+
 ``setup`` (every process) reads and validates the manifest, splits it by subject with a fixed
 seed (so all DDP ranks agree) and builds cached datasets. Lightning adds the distributed sampler.
 
@@ -11,11 +15,15 @@ Example (Hydra)::
       manifest: /data/cohort/manifest.csv
       patch_size: [96, 96, 96]
       num_workers: 8
+      # or, instead of a manifest, a generator writing one into data_dir:
+      synthetic: {_target_: wmhseg.synth.images.write_dataset, _partial_: true, n_subjects: 8}
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +32,7 @@ import torch
 from monai.data import DataLoader
 from monai.transforms import Compose
 
-from wmhseg.data.augment import AugmentSpec, augment_transforms
+from wmhseg.data.augment import AugmentSpec, augment_transforms, pose_transform
 from wmhseg.data.dataset import (
     CACHE_MODES,
     RepeatDataset,
@@ -36,6 +44,7 @@ from wmhseg.data.dataset import (
 )
 from wmhseg.data.preprocessing import PreprocessSpec
 from wmhseg.data.split import split_by_subject
+from wmhseg.data.structured import from_settings
 from wmhseg.data.synthesis import SynthesisSpec
 from wmhseg.errors import InputError, check_known_keys
 from wmhseg.labels import LabelSpec
@@ -45,23 +54,54 @@ from wmhseg.plain import to_plain
 __all__ = ["WMHDataModule"]
 
 
-def _independent_settings(d: Mapping[str, Any]) -> dict[str, Any]:
-    check_known_keys(d, ("n_subjects", "seed", "voxel_mm", "spacing_scale"), "data.independent")
-    return dict(d)
+Writer = Callable[[Path], Any]  # writes a data set (and its manifest.csv) into the folder given
+
+
+def _check_writer(writer: Writer | None, name: str) -> Writer | None:
+    """``writer`` itself, once its bound settings are known to its function ("did you mean" otherwise)."""
+    if writer is None:
+        return None
+    if not callable(writer):
+        raise InputError(f"data.{name} must be a data writer (_target_: <function>, _partial_: true), got {writer!r}")
+    if isinstance(writer, functools.partial):
+        params = inspect.signature(writer.func).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            check_known_keys(writer.keywords, list(params)[1:], f"data.{name}")
+    return writer
 
 
 _AUGMENT_ON = ("auto", "workers", "device")
 _VALIDATE = ("full", "headers", "none")
 
 
+def _check_settings(patch_size: tuple[int, ...], cache: str, cache_dir: str | None, augment_on: str, validate: str,
+                    pos_fraction: float, num_workers: int, **counts: int) -> None:
+    """Raise :class:`InputError` naming the first ``data.*`` setting out of its range."""
+    if len(patch_size) != 3 or min(patch_size) < 1:
+        raise InputError(f"data.patch_size={list(patch_size)!r} must be three positive sizes")
+    for name, value, allowed in (("cache", cache, CACHE_MODES), ("augment_on", augment_on, _AUGMENT_ON),
+                                 ("validate", validate, _VALIDATE)):
+        if value not in allowed:
+            raise InputError(f"data.{name}={value!r} is not one of {allowed}")
+    if cache == "disk" and not cache_dir:
+        raise InputError("data.cache='disk' needs data.cache_dir")
+    for name, value in counts.items():
+        if int(value) < 1:
+            raise InputError(f"data.{name}={value!r} must be >= 1")
+    if int(num_workers) < 0:
+        raise InputError(f"data.num_workers={num_workers!r} must be >= 0")
+    if not 0 <= pos_fraction <= 1:
+        raise InputError(f"data.pos_fraction={pos_fraction!r} must be in [0, 1]")
+
+
 class WMHDataModule(L.LightningDataModule):
     """Training patches and whole validation volumes from a manifest of T1w/FLAIR/label scans.
 
     Args:
-        manifest: CSV manifest or BIDS folder with labels. ``None``: a synthetic cohort is
-            generated into ``data_dir`` (see ``synthetic``).
-        synthetic: keyword arguments of :func:`wmhseg.synth.images.write_dataset` (used only when
-            ``manifest`` is ``None``; e.g. ``{"n_subjects": 8, "shape": [48, 48, 48]}``).
+        manifest: CSV manifest or BIDS folder with labels. ``None``: ``synthetic`` writes one.
+        synthetic: a data writer called as ``synthetic(data_dir)`` when ``manifest`` is ``None``,
+            e.g. ``functools.partial(wmhseg.synth.images.write_dataset, n_subjects=8)`` (in a
+            config: ``_target_: wmhseg.synth.images.write_dataset``, ``_partial_: true``).
         data_dir: where the synthetic cohort is written (reused when its settings are unchanged).
         preprocessing: :class:`PreprocessSpec` settings (stored in checkpoints by the model).
         labels: :class:`LabelSpec` settings (``mode``, ``wmh_values``, ``known_values``).
@@ -80,10 +120,10 @@ class WMHDataModule(L.LightningDataModule):
         augmentation: :class:`~wmhseg.data.augment.AugmentSpec` settings.
         synthesis: :class:`~wmhseg.data.synthesis.SynthesisSpec` settings: with ``prob`` > 0
             that share of training patches is synthesised from its label map.
-        independent: ``{"n_subjects": N, "seed": S}`` (and ``voxel_mm``, ``spacing_scale`` of
-            :func:`~wmhseg.synth.independent.write_family`): also validate on N phantoms of the
-            independent family (:mod:`wmhseg.synth.independent`), written into
-            ``data_dir/independent``; logged as ``val_independent/*`` beside ``val/*``.
+        independent: a data writer called as ``independent(data_dir / "independent")``, e.g.
+            ``functools.partial(wmhseg.synth.independent.write_family, n_subjects=4, seed=1)``:
+            also validate on the scans it writes (an independent phantom family); logged as
+            ``val_independent/*`` beside ``val/*``.
         augment_on: ``"workers"`` (in the DataLoader), ``"device"`` (after the batch reaches the
             accelerator, in ``on_after_batch_transfer``: much cheaper on a GPU) or ``"auto"``
             (device on GPU, workers otherwise).
@@ -100,7 +140,7 @@ class WMHDataModule(L.LightningDataModule):
     def __init__(
         self,
         manifest: str | None = None,
-        synthetic: Mapping[str, Any] | None = None,
+        synthetic: Writer | None = None,
         data_dir: str = "data/synthetic",
         preprocessing: Mapping[str, Any] | None = None,
         labels: Mapping[str, Any] | None = None,
@@ -117,7 +157,7 @@ class WMHDataModule(L.LightningDataModule):
         num_workers: int = 0,
         augmentation: Mapping[str, Any] | None = None,
         synthesis: Mapping[str, Any] | None = None,
-        independent: Mapping[str, Any] | None = None,
+        independent: Writer | None = None,
         augment_on: str = "auto",
         train_repeats: int = 1,
         validate: str = "full",
@@ -125,31 +165,16 @@ class WMHDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.preprocess_spec = PreprocessSpec.from_dict(to_plain(preprocessing or {}))
-        self.label_spec = LabelSpec.from_dict(to_plain(labels or {}))
+        self.label_spec = from_settings(LabelSpec, labels, "labels")
         self.augment_spec = AugmentSpec.from_dict(to_plain(augmentation or {}))
         self.synthesis_spec = SynthesisSpec.from_dict(to_plain(synthesis or {}))
-        self.independent = _independent_settings(to_plain(independent)) if independent else None
-        self.patch_size = tuple(int(p) for p in patch_size)
-        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
-            raise InputError(f"data.patch_size={list(patch_size)!r} must be three positive sizes")
-        for name, value, allowed in (("cache", cache, CACHE_MODES), ("augment_on", augment_on, _AUGMENT_ON),
-                                     ("validate", validate, _VALIDATE)):
-            if value not in allowed:
-                raise InputError(f"data.{name}={value!r} is not one of {allowed}")
-        if cache == "disk" and not cache_dir:
-            raise InputError("data.cache='disk' needs data.cache_dir")
-        for name, value in (("batch_size", batch_size), ("samples_per_volume", samples_per_volume),
-                            ("train_repeats", train_repeats)):
-            if int(value) < 1:
-                raise InputError(f"data.{name}={value!r} must be >= 1")
-        if int(num_workers) < 0:
-            raise InputError(f"data.num_workers={num_workers!r} must be >= 0")
-        if not 0 <= pos_fraction <= 1:
-            raise InputError(f"data.pos_fraction={pos_fraction!r} must be in [0, 1]")
+        self.synthetic, self.independent = _check_writer(synthetic, "synthetic"), _check_writer(independent, "independent")
         if manifest is None and synthetic is None:
-            synthetic = {}
+            raise InputError("data.manifest is not set, and no data.synthetic writer makes one")
+        self.patch_size = tuple(int(p) for p in patch_size)
+        _check_settings(self.patch_size, cache, cache_dir, augment_on, validate, pos_fraction, num_workers,
+                        batch_size=batch_size, samples_per_volume=samples_per_volume, train_repeats=train_repeats)
         self.manifest = None if manifest is None else str(manifest)
-        self.synthetic = to_plain(synthetic) if synthetic is not None else None
         self.data_dir = data_dir
         self.batch_size, self.samples_per_volume = int(batch_size), int(samples_per_volume)
         self.pos_fraction, self.val_fraction = float(pos_fraction), float(val_fraction)
@@ -170,15 +195,11 @@ class WMHDataModule(L.LightningDataModule):
         return Path(self.manifest) if self.manifest is not None else Path(self.data_dir) / "manifest.csv"
 
     def prepare_data(self) -> None:
-        """Write the synthetic cohort (once per node; reused when settings are unchanged)."""
+        """Run the data writers (once per node; a writer reuses a set whose settings are unchanged)."""
         if self.manifest is None:
-            from wmhseg.synth.images import write_dataset
-
-            write_dataset(self.data_dir, **(self.synthetic or {}))
-        if self.independent:
-            from wmhseg.synth.independent import write_family
-
-            write_family(Path(self.data_dir) / "independent", **self.independent)
+            self.synthetic(Path(self.data_dir))
+        if self.independent is not None:
+            self.independent(Path(self.data_dir) / "independent")
 
     def _use_device_augment(self) -> bool:
         if self.augment_on != "auto":
@@ -216,7 +237,7 @@ class WMHDataModule(L.LightningDataModule):
                                       cache_dir=cache_dir and cache_dir / "train", num_workers=self.num_workers)
         self._val_ds = make_dataset(scan_items(self.val_scans), val_transforms(self.preprocess_spec, self.label_spec),
                                     self.cache, cache_dir=cache_dir and cache_dir / "val", num_workers=self.num_workers)
-        if self.independent:
+        if self.independent is not None:
             phantoms = read_manifest(Path(self.data_dir) / "independent" / "manifest.csv")
             self._independent_ds = make_dataset(scan_items(phantoms), val_transforms(self.preprocess_spec,
                                                 self.label_spec), "memory", num_workers=self.num_workers)
@@ -253,9 +274,7 @@ class WMHDataModule(L.LightningDataModule):
         if not self._augment_device or trainer is None or not trainer.training or not isinstance(batch, dict):
             return batch
         if self._device_augment is None:  # augmentation disabled: only cut the crop to size
-            from wmhseg.data.augment import RandAffined
-
-            self._device_augment = Compose([RandAffined(["image", "label"], self.patch_size, prob=0.0)])
+            self._device_augment = Compose([pose_transform(["image", "label"], self.patch_size)])
         images, labels = [], []
         for img, lab in zip(batch["image"], batch["label"], strict=True):
             out = self._device_augment({"image": img, "label": lab})

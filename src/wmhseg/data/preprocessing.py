@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ from monai.transforms import (
     Spacingd,
 )
 
+from wmhseg.data.structured import Settings
 from wmhseg.errors import InputError, ScanError, WmhsegError
 from wmhseg.geometry import voxel_sizes
 from wmhseg.image_io import is_minc, load_nifti
@@ -56,7 +57,7 @@ _NORMALISATIONS = ("zscore", "none")
 
 
 @dataclass(frozen=True)
-class PreprocessSpec:
+class PreprocessSpec(Settings):
     """Geometry and intensity preprocessing of a T1w + FLAIR pair.
 
     Args:
@@ -76,6 +77,8 @@ class PreprocessSpec:
             ``"always"`` (register); see :mod:`wmhseg.registration`.
         register_tolerance_mm: the mean head displacement above which ``auto`` registers.
     """
+
+    SECTION: ClassVar[str] = "preprocessing"
 
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     orientation: str = "RAS"
@@ -106,18 +109,6 @@ class PreprocessSpec:
             raise InputError(f"preprocessing.register_t1={self.register_t1!r} is not one of {REGISTER_MODES}")
         if not self.register_tolerance_mm > 0:
             raise InputError(f"preprocessing.register_tolerance_mm={self.register_tolerance_mm!r} must be > 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-type form, stored in checkpoints."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
-        known = {k: v for k, v in dict(d).items() if k in cls.__dataclass_fields__}
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise InputError(f"unknown preprocessing settings {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**known)
 
 
 _MAX_SAMPLES = 400_000  # percentiles are estimated on a regular subsample of this many voxels

@@ -29,15 +29,16 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from monai.transforms import MapTransform, Rand3DElasticd, RandomizableTransform
 from scipy import ndimage
 
-from wmhseg.errors import InputError, check_known_keys
+from wmhseg.data.structured import Settings
+from wmhseg.errors import InputError
 
 __all__ = ["SynthesisSpec", "RandSynthesised", "render_labels"]
 
@@ -56,7 +57,7 @@ def _range(name: str, value: Any, lo: float, hi: float) -> tuple[float, float]:
 
 
 @dataclass(frozen=True)
-class SynthesisSpec:
+class SynthesisSpec(Settings):
     """Label-to-image synthesis settings (``data.synthesis``; unknown keys are errors).
 
     Args:
@@ -72,6 +73,8 @@ class SynthesisSpec:
         gamma_prob / log_gamma: chance and range of the gamma change.
         noise_prob / noise_std: chance and largest noise std (fraction of the intensity scale).
     """
+
+    SECTION: ClassVar[str] = "synthesis"
 
     prob: float = 0.0
     flair_wmh_ratio: tuple[float, float] = (1.25, 2.5)
@@ -92,10 +95,7 @@ class SynthesisSpec:
     noise_std: float = 0.06
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.name.endswith("prob") and not 0 <= float(v) <= 1:
-                raise InputError(f"synthesis.{f.name}={v!r} must be a probability in [0, 1]")
+        self.check_probabilities()
         object.__setattr__(self, "flair_wmh_ratio", _range("flair_wmh_ratio", self.flair_wmh_ratio, 1.0, 10.0))
         object.__setattr__(self, "t1_wmh_ratio", _range("t1_wmh_ratio", self.t1_wmh_ratio, 0.0, 2.0))
         object.__setattr__(self, "shells_mm", _range("shells_mm", self.shells_mm, 0.0, 50.0))
@@ -104,16 +104,6 @@ class SynthesisSpec:
                 raise InputError(f"synthesis.{name}={getattr(self, name)!r} must be within [0, 50]")
         if self.anisotropy < 1:
             raise InputError(f"synthesis.anisotropy={self.anisotropy!r} must be >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> SynthesisSpec:
-        """Build from a config mapping; an unknown key is an :class:`InputError` with a suggestion."""
-        d = dict(d or {})
-        check_known_keys(d, [f.name for f in fields(cls)], "synthesis")
-        return cls(**d)
 
 
 def _background_codes(label: np.ndarray, spacing: Sequence[float], edges_mm: np.ndarray) -> np.ndarray:
