@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from wmhseg.cli import guard, run
-from wmhseg.stats.settings import register_configs
+from wmhseg.stats.analyze_config import register_configs
 
 register_configs()
 USAGE = "python analyze.py volumes=CSV clinical=CSV out_dir=DIR [setting=value ...]"

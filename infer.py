@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig
 
 from wmhseg.cli import guard, run
-from wmhseg.inference.settings import USAGE, register_configs
+from wmhseg.inference.infer_config import USAGE, register_configs
 
 register_configs()
 

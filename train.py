@@ -36,7 +36,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    from wmhseg.data.settings import register_configs
+    from wmhseg.data.data_config import register_configs
 
     register_configs()
     run("train.py", main, config_dir=Path(__file__).resolve().parent / "configs", config_name="train", usage=USAGE)

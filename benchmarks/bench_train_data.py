@@ -50,7 +50,7 @@ def compose_config(data_dir: Path, out_dir: Path, overrides: list[str] | None = 
     """The ``synthetic`` experiment's training config, with run paths pointed at ``out_dir``."""
     from hydra import compose, initialize_config_dir
 
-    from wmhseg.data.settings import register_configs
+    from wmhseg.data.data_config import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):

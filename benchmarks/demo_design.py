@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from wmhseg.stats.analysis import run_analysis
-from wmhseg.stats.settings import AnalysisSettings
+from wmhseg.stats.analyze_config import AnalysisSettings
 from wmhseg.synth.cohort import CohortParams, simulate_cohort
 
 # (name, CohortParams overrides): the demo as it was, then larger cohorts with fewer visits

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from wmhseg.data.settings import register_configs
+from wmhseg.data.data_config import register_configs
 from wmhseg.synth.images import write_dataset
 
 register_configs()  # the data group's schema, as train.py registers it

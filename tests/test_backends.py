@@ -111,7 +111,7 @@ def test_backend_names_and_fallbacks(monkeypatch, caplog):
         net = build_network(_net_config("BATCH"))
         predictor = Predictor(net, PreprocessSpec(), LabelSpec(), settings=None)
         assert predictor.backend == "torch"
-        from wmhseg.inference.settings import InferenceSettings
+        from wmhseg.inference.infer_config import InferenceSettings
 
         predictor = Predictor(net, PreprocessSpec(), LabelSpec(), settings=InferenceSettings(device="cpu",
                                                                                             backend="openvino"))

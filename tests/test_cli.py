@@ -20,7 +20,7 @@ from test_training import _compose
 from wmhseg.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, guard, one_line, user_error
 from wmhseg.errors import InputError, ScanError
 from wmhseg.inference import pipeline, runner
-from wmhseg.inference.settings import InferenceSettings
+from wmhseg.inference.infer_config import InferenceSettings
 from wmhseg.training import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,9 +9,9 @@ import torch
 from inference_cases import make_checkpoint, write_case
 
 from wmhseg.errors import CheckpointError, InputError, ScanError
+from wmhseg.inference.infer_config import InferenceSettings
 from wmhseg.inference.loading import prepare_scan
 from wmhseg.inference.predictor import Predictor
-from wmhseg.inference.settings import InferenceSettings
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from wmhseg.cli import EXIT_USER_ERROR, check_command_line
 from wmhseg.errors import InputError
-from wmhseg.inference.settings import USAGE, InferConfig, InferenceConfig, register_configs
+from wmhseg.inference.infer_config import USAGE, InferConfig, InferenceConfig, register_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = {"ckpt_path": "last.ckpt", "input": "manifest.csv", "out_dir": "out"}

@@ -185,3 +185,11 @@ def test_torch_free_areas_import_no_torch(area):
         names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not names & {"torch", "monai", "lightning", "torchio"}, (module, names)
+
+
+def test_no_two_modules_share_a_name():
+    names: dict[str, list[str]] = {}
+    for module, path in MODULES.items():
+        if path.name not in ("__init__.py", "__main__.py"):
+            names.setdefault(path.name, []).append(module)
+    assert {n: m for n, m in names.items() if len(m) > 1} == {}

@@ -211,7 +211,7 @@ def test_qc_false_writes_no_pictures_and_a_rerun_keeps_unchanged_pictures(qc_run
     infer(infer_cfg(ckpt, manifest, other, qc=False))
     assert (other / "volumes.csv").is_file() and not (other / "qc").exists()
     with pytest.raises(Exception, match="qc_convention"):
-        from wmhseg.inference.settings import InferConfig
+        from wmhseg.inference.infer_config import InferConfig
 
         InferConfig.from_mapping(infer_cfg(ckpt, manifest, other, qc_convention="sideways"))
 

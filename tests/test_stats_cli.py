@@ -13,8 +13,8 @@ from hydra import compose, initialize_config_dir
 from test_stats_models import MODELS_CSV_HEAD
 
 from wmhseg.stats import AnalysisSettings, SettingsError, TableError, analyze
+from wmhseg.stats.analyze_config import register_configs
 from wmhseg.stats.headline_models import HEADLINE_KEYS
-from wmhseg.stats.settings import register_configs
 from wmhseg.synth.cohort import CohortParams, simulate_cohort, write_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +187,7 @@ def test_config_schema_is_the_settings_dataclass():
     config builds the same settings as the dataclass (the hand-written validation it replaced)."""
     from omegaconf import OmegaConf
 
-    from wmhseg.stats.settings import AnalyzeConfig
+    from wmhseg.stats.analyze_config import AnalyzeConfig
 
     cfg = compose_cfg(["volumes=v.csv", "clinical=c.csv", "out_dir=o"])
     assert OmegaConf.get_type(cfg) is AnalyzeConfig

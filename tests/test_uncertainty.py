@@ -12,9 +12,9 @@ import pytest
 from inference_cases import infer_cfg, make_checkpoint, write_case, write_manifest
 
 from wmhseg.errors import InputError
+from wmhseg.inference.infer_config import InferConfig
 from wmhseg.inference.predictor import Predictor
 from wmhseg.inference.runner import infer
-from wmhseg.inference.settings import InferConfig
 from wmhseg.inference.uncertainty import UncertaintySettings, tta_volumes, volume_interval
 
 IDS = {"subject_id": str, "session_id": str}

@@ -1,7 +1,7 @@
 """Inference: segment new scans with a trained checkpoint and measure their WMH.
 
 - :mod:`~wmhseg.inference.loading`: read, check and preprocess a scan (layer 1);
-- :mod:`~wmhseg.inference.settings`: how the network is run (:class:`InferenceSettings`);
+- :mod:`~wmhseg.inference.infer_config`: how the network is run (:class:`InferenceSettings`);
 - :mod:`~wmhseg.inference.predictor`: :class:`Predictor` (prediction on the working grid, native export);
 - :mod:`~wmhseg.inference.optimize`: output-preserving network rewrites (batch norm folding, channels-last);
 - :mod:`~wmhseg.inference.export`: resampling through affines and atomic mask writing;
@@ -32,7 +32,7 @@ def __getattr__(name: str) -> Any:
 
         return Predictor
     if name == "InferenceSettings":
-        from wmhseg.inference.settings import InferenceSettings
+        from wmhseg.inference.infer_config import InferenceSettings
 
         return InferenceSettings
     raise AttributeError(f"module 'wmhseg.inference' has no attribute {name!r}")

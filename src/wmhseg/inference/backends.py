@@ -37,7 +37,7 @@ import torch
 
 from wmhseg.checkpoint import file_sha256
 from wmhseg.errors import InputError, did_you_mean
-from wmhseg.inference.settings import BACKENDS
+from wmhseg.inference.infer_config import BACKENDS
 
 __all__ = ["BACKENDS", "INSTALL_HINT", "openvino_available", "resolve_backend", "cache_folder", "OpenVinoNetwork"]
 

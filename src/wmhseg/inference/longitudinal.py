@@ -51,11 +51,11 @@ from wmhseg.changes import lesion_changes
 from wmhseg.errors import InputError, WmhsegError
 from wmhseg.files import atomic_write_csv, atomic_write_json
 from wmhseg.image_io import atomic_save_nifti
+from wmhseg.inference.infer_config import LongitudinalSettings
 from wmhseg.inference.loading import PreparedScan
 from wmhseg.inference.pipeline import ScanDataset, process_prepared, process_scans, run_scan
 from wmhseg.inference.predictor import Predictor, WorkingPrediction
 from wmhseg.inference.records import ResultStore
-from wmhseg.inference.settings import LongitudinalSettings
 from wmhseg.inference.subject_space import (
     RegistrationError,
     between_visits,

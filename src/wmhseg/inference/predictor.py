@@ -41,9 +41,9 @@ from wmhseg.errors import CheckpointError, InputError
 from wmhseg.geometry import network_divisor, padding_to_multiple
 from wmhseg.inference.backends import OpenVinoNetwork, resolve_backend
 from wmhseg.inference.export import partial_volume_mask, resample_to_grid
+from wmhseg.inference.infer_config import InferenceSettings
 from wmhseg.inference.loading import PreparedScan, prepare_scan
 from wmhseg.inference.optimize import inference_network
-from wmhseg.inference.settings import InferenceSettings
 from wmhseg.labels import LabelSpec
 
 __all__ = [

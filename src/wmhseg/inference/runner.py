@@ -40,10 +40,10 @@ import torch
 from wmhseg.errors import InputError
 from wmhseg.files import atomic_write_json, atomic_write_text
 from wmhseg.inference.agreement import bland_altman_plot, volume_agreement
+from wmhseg.inference.infer_config import InferConfig
 from wmhseg.inference.pipeline import process_scans
 from wmhseg.inference.predictor import Predictor
 from wmhseg.inference.records import ResultStore, invalid_rows
-from wmhseg.inference.settings import InferConfig
 from wmhseg.inference.uncertainty import VolumeUncertainty
 from wmhseg.manifest import Scan, read_manifest
 from wmhseg.plain import to_plain
@@ -133,7 +133,7 @@ def infer(cfg: Any) -> int:
             ``progress``, ``pv_distance_mm``, ``register_t1`` (``null``: the checkpoint's), ``torch_threads``, ``strategy`` (``null``: one process;
             ``ddp``/``ddp_spawn``: Lightning ``predict``, see :mod:`wmhseg.inference.distributed`),
             ``accelerator``, ``devices``, ``num_nodes`` and ``inference``
-            (:class:`~wmhseg.inference.settings.InferenceSettings`).
+            (:class:`~wmhseg.inference.infer_config.InferenceSettings`).
 
     Returns:
         The exit code: 0 all done, 1 some scan failed.

@@ -39,7 +39,7 @@ import torch
 
 from wmhseg.errors import InputError
 from wmhseg.geometry import voxel_sizes
-from wmhseg.inference.settings import UNCERTAINTY_MODES, UncertaintySettings
+from wmhseg.inference.infer_config import UNCERTAINTY_MODES, UncertaintySettings
 
 __all__ = ["UNCERTAINTY_MODES", "UncertaintySettings", "VolumeUncertainty", "tta_volumes", "member_volumes",
            "volume_interval"]

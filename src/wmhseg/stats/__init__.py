@@ -27,7 +27,7 @@ _EXPORTS = {
     "StudyData": "study_data", "build_dataset": "study_data", "classify_survival": "study_data",
     "Estimate": "mixed", "MixedFit": "mixed", "fit_mixed": "mixed",
     "HEADLINE_KEYS": "headline_models", "fit_study_models": "headline_models",
-    "AnalysisSettings": "settings", "SettingsError": "settings",
+    "AnalysisSettings": "analyze_config", "SettingsError": "analyze_config",
     "SurvivalResult": "survival", "run_survival": "survival",
     "TableError": "tables", "check_clinical": "tables", "check_volumes": "tables", "load_clinical": "tables",
     "load_volumes": "tables", "read_table": "tables",

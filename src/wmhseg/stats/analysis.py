@@ -31,11 +31,11 @@ from typing import Any
 import pandas as pd
 
 from wmhseg.files import atomic_write_csv, atomic_write_json, atomic_write_text
+from wmhseg.stats.analyze_config import AnalysisSettings, AnalyzeConfig, SettingsError
 from wmhseg.stats.headline_models import HEADLINE_KEYS, MODEL_NAMES, fit_study_models
 from wmhseg.stats.mixed import Estimate, MixedFit
 from wmhseg.stats.models_table import models_table
 from wmhseg.stats.sensitivity import Sensitivity, run_sensitivity
-from wmhseg.stats.settings import AnalysisSettings, AnalyzeConfig, SettingsError
 from wmhseg.stats.structure import SlopeCheck, check_random_slopes
 from wmhseg.stats.study_data import StudyData, build_dataset
 from wmhseg.stats.survival import SurvivalResult, run_survival

@@ -17,9 +17,9 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
 from wmhseg.files import atomic_path
+from wmhseg.stats.analyze_config import FIGURE_FORMATS
 from wmhseg.stats.kaplan import KMSplit
 from wmhseg.stats.mixed import MixedFit
-from wmhseg.stats.settings import FIGURE_FORMATS
 
 __all__ = ["FIGURE_FORMATS", "COLORS", "trajectory_figure", "alsfrs_figure", "km_figure", "save_figure"]
 
