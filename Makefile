@@ -46,7 +46,7 @@ install: $(STAMP)  ## create .venv and install wmhseg with its dependencies ($(T
 test: $(STAMP)  ## run the test suite (CPU, tiny synthetic volumes)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q tests
 
-test-fast: $(STAMP)  ## the suite without the end-to-end runs marked slow (about a minute and a half)
+test-fast: $(STAMP)  ## the suite without the end-to-end runs marked slow (about 100 s on 2 cores)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -m "not slow" tests
 
 lint: $(STAMP)  ## ruff

@@ -115,6 +115,7 @@ def test_swapped_contrast_is_told_from_the_right_order(seed):
     assert swapped_contrast_warning(same, same, t1, flair) is None  # identical contrasts: not flagged
 
 
+@pytest.mark.slow
 def test_silent_inputs_are_warned_or_refused(tmp_path):
     ckpt = make_checkpoint(tmp_path / "threshold.ckpt")
     data = tmp_path / "data"

@@ -176,6 +176,7 @@ def test_metrics_against_hand_computed_dice_and_lesion_counts(tmp_path):
     assert row["avd"] == pytest.approx(100 * 19 / 63)
 
 
+@pytest.mark.slow
 def test_rerun_skips_and_overwrite_redoes(cohort, tmp_path, capsys):
     ckpt, manifest, _ = cohort
     out = tmp_path / "out"

@@ -83,6 +83,7 @@ def test_at_1_mm_too(subject):
     assert result.registered and residual.max() < 1.0
 
 
+@pytest.mark.slow
 def test_auto_leaves_an_aligned_t1_alone_and_never_does_nothing(subject):
     scan, _ = subject
     result = align_t1(scan.t1, scan.t1_affine, scan.flair, scan.affine, mode="auto")
@@ -94,6 +95,7 @@ def test_auto_leaves_an_aligned_t1_alone_and_never_does_nothing(subject):
         align_t1(scan.t1, scan.t1_affine, scan.flair, scan.affine, mode="sometimes")
 
 
+@pytest.mark.slow
 def test_a_registration_that_diverges_is_an_error(subject):
     scan, _ = subject
     moved = _motion(scan, 0.0, 4.0) @ scan.t1_affine

@@ -90,6 +90,7 @@ def test_headline_numbers_match_the_fitted_terms(full):
     assert "wmh_mm3:survival_group[T.short]" in m4.params.index
 
 
+@pytest.mark.slow
 def test_wald_option_gives_normal_intervals_and_no_df(full):
     cohort, result = full
     wald = run_analysis(cohort.volumes, cohort.clinical, AnalysisSettings(figures=False, inference="wald"))

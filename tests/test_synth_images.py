@@ -90,6 +90,7 @@ def test_rotation_keeps_volume() -> None:
     assert scan.wmh_mm3 == pytest.approx(250.0, abs=1.0)
 
 
+@pytest.mark.slow
 def test_mni_anatomy_2mm() -> None:
     scan = generate_subject(anatomy="mni", spacing=(2.0, 2.0, 2.0), seed=1, wmh_volume_mm3=8000.0)
     assert scan.label.shape == (99, 117, 95)
