@@ -81,3 +81,15 @@ def test_a_value_of_the_wrong_type_names_the_key(capsys):
 def test_bad_values_are_named(setting, pattern):
     with pytest.raises(InputError, match=pattern):
         InferConfig.from_mapping({**REQUIRED, **setting})
+
+
+def test_flat_uncertainty_keys_are_the_uncertainty_settings():
+    from dataclasses import fields
+
+    from wmhseg.inference.infer_config import UncertaintySettings
+
+    flat = {f.name: f.default for f in fields(InferenceConfig) if f.name.startswith("uncertainty")}
+    nested = {("uncertainty" if f.name == "mode" else f"uncertainty_{f.name}"): f.default
+              for f in fields(UncertaintySettings)}
+    assert flat == nested
+    assert InferenceConfig().uncertainty_settings() == UncertaintySettings()

@@ -204,19 +204,23 @@ class LongitudinalSettings:
             raise InputError(f"longitudinal_options.min_new_mm3={self.min_new_mm3!r} must be >= 0")
 
 
+_U = UncertaintySettings()  # the one source of the uncertainty defaults
+
+
 @dataclass
 class InferenceConfig(InferenceSettings):
-    """The ``inference:`` node: the predictor's settings and the flat ``uncertainty*`` keys."""
+    """The ``inference:`` node: the predictor's settings and the flat ``uncertainty*`` keys (the
+    command line's contract), one per :class:`UncertaintySettings` field, with its default."""
 
-    uncertainty: str = "none"
-    uncertainty_samples: int = 8
-    uncertainty_rotate_deg: float = 3.0
-    uncertainty_scale_range: float = 0.03
-    uncertainty_translate_mm: float = 2.0
-    uncertainty_intensity: float = 0.05
-    uncertainty_level: float = 0.95
-    uncertainty_calibration: float = 1.0
-    uncertainty_seed: int = 0
+    uncertainty: str = _U.mode
+    uncertainty_samples: int = _U.samples
+    uncertainty_rotate_deg: float = _U.rotate_deg
+    uncertainty_scale_range: float = _U.scale_range
+    uncertainty_translate_mm: float = _U.translate_mm
+    uncertainty_intensity: float = _U.intensity
+    uncertainty_level: float = _U.level
+    uncertainty_calibration: float = _U.calibration
+    uncertainty_seed: int = _U.seed
 
     def __post_init__(self) -> None:
         super().__post_init__()
