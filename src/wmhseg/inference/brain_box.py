@@ -126,7 +126,7 @@ def _largest_core(tissue: np.ndarray, ball: np.ndarray) -> np.ndarray | None:
 
 def brain_box(flair: torch.Tensor | np.ndarray, voxel_mm: Sequence[float], *, threshold: float = 0.2,
               coarse_mm: float = 3.0, erode_mm: float = 6.0, margin: int = 6,
-              min_extent_mm: float = 100.0, max_fraction: float = 0.9) -> BrainBox | None:
+              min_extent_mm: float = 100.0, max_fraction: float = 0.95) -> BrainBox | None:
     """The brain's box on the working grid, or ``None`` to keep the head box (see the module).
 
     Args:

@@ -65,7 +65,7 @@ log = logging.getLogger("wmhseg.infer")
 # layers whose statistics come from the input they are given (so from the window's or volume's extent)
 _PER_SAMPLE_NORMS = (torch.nn.modules.instancenorm._InstanceNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-_MAX_BOX_FRACTION = 0.9  # a brain's box holding more of the head box than this is not worth it
+_MAX_WINDOW_FRACTION = 0.95  # a window over this share of the padded head box's voxels is not worth its cost
 GUARD_MM = 3.0  # foreground this close to a face of the brain's box inside the head box: predict on the head box
 FALLBACK_WARNING = ("brain crop: predicted foreground reached a face of the brain's box, so the scan was "
                     "predicted again on the head box")
@@ -290,11 +290,14 @@ class Predictor:
         x = torch.as_tensor(image).float().unsqueeze(0).to(self.device)
         x = x.as_tensor() if hasattr(x, "as_tensor") else x  # plain tensor: cheap slicing
         box = self.brain_box(image) if self.roi_size is None else None
+        pads = padding_to_multiple(x.shape[2:], self.size_divisor)
         if box is not None:
             box, window = box.aligned(self.size_divisor)
-        if box is None or box.fraction > _MAX_BOX_FRACTION:
+            padded_voxels = np.prod([n + b + a for n, (b, a) in zip(x.shape[2:], pads, strict=True)])
+            if np.prod([w.stop - w.start for w in window]) > _MAX_WINDOW_FRACTION * padded_voxels:
+                box = None
+        if box is None:
             return self._network_probabilities(x), None, []
-        pads = padding_to_multiple(x.shape[2:], self.size_divisor)
         padded = F.pad(x, [p for pair in reversed(pads) for p in pair])
         probs = self._network_probabilities(padded[(slice(None), slice(None), *window)])
         probs = probs[(slice(None), *(slice(r.start + b - w.start, r.stop + b - w.start)
