@@ -151,11 +151,12 @@ def _in_process(scans: list[Any], predictor: Any, out_dir: Path) -> tuple[list[d
 def _brain_crop(predictor: Any, image: Any, repeats: int) -> dict[str, Any]:
     """Network pass over the padded head box against the brain's window (``Predictor.probabilities``'
     two paths), alternating; medians, voxel counts and the box's cost."""
-    from wmhseg.geometry import padding_to_multiple
+    from wmhseg.geometry import padding_to_multiple, voxel_sizes
+    from wmhseg.inference.brain_box import brain_box
 
     x = image.as_tensor().float()[None]
     t = time.perf_counter()
-    box = predictor.brain_box(image)
+    box = brain_box(image[1], voxel_sizes(np.asarray(image.affine)))  # as the predictor's brain_crop=auto finds it
     box_s = time.perf_counter() - t
     if box is None:
         return {"box": None, "box_s": round(box_s, 3)}

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from wmhseg.data.preprocessing import PreprocessSpec, preprocess_transforms
+from wmhseg.errors import InputError
 from wmhseg.geometry import voxel_sizes
 from wmhseg.inference.brain_box import BrainBox, brain_box
 from wmhseg.inference.infer_config import InferenceSettings
@@ -168,3 +169,11 @@ def test_trained_network_masks_match_the_head_box(heads):
         a, b = (brain.wmh > 0.5).numpy(), (whole.wmh > 0.5).numpy()
         assert b.sum() > 200  # a trained network: masks worth comparing
         assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.999
+
+
+def test_brain_crop_setting():
+    assert InferenceSettings().brain_crop == "off"
+    assert InferenceSettings(brain_crop=False).brain_crop == "off"  # YAML's bare off
+    assert InferenceSettings(brain_crop="auto").brain_crop == "auto"
+    with pytest.raises(InputError, match="did you mean 'auto'"):
+        InferenceSettings(brain_crop="aut")

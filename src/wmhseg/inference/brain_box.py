@@ -94,7 +94,7 @@ class BrainBox:
         return BrainBox(tuple(region), self.shape), tuple(window)  # type: ignore[arg-type]
 
     def describe(self) -> dict[str, object]:
-        return {"start": [s.start for s in self.region], "stop": [s.stop for s in self.region],
+        return {"start": [int(s.start) for s in self.region], "stop": [int(s.stop) for s in self.region],
                 "fraction": round(self.fraction, 3)}
 
 

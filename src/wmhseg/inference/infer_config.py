@@ -93,10 +93,13 @@ class InferenceSettings:
         backend: ``"torch"`` (default here; ``infer.py`` defaults to ``"auto"``), ``"openvino"``
             (CPU; falls back to torch with a message when OpenVINO is not installed) or
             ``"auto"`` (OpenVINO when installed, on CPU, in fp32); see :mod:`wmhseg.inference.backends`.
-        brain_crop: ``"auto"`` (default): run the network on the brain's box, found without the
-            network at low resolution, instead of the whole head box, with background outside it;
-            the head box when that box is implausible, or again on the head box when foreground
-            reaches a face of it (see :mod:`wmhseg.inference.brain_box`); ``"off"``: the head box.
+        brain_crop: ``"auto"``: run the one pass on the brain's box, found without the network at
+            low resolution, instead of the whole head box, with background outside it; the head
+            box when that box is implausible, or again on the head box when foreground reaches a
+            face of it (see :mod:`wmhseg.inference.brain_box`). ``"off"`` (default): the head box;
+            on synthetic heads the brain's box, widened onto the network's size lattice, saved
+            too few voxels to pay for itself (README, Brain crop). YAML's bare ``off``/``on``
+            (booleans) mean ``"off"``/``"auto"``.
     """
 
     device: str = "auto"
@@ -110,13 +113,15 @@ class InferenceSettings:
     size_divisor: int | None = None
     channels_last: Any = "auto"
     backend: str = "torch"
-    brain_crop: str = "auto"
+    brain_crop: str = "off"
 
     def __post_init__(self) -> None:
         self.device = _check_device(str(self.device))
         self.precision = _choose(str(self.precision), PRECISIONS, "precision")
         self.backend = _choose(str(self.backend), BACKENDS, "backend")
-        self.brain_crop = _choose(str(self.brain_crop), BRAIN_CROP_MODES, "brain_crop")
+        # YAML reads a bare off as false (and on as true), which a str field then holds as 'False'
+        crop = {"false": "off", "true": "auto"}.get(str(self.brain_crop).lower(), str(self.brain_crop))
+        self.brain_crop = _choose(crop, BRAIN_CROP_MODES, "brain_crop")
         if isinstance(self.roi_size, str):
             _choose(self.roi_size, _ROI_MODES, "roi_size")
         elif self.roi_size is not None:
