@@ -102,6 +102,20 @@ class _Stub(torch.nn.Module):
         return logits
 
 
+def _blob_across_a_face(image: torch.Tensor, box: BrainBox) -> tuple[slice, ...]:
+    """Paint a bright 6 x 4 x 4 blob on the FLAIR across the low face of the box with most room
+    outside it (half inside, half outside); the region outside the box along that axis."""
+    axis = int(np.argmax([s.start for s in box.region]))
+    start = box.region[axis].start
+    assert start >= 3
+    blob = [slice((s.start + s.stop) // 2 - 2, (s.start + s.stop) // 2 + 2) for s in box.region]
+    blob[axis] = slice(start - 3, start + 3)
+    image[(1, *blob)] = 100.0
+    outside = [slice(None)] * 3
+    outside[axis] = slice(0, start)
+    return tuple(outside)
+
+
 @pytest.mark.parametrize("mode", ["binary", "bison"])
 def test_foreground_at_the_box_face_sends_the_scan_to_the_head_box(heads, mode):
     spec = LabelSpec(mode=mode)
@@ -113,14 +127,10 @@ def test_foreground_at_the_box_face_sends_the_scan_to_the_head_box(heads, mode):
     plain = cropped.predict(image)
     assert plain.box is not None and plain.box.fraction < 0.9 and not plain.warnings
     box = plain.box
-    # a bright blob across the box's low face along x: half inside the box, half outside
-    x0 = box.region[0].start
-    assert x0 > 3
-    centre = [(s.start + s.stop) // 2 for s in box.region]
-    image[1, x0 - 3:x0 + 3, centre[1] - 2:centre[1] + 2, centre[2] - 2:centre[2] + 2] = 100.0
+    outside = _blob_across_a_face(image, box)
     assert cropped.brain_box(image).aligned(cropped.size_divisor)[0] == box  # the blob does not move the box
     reference = head.predict(image)
-    assert (reference.wmh > 0.5)[:x0].any() or (reference.classes[:x0] != 0).any()  # foreground outside the box
+    assert (reference.wmh > 0.5)[outside].any() or (reference.classes[outside] != 0).any()  # foreground outside
     guarded = cropped.predict(image)
     assert guarded.warnings == [FALLBACK_WARNING] and guarded.box is None
     torch.testing.assert_close(guarded.wmh, reference.wmh, rtol=0, atol=0)
@@ -177,3 +187,21 @@ def test_brain_crop_setting():
     assert InferenceSettings(brain_crop="auto").brain_crop == "auto"
     with pytest.raises(InputError, match="did you mean 'auto'"):
         InferenceSettings(brain_crop="aut")
+
+
+def test_the_fallback_is_named_in_the_scans_warnings(tmp_path):
+    from wmhseg.inference.loading import prepare_scan
+    from wmhseg.inference.pipeline import process_prepared
+    from wmhseg.inference.records import ResultStore
+    from wmhseg.manifest import Scan
+
+    paths = write_scan(tmp_path / "in", "001", "01", wmh_volume_mm3=6000.0, seed=5, anatomy="procedural",
+                       shape=(80, 96, 80), spacing=(2.0, 2.0, 2.0))
+    predictor = Predictor(_Stub(2), SPEC, LabelSpec(), settings=InferenceSettings(
+        device="cpu", precision="fp32", roi_size=None, brain_crop="auto"), size_divisor=2)
+    prepared = prepare_scan(paths["t1"], paths["flair"], SPEC)
+    _blob_across_a_face(prepared.image, predictor.brain_box(prepared.image).aligned(predictor.size_divisor)[0])
+    scan = Scan("001", "01", paths["t1"], paths["flair"], None, row=1)
+    record = process_prepared(predictor, ResultStore(tmp_path / "out", "stub"), scan, prepared)
+    assert record["status"] == "ok" and FALLBACK_WARNING in record["warnings"]
+    assert record["wmh_mm3"] == pytest.approx(6 * 4 * 4 * 8.0, rel=0.3)  # the whole blob, both sides of the face
