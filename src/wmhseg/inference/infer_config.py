@@ -24,13 +24,14 @@ from omegaconf import MISSING
 
 from wmhseg.errors import InputError, check_known_keys, did_you_mean
 
-__all__ = ["PRECISIONS", "BACKENDS", "UNCERTAINTY_MODES", "USAGE", "InferenceSettings", "UncertaintySettings",
+__all__ = ["PRECISIONS", "BACKENDS", "BRAIN_CROP_MODES", "UNCERTAINTY_MODES", "USAGE", "InferenceSettings", "UncertaintySettings",
            "LongitudinalSettings", "InferenceConfig", "InferConfig", "register_configs"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("auto", "torch", "openvino")
 _BLEND_MODES = ("gaussian", "constant")
 _ROI_MODES = ("auto", "checkpoint")
+BRAIN_CROP_MODES = ("auto", "off")
 UNCERTAINTY_MODES = ("none", "tta", "ensemble")
 _UNCERTAINTY = "uncertainty"
 USAGE = "python infer.py ckpt_path=CKPT input=MANIFEST_OR_FOLDER out_dir=DIR [setting=value ...]"
@@ -92,6 +93,13 @@ class InferenceSettings:
         backend: ``"torch"`` (default here; ``infer.py`` defaults to ``"auto"``), ``"openvino"``
             (CPU; falls back to torch with a message when OpenVINO is not installed) or
             ``"auto"`` (OpenVINO when installed, on CPU, in fp32); see :mod:`wmhseg.inference.backends`.
+        brain_crop: ``"auto"``: run the one pass on the brain's box, found without the network at
+            low resolution, instead of the whole head box, with background outside it; the head
+            box when that box is implausible, or again on the head box when foreground reaches a
+            face of it (see :mod:`wmhseg.inference.brain_box`). ``"off"`` (default): the head box;
+            on synthetic heads the brain's box, widened onto the network's size lattice, saved
+            too few voxels to pay for itself (README, Brain crop). YAML's bare ``off``/``on``
+            (booleans) mean ``"off"``/``"auto"``.
     """
 
     device: str = "auto"
@@ -105,11 +113,15 @@ class InferenceSettings:
     size_divisor: int | None = None
     channels_last: Any = "auto"
     backend: str = "torch"
+    brain_crop: str = "off"
 
     def __post_init__(self) -> None:
         self.device = _check_device(str(self.device))
         self.precision = _choose(str(self.precision), PRECISIONS, "precision")
         self.backend = _choose(str(self.backend), BACKENDS, "backend")
+        # YAML reads a bare off as false (and on as true), which a str field then holds as 'False'
+        crop = {"false": "off", "true": "auto"}.get(str(self.brain_crop).lower(), str(self.brain_crop))
+        self.brain_crop = _choose(crop, BRAIN_CROP_MODES, "brain_crop")
         if isinstance(self.roi_size, str):
             _choose(self.roi_size, _ROI_MODES, "roi_size")
         elif self.roi_size is not None:

@@ -214,7 +214,8 @@ def export_prediction(predictor: Predictor, store: ResultStore, scan: Scan, prep
                "t_export_s": t2 - t1, "t_measure_s": t3 - t2, "t_uncertainty_s": t4 - t3}
     timings["t_total_s"] = sum(timings.values())
     timings = {k: round(v, 4) for k, v in timings.items()}
-    return store.ok_record(scan, measures, warnings=prepared.warnings, timings=timings, metrics=metrics)
+    return store.ok_record(scan, measures, warnings=[*prepared.warnings, *working.warnings], timings=timings,
+                           metrics=metrics)
 
 
 def run_scan(predictor: Predictor, store: ResultStore, scan: Scan, prepared: PreparedScan | None, error: str | None,

@@ -5,11 +5,14 @@ Three separable layers, each usable alone:
 1. :meth:`Predictor.prepare` (:func:`wmhseg.inference.loading.prepare_scan`) - load and check
    the files, then the training preprocessing -> a working-grid image whose ``.affine`` maps
    voxels to world (RAS mm). Network-free; runs in DataLoader workers.
-2. :meth:`Predictor.predict` - network output on the working grid: one pass over the whole
-   head-cropped volume padded to the network's size divisor (``roi_size=None``; the default for
+2. :meth:`Predictor.predict` - network output on the working grid: one pass over the brain's box
+   (:mod:`wmhseg.inference.brain_box`; the head-cropped volume when the box is implausible or
+   ``brain_crop="off"``) padded to the network's size divisor (``roi_size=None``; the default for
    networks without instance/group/layer norm) or MONAI's Gaussian-weighted sliding window (the
    checkpoint's window; the default for the others), with optional test-time flips, under
-   ``torch.inference_mode`` and autocast (``precision``).
+   ``torch.inference_mode`` and autocast (``precision``). Outside the brain's box the output is
+   background; foreground within ``GUARD_MM`` of a face of the box inside the head box sends the
+   scan through the network again on the head box (logged, and named in the scan's warnings).
 3. :meth:`Predictor.to_native` - probabilities resampled onto the native FLAIR grid through the
    affines (:mod:`wmhseg.inference.export`) and thresholded.
 
@@ -25,9 +28,11 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +43,9 @@ import torch.nn.functional as F
 from wmhseg.checkpoint import build_network, file_sha256, load_checkpoint, read_meta
 from wmhseg.data.preprocessing import PreprocessSpec
 from wmhseg.errors import CheckpointError, InputError
-from wmhseg.geometry import network_divisor, padding_to_multiple
+from wmhseg.geometry import network_divisor, padding_to_multiple, voxel_sizes
 from wmhseg.inference.backends import OpenVinoNetwork, resolve_backend
+from wmhseg.inference.brain_box import BrainBox, brain_box
 from wmhseg.inference.export import partial_volume_mask, resample_to_grid
 from wmhseg.inference.infer_config import InferenceSettings
 from wmhseg.inference.loading import PreparedScan, prepare_scan
@@ -51,21 +57,31 @@ __all__ = [
     "NativePrediction",
     "Predictor",
     "context_free",
+    "GUARD_MM",
 ]
+
+log = logging.getLogger("wmhseg.infer")
 
 # layers whose statistics come from the input they are given (so from the window's or volume's extent)
 _PER_SAMPLE_NORMS = (torch.nn.modules.instancenorm._InstanceNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_MAX_WINDOW_FRACTION = 0.95  # a window over this share of the padded head box's voxels is not worth its cost
+GUARD_MM = 3.0  # foreground this close to a face of the brain's box inside the head box: predict on the head box
+FALLBACK_WARNING = ("brain crop: predicted foreground reached a face of the brain's box, so the scan was "
+                    "predicted again on the head box")
 
 
 @dataclass
 class WorkingPrediction:
-    """Layer-2 output on the working grid: WMH (and ventricle) probability, BISON classes."""
+    """Layer-2 output on the working grid: WMH (and ventricle) probability, BISON classes; ``box``:
+    the brain's box the network ran on (``None``: the head box); ``warnings``: for the scan's record."""
 
     wmh: torch.Tensor
     affine: np.ndarray
     ventricles: torch.Tensor | None = None
     classes: torch.Tensor | None = None
+    box: BrainBox | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def voxel_mm3(self) -> float:
@@ -155,6 +171,7 @@ class Predictor:
         self.overlap = float(ck.get("overlap", 0.25) if s.overlap is None else s.overlap)
         self.blend_mode = s.blend_mode or ck.get("mode", "gaussian")
         self.threshold = float(s.threshold or ck.get("threshold", 0.5))
+        self.brain_crop = s.brain_crop
         self.size_divisor = tuple(int(d) for d in np.broadcast_to(s.size_divisor or size_divisor, (3,)))
         self.backend = resolve_backend(s.backend, self.device, self.precision)  # logs why when it falls back
         on_torch_cpu = self.device.type == "cpu" and self.backend == "torch"
@@ -229,10 +246,8 @@ class Predictor:
                                         overlap=self.overlap,
                                         mode=self.blend_mode)
 
-    def probabilities(self, image: torch.Tensor) -> torch.Tensor:
-        """Softmax class probabilities ``(C, X, Y, Z)`` (float32, on the device) of one image
-        ``(2, X, Y, Z)``, averaged over the test-time flips."""
-        x = torch.as_tensor(image).float().unsqueeze(0).to(self.device)
+    def _network_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities ``(C, X, Y, Z)`` of ``x`` ``(1, 2, X, Y, Z)``, averaged over the flips."""
         run = self._logits_whole if self.roi_size is None else self._logits_window
         probs = None
         with torch.inference_mode(), self._autocast():
@@ -244,6 +259,64 @@ class Predictor:
                 probs = p if probs is None else probs.add_(p)
         return (probs / (1 + len(self.settings.tta_flips)))[0]
 
+    def brain_box(self, image: torch.Tensor) -> BrainBox | None:
+        """The brain's box of ``image`` ``(2, X, Y, Z)`` the network runs on, or ``None`` (the head
+        box: ``brain_crop="off"`` or an implausible box; see :func:`brain_box`)."""
+        if self.brain_crop == "off":
+            return None
+        return brain_box(torch.as_tensor(image)[1], self._voxel_mm(image))
+
+    def _voxel_mm(self, image: torch.Tensor) -> np.ndarray:
+        """The working grid's voxel size: from the image's affine, else the preprocessing's spacing."""
+        affine = getattr(image, "affine", None)
+        if affine is None:
+            return np.asarray(self.preprocess_spec.spacing, dtype=np.float64)
+        return voxel_sizes(np.asarray(torch.as_tensor(affine, dtype=torch.float64)).reshape(-1, 4, 4)[0])
+
+    def _foreground(self, probs: torch.Tensor) -> torch.Tensor:
+        """WMH (binary mode) or any class but background (BISON mode) in ``probs`` ``(C, X, Y, Z)``."""
+        if self.label_spec.mode == "bison":
+            return probs.argmax(0) != 0
+        return probs[list(self.label_spec.wmh_channels)].sum(0) > self.threshold
+
+    def _probabilities(self, image: torch.Tensor) -> tuple[torch.Tensor, BrainBox | None, list[str]]:
+        """Probabilities on the brain's box (background outside it), or on the head box when there is
+        none or when foreground reaches one of its inner faces; the box used and the warnings.
+
+        The box is taken on the lattice of the padded head box (:meth:`BrainBox.aligned`), so one
+        pass gives inside it what the head box's pass gives. Sliding windows keep the head box:
+        their placement follows the volume's extent.
+        """
+        x = torch.as_tensor(image).float().unsqueeze(0).to(self.device)
+        x = x.as_tensor() if hasattr(x, "as_tensor") else x  # plain tensor: cheap slicing
+        box = self.brain_box(image) if self.roi_size is None else None
+        pads = padding_to_multiple(x.shape[2:], self.size_divisor)
+        if box is not None:
+            box, window = box.aligned(self.size_divisor)
+            padded_voxels = np.prod([n + b + a for n, (b, a) in zip(x.shape[2:], pads, strict=True)])
+            if np.prod([w.stop - w.start for w in window]) > _MAX_WINDOW_FRACTION * padded_voxels:
+                box = None
+        if box is None:
+            return self._network_probabilities(x), None, []
+        padded = F.pad(x, [p for pair in reversed(pads) for p in pair])
+        probs = self._network_probabilities(padded[(slice(None), slice(None), *window)])
+        probs = probs[(slice(None), *(slice(r.start + b - w.start, r.stop + b - w.start)
+                                      for r, w, (b, _) in zip(box.region, window, pads, strict=True)))]
+        depth = [math.ceil(GUARD_MM / v - 1e-6) for v in self._voxel_mm(image)]
+        if box.touches(self._foreground(probs), depth):
+            log.warning("%s (box %s)", FALLBACK_WARNING, box.describe())
+            return self._network_probabilities(x), None, [FALLBACK_WARNING]
+        full = probs.new_zeros((probs.shape[0], *x.shape[2:]))
+        full[0] = 1.0
+        full[(slice(None), *box.region)] = probs
+        return full, box, []
+
+    def probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """Softmax class probabilities ``(C, X, Y, Z)`` (float32, on the device) of one image
+        ``(2, X, Y, Z)``, averaged over the test-time flips; background outside the brain's box
+        (module docstring)."""
+        return self._probabilities(image)[0]
+
     def predict(self, image: torch.Tensor) -> WorkingPrediction:
         """Layer 2: WMH probability (and ventricle probability, BISON classes in ``"bison"`` mode)
         on the working grid of ``image`` (a MetaTensor ``(2, X, Y, Z)`` from :func:`prepare_scan`)."""
@@ -251,7 +324,7 @@ class Predictor:
         if affine is None:
             raise InputError("predict() needs the MetaTensor from prepare_scan (an image with an .affine)")
         affine = np.asarray(torch.as_tensor(affine, dtype=torch.float64).reshape(-1, 4, 4)[0])
-        probs = self.probabilities(image)
+        probs, box, warnings = self._probabilities(image)
         spec = self.label_spec
         wmh = probs[list(spec.wmh_channels)].sum(0).cpu()
         vent = classes = None
@@ -259,7 +332,7 @@ class Predictor:
             classes = probs.argmax(0).to(torch.uint8).cpu()
             if spec.ventricle_channel is not None:
                 vent = probs[spec.ventricle_channel].cpu()
-        return WorkingPrediction(wmh=wmh, affine=affine, ventricles=vent, classes=classes)
+        return WorkingPrediction(wmh=wmh, affine=affine, ventricles=vent, classes=classes, box=box, warnings=warnings)
 
     # ---------------------------------------------------------------- layer 3
     def to_native(self, prediction: WorkingPrediction, native_shape: Sequence[int],
@@ -280,4 +353,4 @@ class Predictor:
                 "sw_batch_size": self.sw_batch_size, "overlap": self.overlap, "blend_mode": self.blend_mode,
                 "tta_flips": self.settings.tta_flips, "threshold": self.threshold, "size_divisor": self.size_divisor,
                 "folded_batch_norms": self.folded_norms, "channels_last": self.channels_last,
-                "backend": self.backend, "model_id": self.model_id}
+                "backend": self.backend, "brain_crop": self.brain_crop, "model_id": self.model_id}
