@@ -72,7 +72,7 @@ def _write_scans(folder: Path, n: int) -> Path:
 
 def _random_checkpoint(path: Path, prepared_image: torch.Tensor) -> Path:
     """Save the default U-Net (random weights, foreground bias calibrated on ``prepared_image``)."""
-    from bench_inference import DEFAULT_NET, default_unet
+    from network_paths import DEFAULT_NET, default_unet
 
     from wmhseg.checkpoint import FORMAT_VERSION, META_KEY
     from wmhseg.data.preprocessing import PreprocessSpec

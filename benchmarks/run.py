@@ -7,10 +7,13 @@
 
 Sections (each skipped with its reason when the code it measures is missing):
 
+* ``startup``    - goal 3: fresh ``infer.py --help`` and ``analyze.py --help`` against the
+  interpreter's own start (:mod:`bench_startup`);
 * ``inference``  - goal 1 (and 4 on a GPU): the network on one whole 1 mm brain, fast paths vs
-  MONAI's default sliding window (:mod:`bench_inference`);
+  MONAI's default sliding window, and its GFLOP/s against the matmul peak (:mod:`bench_inference`);
 * ``accuracy``   - goal 1's accuracy: a trained checkpoint's fast-path masks vs the fp32 sliding
-  window's on held-out synthetic scans (:mod:`bench_accuracy`; needs ``--ckpt``);
+  window's, and each backend's and precision's vs torch fp32, on held-out synthetic scans
+  (:mod:`bench_accuracy`; needs ``--ckpt``);
 * ``infer_scan`` - goal 2: infer per scan, stage split and peak memory (:mod:`bench_infer_scan`);
 * ``train_data`` - goal 3: cached training pipeline vs a naive uncached one (:mod:`bench_train_data`);
 * ``analysis``   - goal 5: the full analysis of a 439-subject cohort (:mod:`bench_analysis`).
@@ -41,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("train_data", "analysis", "inference", "accuracy", "infer_scan")
+SECTIONS = ("startup", "train_data", "analysis", "inference", "accuracy", "infer_scan")
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
 
@@ -63,6 +66,10 @@ def _section_runner(name: str, args: argparse.Namespace, device: str) -> Callabl
         import bench_train_data
 
         return lambda: bench_train_data.run(quick=args.quick, device=device)
+    if name == "startup":
+        import bench_startup
+
+        return lambda: bench_startup.run(quick=args.quick)
     if name == "analysis":
         import bench_analysis
 
