@@ -54,6 +54,12 @@ def test_settings_are_validated():
     assert InferenceSettings(roi_size=64).roi_size == [64, 64, 64]
 
 
+def test_auto_precision_keeps_fp32_on_cpu(binary_ckpt):
+    """bf16 moved a trained network's masks (Dice 0.998 against fp32): on CPU it is opt-in."""
+    assert Predictor.from_checkpoint(binary_ckpt, device="cpu").precision == "fp32"
+    assert Predictor.from_checkpoint(binary_ckpt, device="cpu", precision="bf16").precision == "bf16"
+
+
 def test_three_layers_recover_the_known_mask(binary_ckpt, lps_case):
     predictor = Predictor.from_checkpoint(binary_ckpt, device="cpu", precision="fp32", roi_size=None)
     assert predictor.roi_size is None and predictor.size_divisor == (1, 1, 1) and len(predictor.model_id) == 16
