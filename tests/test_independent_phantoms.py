@@ -55,6 +55,20 @@ def test_phantom_on_each_grid_kind(kind):
     assert p.t1.shape != p.flair.shape or not np.allclose(p.t1_affine, p.affine)
 
 
+def test_fissure_stops_at_the_corpus_callosum():
+    """The hemispheres are split by a CSF fissure above the callosum and joined by white matter
+    between the callosum and the base, as in a real brain."""
+    mm = 2.0
+    tissue = independent._anatomy(np.random.default_rng(3), (82, 98, 82), mm)  # x = +-1 mm at 40, 41
+    c = (np.asarray(tissue.shape) - 1) / 2
+    y, z = ((np.arange(n) - ci) * mm for n, ci in zip(tissue.shape[1:], c[1:], strict=True))
+    plane = tissue[40]
+    high = (np.abs(y)[:, None] < 30) & (z[None, :] > 45) & ~np.isin(plane, (0, 10, 11))  # inside the skull
+    assert high.sum() > 50 and (plane[high] == 12).all()  # the fissure above the callosum
+    joined = (np.abs(y)[:, None] < 10) & (z[None, :] > 10) & (z[None, :] < 18)
+    assert (plane[joined] == 12).sum() == 0 and (plane[joined] == 8).mean() > 0.5  # callosum, no fissure
+
+
 def test_written_family_is_a_manifest_and_is_reused(tmp_path):
     manifest = write_family(tmp_path, n_subjects=2, seed=3, voxel_mm=4.0, spacing_scale=2.5)
     table = pd.read_csv(manifest, dtype=str)

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from wmhseg.errors import InputError
+from wmhseg.synth.anatomy import Grid, Pose, ProceduralHead
 from wmhseg.synth.images import generate_subject, write_dataset, write_scan
 
 
@@ -99,6 +100,23 @@ def test_mni_anatomy_2mm() -> None:
     assert 400 < vol[8] + vol[9] < 900 and 500 < vol[7] < 1300 and 10 < vol[1] < 80  # WM, cortex, ventricles
     rotated = generate_subject(anatomy="mni", spacing=(2.0, 2.0, 2.0), seed=2, rotation_deg=5.0, wmh_volume_mm3=8000.0)
     assert rotated.wmh_mm3 == pytest.approx(8000.0, abs=8.0)
+
+
+def test_procedural_hemispheres_split_above_the_corpus_callosum_and_join_below() -> None:
+    """Real brains: a CSF fissure lined by medial cortex between the hemispheres above the corpus
+    callosum, and white matter (the callosum) crossing the midline below it."""
+    head = ProceduralHead(np.random.default_rng(4), (70.0, 85.0, 65.0))
+    grid = Grid.centred((141, 171, 131), (1.0, 1.0, 1.0))  # voxel 70 lies on the midline x = 0
+    codes, _, _ = head.sample(grid, Pose(np.eye(3), np.zeros(3)))
+    brain = (codes >= 1) & (codes <= 8)
+    z = grid.axes()[2][None, :] / 65.0  # height in units of the head's z radius
+    mid, medial = codes[70], codes[70 + int(np.ceil(head.fissure_mm)) + 1]
+    upper = brain[70] & (z > 0.5)
+    assert upper.sum() > 500 and (mid[upper] == 2).all()  # the fissure reaches down to there
+    beside = brain[70 + int(np.ceil(head.fissure_mm)) + 1] & (z > 0.5)
+    assert np.isin(medial[beside], (2, 7)).mean() > 0.9  # medial cortex (and its sulci), no white matter
+    callosum = (mid == 8) & (z > 0) & (z < 0.45)
+    assert callosum.sum() > 100  # white matter crossing the midline above the ventricles
 
 
 def test_bad_arguments() -> None:

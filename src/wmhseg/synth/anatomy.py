@@ -2,8 +2,9 @@
 
 Two anatomies share one interface (:meth:`sample` on a canonical grid under a head pose):
 
-* :class:`ProceduralHead`: ellipsoidal head, skull, CSF, folded cortex, lateral ventricles,
-  deep grey matter, cerebellum and brainstem, defined analytically in a head frame, so any grid
+* :class:`ProceduralHead`: ellipsoidal head, skull, CSF, folded cortex, two hemispheres (a CSF
+  fissure lined by medial cortex above the corpus callosum), lateral ventricles, deep grey matter,
+  cerebellum and brainstem, defined analytically in a head frame, so any grid
   (any size, voxel size or pose) can be rendered in milliseconds for small grids.
 * :class:`MNIHead`: tissue classes derived from the MNI152 2009 templates that nilearn ships
   (grey/white-matter probability maps and brain mask; offline), resampled under the pose.
@@ -130,7 +131,7 @@ class ProceduralHead:
     """An analytic head whose size is ``radii_mm`` (half-axes of the scalp surface, x/y/z).
 
     Subject-level randomness (drawn from ``rng``): ventricle size (atrophy), cortical thickness
-    and folding, brain shape.
+    and folding, brain shape, the fissure's width and the corpus callosum's thickness.
     """
 
     def __init__(self, rng: np.random.Generator, radii_mm):
@@ -142,6 +143,9 @@ class ProceduralHead:
         self.folds = Noise(rng, 0.25 * self.rmean, 14)
         self.sulci = Noise(rng, 0.2 * self.rmean, 14)
         self.lesion_scale = max(1.0, self.rmean / 75.0)
+        # interhemispheric fissure: half-width (mm) and corpus callosum thickness (radius units)
+        self.fissure_mm = float(rng.uniform(0.6, 2.0))
+        self.callosum = float(rng.uniform(0.05, 0.1))
 
     def _ventricles(self, ux, uy, uz):
         v = self.vscale
@@ -166,6 +170,7 @@ class ProceduralHead:
         codes[brain] = 7
         codes[brain & (r < inner)] = 8
         codes[brain & (r > inner - 0.02) & (sulci > 0.9)] = 2
+        self._hemispheres(codes, brain, hx, uy, uz, fold, sulci)
         codes[(_ellipsoid(ux, uy, uz, (0.2, -0.03, 0.02), (0.08, 0.15, 0.09)) < 1)
               | (_ellipsoid(ux, uy, uz, (-0.2, -0.03, 0.02), (0.08, 0.15, 0.09)) < 1)] = 6
         ev, horn, vmm = self._ventricles(ux, uy, uz)
@@ -178,6 +183,19 @@ class ProceduralHead:
         stem = (((ux / 0.08) ** 2 + ((uy + 0.12) / 0.09) ** 2) < 1) & (uz < -0.12) & brain
         codes[stem] = 5
         return codes, ((ev - 1.0) * vmm).astype(_F), horn.astype(_F)
+
+    def _hemispheres(self, codes, brain, hx, uy, uz, fold, sulci) -> None:
+        """Split the cerebrum at the midline: a CSF fissure lined by medial cortex (and its sulci)
+        above the corpus callosum, and down to the base in front of and behind it."""
+        v = self.vscale
+        dy = uy + 0.03
+        callosum_top = 0.13 - 0.6 * dy**2 + 0.08 * np.sqrt(v) + self.callosum
+        split = brain & ((uz > callosum_top) | (np.abs(dy) > 0.30 * (0.9 + 0.1 * v) + 0.06))
+        ribbon = self.cortex * self.rmean * (1.0 + 0.45 * fold)  # medial cortex thickness (mm)
+        side = np.abs(hx)
+        codes[split & (side < self.fissure_mm + ribbon) & (codes == 8)] = 7
+        codes[split & (side < self.fissure_mm + ribbon + 2.0) & (codes == 7) & (sulci > 0.9)] = 2
+        codes[split & (side < self.fissure_mm)] = 2
 
     def sample(self, grid: Grid, pose: Pose) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(codes uint8, ventricle distance mm float32, horn factor float32)`` on ``grid``."""
@@ -262,6 +280,19 @@ class MNIHead:
         idx = np.flatnonzero(codes == 8)
         ijk = np.stack(np.unravel_index(idx[rng.integers(0, idx.size, n)], codes.shape), 1).astype(float)
         return ((ijk @ affine[:3, :3].T + affine[:3, 3]) * self.scale).astype(_F)
+
+    def _hemispheres(self, codes, brain, hx, uy, uz, fold, sulci) -> None:
+        """Split the cerebrum at the midline: a CSF fissure lined by medial cortex (and its sulci)
+        above the corpus callosum, and down to the base in front of and behind it."""
+        v = self.vscale
+        dy = uy + 0.03
+        callosum_top = 0.13 - 0.6 * dy**2 + 0.08 * np.sqrt(v) + self.callosum
+        split = brain & ((uz > callosum_top) | (np.abs(dy) > 0.30 * (0.9 + 0.1 * v) + 0.06))
+        ribbon = self.cortex * self.rmean * (1.0 + 0.45 * fold)  # medial cortex thickness (mm)
+        side = np.abs(hx)
+        codes[split & (side < self.fissure_mm + ribbon) & (codes == 8)] = 7
+        codes[split & (side < self.fissure_mm + ribbon + 2.0) & (codes == 7) & (sulci > 0.9)] = 2
+        codes[split & (side < self.fissure_mm)] = 2
 
     def sample(self, grid: Grid, pose: Pose) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(codes uint8, ventricle distance mm float32, horn factor float32)`` on ``grid``."""

@@ -4,10 +4,10 @@ It shares no code with the training generator (:mod:`wmhseg.synth.images`,
 :mod:`wmhseg.synth.anatomy`) nor with the training-time synthesis (:mod:`wmhseg.data.synthesis`);
 a test enforces that it imports neither. Everything differs on purpose:
 
-- **anatomy**: two hemispheres with a midline fissure, cortex and sulci from Gaussian-filtered
-  white noise, C-shaped lateral ventricles swept along a curve plus a third ventricle, caudate
-  and thalamus nuclei, cerebellum and brainstem; scalp fat, skull and meninges around it (not
-  skull-stripped);
+- **anatomy**: two hemispheres split by a midline fissure above the corpus callosum (joined below
+  it), cortex and sulci from Gaussian-filtered white noise, C-shaped lateral ventricles swept
+  along a curve plus a third ventricle, caudate and thalamus nuclei, cerebellum and brainstem;
+  scalp fat, skull and meninges around it (not skull-stripped);
 - **lesions**: periventricular caps at the ventricles' horns and bands along their bodies plus
   punctate and confluent deep lesions, as unions of ellipsoids clipped to the white matter;
 - **contrast**: MR signal equations from tissue T1, T2 and proton density (inversion-recovery
@@ -44,6 +44,7 @@ __all__ = ["Phantom", "make_phantom", "write_family", "GRID_KINDS"]
 GRID_KINDS = ("iso_ras", "thick_lps", "oblique", "thick_axial")
 _F = np.float32
 _FOV_MM = (164.0, 196.0, 164.0)  # the object's field of view
+_VERSION = 2  # of the phantoms' definition: a finished set of another version is written again
 # tissue index -> BISON label; 10 scalp fat, 11 skull, 12 meninges/extra CSF outside the brain
 _BISON = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 0, 2], dtype=np.uint8)
 # T1 (ms), T2 (ms), PD at 3 T for tissue index 0..12 (air, ventricles, CSF, cb GM, cb WM, stem,
@@ -79,7 +80,11 @@ def _anatomy(rng: np.random.Generator, shape, mm: float) -> np.ndarray:
     ax = rng.uniform(64, 72), rng.uniform(82, 92), rng.uniform(62, 70)  # brain half-axes (mm)
     hemi = (np.maximum(np.abs(x) - 1.5, 0) / (ax[0] - 1.5)) ** 2 + (y / ax[1]) ** 2 + ((z - 8) / ax[2]) ** 2
     wobble = 0.05 * _smooth_noise(rng, shape, 6.0 / mm)
-    brain = (hemi + wobble < 1) & (np.abs(x) > 0.6 + 0.8 * (z > 0))  # midline fissure above the base
+    # the interhemispheric fissure: above the corpus callosum (which arches over the ventricles,
+    # whose roof is at about z = 21 - 10 (y/30)^2) and in front of and behind it; the callosum,
+    # the diencephalon and the brainstem join the hemispheres below it
+    split = (z > 26 - 10 * (y / 30) ** 2) | (np.abs(y) > 38)
+    brain = (hemi + wobble < 1) & ~(split & (np.abs(x) < 0.6 + 0.8 * (z > 0)))
     head = ((x / (ax[0] + 14)) ** 2 + (y / (ax[1] + 14)) ** 2 + ((z - 4) / (ax[2] + 16)) ** 2) < 1
     skull = ((x / (ax[0] + 9)) ** 2 + (y / (ax[1] + 9)) ** 2 + ((z - 5) / (ax[2] + 10)) ** 2) < 1
     inner = ((x / (ax[0] + 4)) ** 2 + (y / (ax[1] + 4)) ** 2 + ((z - 6) / (ax[2] + 5)) ** 2) < 1
@@ -243,7 +248,7 @@ def write_family(out_dir: str | os.PathLike, n_subjects: int = 4, seed: int = 0,
         raise InputError(f"n_subjects={n_subjects!r} must be >= 1")
     out = Path(out_dir)
     manifest = out / "manifest.csv"
-    stamp = f"{int(n_subjects)} {int(seed)} {voxel_mm} {spacing_scale}"
+    stamp = f"{_VERSION} {int(n_subjects)} {int(seed)} {voxel_mm} {spacing_scale}"
     if manifest.is_file() and (out / ".settings").is_file() and (out / ".settings").read_text() == stamp:
         return manifest
     out.mkdir(parents=True, exist_ok=True)
