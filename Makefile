@@ -19,7 +19,8 @@ DEMO_CTRL   ?= 16
 DEMO_VISITS ?= 0 0 0.5 0.5
 DEMO_SURVIVAL ?= 0.9
 DEMO_SEED   ?= 1
-CKPT        := $(DEMO_DIR)/train/checkpoints/last.ckpt
+# the checkpoint with the best validation Dice (training writes last.ckpt beside it)
+CKPT        := $(DEMO_DIR)/train/checkpoints/best.ckpt
 STUDY       := $(DEMO_DIR)/study
 INFER_OUT   := $(DEMO_DIR)/infer
 REPORT      := $(DEMO_DIR)/report

@@ -61,7 +61,9 @@ def test_smoke_experiment_trains_end_to_end(smoke_run):
     out = smoke_run
     summary = json.loads((out / "train_summary.json").read_text())
     last = out / "checkpoints" / "last.ckpt"
-    best = sorted((out / "checkpoints").glob("epoch*-dice*.ckpt"))
+    best = sorted((out / "checkpoints").glob("*.ckpt"))
+    assert [p.name for p in best] == ["best.ckpt", "last.ckpt"]  # the documented names, nothing else
+    best = best[:1]
     assert last.is_file() and len(best) == 1
     assert summary["last_ckpt"] == str(last) and summary["best_ckpt"] == str(best[0])
     assert summary["metrics"]["val/dice"] == pytest.approx(_csv_metric(out, "val/dice")[-1])  # the last validation
