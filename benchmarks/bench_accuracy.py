@@ -179,7 +179,7 @@ def run(*, ckpt: str | None, quick: bool = False, device: str = "cpu") -> dict[s
     """Segment held-out synthetic scans with each inference setting; rows for the summary table."""
     if not ckpt:
         return {"name": "accuracy", "available": False, "rows": [],
-                "reason": "needs a trained checkpoint: --ckpt (e.g. make demo's demo_out/train/checkpoints/last.ckpt)"}
+                "reason": "needs a trained checkpoint: --ckpt (e.g. make demo's demo_out/train/checkpoints/best.ckpt)"}
     from timing import bf16_fast
 
     from wmhseg.inference import Predictor

@@ -1,6 +1,6 @@
 """Independent vs longitudinal segmentation on a simulated study with realistic follow-ups.
 
-    python benchmarks/bench_longitudinal.py --ckpt demo_out/train/checkpoints/last.ckpt [--n 16] [--weights 0 0.25 0.5 0.75]
+    python benchmarks/bench_longitudinal.py --ckpt demo_out/train/checkpoints/best.ckpt [--n 16] [--weights 0 0.25 0.5 0.75]
 
 Simulates a study (``python -m wmhseg.synth study``, realistic follow-ups: repositioned head,
 contrast drift, a scanner change for some subjects), segments it with ``infer.py`` once
@@ -118,7 +118,7 @@ def detection(study: Path, out: Path, min_mm3: float) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", type=Path, default=ROOT / "demo_out/train/checkpoints/last.ckpt")
+    parser.add_argument("--ckpt", type=Path, default=ROOT / "demo_out/train/checkpoints/best.ckpt")
     parser.add_argument("--work", type=Path, default=ROOT / "bench_out/longitudinal")
     parser.add_argument("--n", type=int, default=16, help="ALS patients and controls each")
     parser.add_argument("--seed", type=int, default=1)

@@ -1,6 +1,6 @@
 """Calibration and cost of the volume intervals (``inference.uncertainty``) on held-out phantoms.
 
-    python benchmarks/bench_uncertainty.py --ckpt demo_out/train/checkpoints/last.ckpt [--n 30] [--samples 8]
+    python benchmarks/bench_uncertainty.py --ckpt demo_out/train/checkpoints/best.ckpt [--n 30] [--samples 8]
     python benchmarks/bench_uncertainty.py --ckpt fold0.ckpt --ensemble fold1.ckpt fold2.ckpt ...
 
 Held-out synthetic scans (procedural anatomy, seeds no training run uses, WMH drawn log-uniform

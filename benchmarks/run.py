@@ -2,7 +2,7 @@
 
     python benchmarks/run.py                 # full run (about 6 minutes on 2 idle cores)
     python benchmarks/run.py --quick         # fewer repeats and variants (under 2 minutes idle)
-    python benchmarks/run.py --ckpt last.ckpt --sections accuracy
+    python benchmarks/run.py --ckpt best.ckpt --sections accuracy
     python benchmarks/run.py --device cuda   # the same benchmark on a GPU
 
 Sections (each skipped with its reason when the code it measures is missing):
@@ -135,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     parser.add_argument("--ckpt", default=None,
-                        help="a trained wmhseg checkpoint for the accuracy section (e.g. demo_out/train/checkpoints/last.ckpt)")
+                        help="a trained wmhseg checkpoint for the accuracy section (e.g. demo_out/train/checkpoints/best.ckpt)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the whole run")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for latest.json and latest.md")
     parser.add_argument("--no-readme", action="store_true", help="do not refresh the README table")

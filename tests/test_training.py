@@ -60,15 +60,12 @@ def smoke_run(tmp_path_factory) -> Path:
 def test_smoke_experiment_trains_end_to_end(smoke_run):
     out = smoke_run
     summary = json.loads((out / "train_summary.json").read_text())
-    last = out / "checkpoints" / "last.ckpt"
-    best = sorted((out / "checkpoints").glob("*.ckpt"))
-    assert [p.name for p in best] == ["best.ckpt", "last.ckpt"]  # the documented names, nothing else
-    best = best[:1]
-    assert last.is_file() and len(best) == 1
-    assert summary["last_ckpt"] == str(last) and summary["best_ckpt"] == str(best[0])
+    last, best = out / "checkpoints" / "last.ckpt", out / "checkpoints" / "best.ckpt"
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]  # documented
+    assert summary["last_ckpt"] == str(last) and summary["best_ckpt"] == str(best)
     assert summary["metrics"]["val/dice"] == pytest.approx(_csv_metric(out, "val/dice")[-1])  # the last validation
     assert load_checkpoint(last)["global_step"] == summary["global_step"] == 90  # the latest state, not the best
-    for path in (last, best[0]):
+    for path in (last, best):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         meta = read_meta(ckpt)
         assert meta["network"]["out_channels"] == 2 and meta["labels"]["mode"] == "binary"

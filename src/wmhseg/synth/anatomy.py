@@ -147,11 +147,16 @@ class ProceduralHead:
         self.fissure_mm = float(rng.uniform(0.6, 2.0))
         self.callosum = float(rng.uniform(0.05, 0.1))
 
-    def _ventricles(self, ux, uy, uz):
+    def _ventricle_frame(self, uy):
+        """The lateral ventricles' half-axes (radius units), and the front-back offset and height of
+        their centre line at ``uy``."""
         v = self.vscale
         r = (0.045 * v, 0.30 * (0.9 + 0.1 * v), 0.08 * np.sqrt(v))
         dy = uy + 0.03
-        cz = 0.13 - 0.6 * dy**2
+        return r, dy, 0.13 - 0.6 * dy**2
+
+    def _ventricles(self, ux, uy, uz):
+        r, dy, cz = self._ventricle_frame(uy)
         ev = np.minimum(_ellipsoid(ux, dy, uz - cz, (0.09, 0, 0), r), _ellipsoid(ux, dy, uz - cz, (-0.09, 0, 0), r))
         horn = np.clip(np.abs(dy) / r[1], 0, 1.5)
         scale_mm = float(np.cbrt(np.prod(r))) * self.rmean
@@ -187,10 +192,9 @@ class ProceduralHead:
     def _hemispheres(self, codes, brain, hx, uy, uz, fold, sulci) -> None:
         """Split the cerebrum at the midline: a CSF fissure lined by medial cortex (and its sulci)
         above the corpus callosum, and down to the base in front of and behind it."""
-        v = self.vscale
-        dy = uy + 0.03
-        callosum_top = 0.13 - 0.6 * dy**2 + 0.08 * np.sqrt(v) + self.callosum
-        split = brain & ((uz > callosum_top) | (np.abs(dy) > 0.30 * (0.9 + 0.1 * v) + 0.06))
+        r, dy, cz = self._ventricle_frame(uy)
+        callosum_top = cz + r[2] + self.callosum  # above the ventricles' roof
+        split = brain & ((uz > callosum_top) | (np.abs(dy) > r[1] + 0.06))
         ribbon = self.cortex * self.rmean * (1.0 + 0.45 * fold)  # medial cortex thickness (mm)
         side = np.abs(hx)
         codes[split & (side < self.fissure_mm + ribbon) & (codes == 8)] = 7
@@ -280,19 +284,6 @@ class MNIHead:
         idx = np.flatnonzero(codes == 8)
         ijk = np.stack(np.unravel_index(idx[rng.integers(0, idx.size, n)], codes.shape), 1).astype(float)
         return ((ijk @ affine[:3, :3].T + affine[:3, 3]) * self.scale).astype(_F)
-
-    def _hemispheres(self, codes, brain, hx, uy, uz, fold, sulci) -> None:
-        """Split the cerebrum at the midline: a CSF fissure lined by medial cortex (and its sulci)
-        above the corpus callosum, and down to the base in front of and behind it."""
-        v = self.vscale
-        dy = uy + 0.03
-        callosum_top = 0.13 - 0.6 * dy**2 + 0.08 * np.sqrt(v) + self.callosum
-        split = brain & ((uz > callosum_top) | (np.abs(dy) > 0.30 * (0.9 + 0.1 * v) + 0.06))
-        ribbon = self.cortex * self.rmean * (1.0 + 0.45 * fold)  # medial cortex thickness (mm)
-        side = np.abs(hx)
-        codes[split & (side < self.fissure_mm + ribbon) & (codes == 8)] = 7
-        codes[split & (side < self.fissure_mm + ribbon + 2.0) & (codes == 7) & (sulci > 0.9)] = 2
-        codes[split & (side < self.fissure_mm)] = 2
 
     def sample(self, grid: Grid, pose: Pose) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(codes uint8, ventricle distance mm float32, horn factor float32)`` on ``grid``."""
