@@ -155,8 +155,8 @@ class ProceduralHead:
         dy = uy + 0.03
         return r, dy, 0.13 - 0.6 * dy**2
 
-    def _ventricles(self, ux, uy, uz):
-        r, dy, cz = self._ventricle_frame(uy)
+    def _ventricles(self, ux, uz, frame):
+        r, dy, cz = frame
         ev = np.minimum(_ellipsoid(ux, dy, uz - cz, (0.09, 0, 0), r), _ellipsoid(ux, dy, uz - cz, (-0.09, 0, 0), r))
         horn = np.clip(np.abs(dy) / r[1], 0, 1.5)
         scale_mm = float(np.cbrt(np.prod(r))) * self.rmean
@@ -175,10 +175,11 @@ class ProceduralHead:
         codes[brain] = 7
         codes[brain & (r < inner)] = 8
         codes[brain & (r > inner - 0.02) & (sulci > 0.9)] = 2
-        self._hemispheres(codes, brain, hx, uy, uz, fold, sulci)
+        frame = self._ventricle_frame(uy)  # shared by the fissure's lower edge and the ventricles
+        self._hemispheres(codes, brain, hx, uz, fold, sulci, frame)
         codes[(_ellipsoid(ux, uy, uz, (0.2, -0.03, 0.02), (0.08, 0.15, 0.09)) < 1)
               | (_ellipsoid(ux, uy, uz, (-0.2, -0.03, 0.02), (0.08, 0.15, 0.09)) < 1)] = 6
-        ev, horn, vmm = self._ventricles(ux, uy, uz)
+        ev, horn, vmm = self._ventricles(ux, uz, frame)
         codes[ev < 1] = 1
         cb = _ellipsoid(ux, uy, uz, (0.0, -0.45, -0.5), (0.45, 0.26, 0.2))
         in_cb = (cb < 1) & brain
@@ -189,10 +190,10 @@ class ProceduralHead:
         codes[stem] = 5
         return codes, ((ev - 1.0) * vmm).astype(_F), horn.astype(_F)
 
-    def _hemispheres(self, codes, brain, hx, uy, uz, fold, sulci) -> None:
+    def _hemispheres(self, codes, brain, hx, uz, fold, sulci, frame) -> None:
         """Split the cerebrum at the midline: a CSF fissure lined by medial cortex (and its sulci)
         above the corpus callosum, and down to the base in front of and behind it."""
-        r, dy, cz = self._ventricle_frame(uy)
+        r, dy, cz = frame
         callosum_top = cz + r[2] + self.callosum  # above the ventricles' roof
         split = brain & ((uz > callosum_top) | (np.abs(dy) > r[1] + 0.06))
         ribbon = self.cortex * self.rmean * (1.0 + 0.45 * fold)  # medial cortex thickness (mm)
