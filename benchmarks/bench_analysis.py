@@ -23,9 +23,9 @@ __all__ = ["run"]
 
 TARGET_S = 3.0
 HELP_TARGET_S = 1.0
-# the modules a fresh analyze.py run imports (Hydra, the statistics, statsmodels' models, survival metrics, figures)
-IMPORTS = ("import hydra, omegaconf, wmhseg.stats.analysis, statsmodels.regression.mixed_linear_model, "
-           "statsmodels.duration.hazard_regression, sksurv.metrics, matplotlib.figure")
+# the modules a fresh analyze.py run imports (Hydra, the statistics, statsmodels' formula engine, the figures)
+IMPORTS = ("import hydra, omegaconf, wmhseg.stats.analysis, wmhseg.stats.figures, statsmodels.formula._manager, "
+           "matplotlib.backends.backend_agg")
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -22,3 +22,22 @@ def test_importing_the_analysis_loads_no_heavy_library():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     assert loaded == [], f"importing wmhseg.stats.analysis loaded {loaded[:10]}"
+
+
+def test_a_whole_analysis_loads_neither_scipy_stats_nor_statsmodels_models(tmp_path):
+    """The models, survival statistics and figures run on NumPy, scipy.special/optimize and statsmodels'
+    formula engine: scipy.stats, scikit-learn and statsmodels' model classes (about 1.3 s of imports
+    together in a fresh process) stay out of a run."""
+    code = (
+        "import json, sys; from wmhseg.synth.cohort import CohortParams, simulate_cohort, write_cohort; "
+        "from wmhseg.stats.analysis import analyze; "
+        f"p = write_cohort(simulate_cohort(CohortParams(n_als=40, n_control=30)), {str(tmp_path)!r}); "
+        f"analyze({{'volumes': str(p['volumes']), 'clinical': str(p['clinical']), 'out_dir': {str(tmp_path / 'out')!r}, "
+        "'bootstrap_samples': 20}); "
+        "print(json.dumps(sorted(m for m in sys.modules if m == 'scipy.stats' or m.split('.')[0] in ('sklearn', 'sksurv') "
+        "or m.startswith(('statsmodels.regression', 'statsmodels.duration', 'statsmodels.base')))))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert loaded == [], f"an analysis loaded {loaded[:10]}"
+    assert (tmp_path / "out" / "report.html").is_file()

@@ -143,6 +143,33 @@ def test_reml_fit_matches_statsmodels_mixedlm(re_formula):
     assert fit.reml_deviance <= at_ref + 1e-9
 
 
+@pytest.mark.parametrize("re_formula", [None, "~years_since_baseline"])
+def test_design_is_mixedlms(re_formula):
+    """The design built without statsmodels' models is MixedLM.from_formula's, column for column, and
+    predicts new rows as MixedLMResults.predict does."""
+    cohort = simulate_cohort(CohortParams(n_als=20, n_control=20, seed=6))
+    scans = study_of(cohort).scans
+    formula = "wmh_mm3 ~ years_since_baseline * C(group, Treatment('control')) + age + C(sex, Treatment('F'))"
+    ref = smf.mixedlm(formula, scans, groups=scans["subject_id"], re_formula=re_formula)
+    got = mixed.Design.from_formula(formula, scans, "subject_id", re_formula)
+    assert got.exog_names == list(ref.exog_names) and got.endog_name == ref.endog_names
+    np.testing.assert_array_equal(got.exog, ref.exog)
+    np.testing.assert_array_equal(got.endog, ref.endog)
+    np.testing.assert_array_equal(got.exog_re, ref.exog_re)
+    np.testing.assert_array_equal(got.groups, np.asarray(ref.groups))
+    assert got.exog_re_names[1:] == ref.data.exog_re_names[1:]
+    fitted = ref.fit(reml=True, method="lbfgs")
+    new = scans.iloc[::7]
+    np.testing.assert_allclose(got.predict_exog(new) @ fitted.fe_params.to_numpy(), fitted.predict(new), rtol=1e-12)
+
+
+def test_design_refuses_missing_values():
+    scans = study_of(simulate_cohort(CohortParams(n_als=10, n_control=10, seed=6))).scans.copy()
+    scans.loc[scans.index[3], "age"] = np.nan
+    fit = fit_mixed("m", "wmh_mm3 ~ years_since_baseline + age", scans)
+    assert not fit.ok and "could not be set up" in fit.error and "missing" in fit.error
+
+
 def test_alsfrs_interaction_is_recovered():
     params = CohortParams(
         n_als=160, n_control=20, alsfrs_slope_diff_short_vs_long=-0.5, p_survival_data=0.9, seed=8

@@ -219,3 +219,83 @@ def test_efron_ties_where_everyone_at_risk_dies():
         want_u -= m
         want_i += wt @ (xc[tied] - m) ** 2 / wt.sum()
     assert score[-1, 0] == pytest.approx(want_u, rel=1e-12) and info[-1, 0, 0] == pytest.approx(want_i, rel=1e-12)
+
+
+def tied_survival(n: int, seed: int):
+    """Survival times on a coarse grid (many ties, censorings at event times) and a discrete score; the
+    last 3 patients are followed to 50 without an event, so that the censoring survival stays positive."""
+    rng = np.random.default_rng(seed)
+    score = rng.integers(0, 5, n).astype(float)
+    t_event = np.ceil(rng.exponential(12 * np.exp(-0.3 * score)))
+    t_cens = np.ceil(rng.uniform(3, 40, n))
+    t_event[-3:], t_cens[-3:] = 99.0, 50.0
+    return np.minimum(t_event, t_cens), (t_event <= t_cens).astype(float), score
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_product_limit_and_logrank_match_statsmodels(seed):
+    from statsmodels.duration.survfunc import SurvfuncRight, survdiff
+
+    from wmhseg.stats.kaplan import logrank, product_limit
+
+    time, event, score = tied_survival(70, seed)
+    t, s, se = product_limit(time, event)
+    ref = SurvfuncRight(time, event)
+    np.testing.assert_array_equal(t, ref.surv_times)
+    np.testing.assert_allclose(s, ref.surv_prob, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(se, ref.surv_prob_se, rtol=1e-10, atol=1e-15)  # NaN where everyone left dies
+    group = np.where(score > 2, "high", "low")
+    np.testing.assert_allclose(logrank(time, event, group), survdiff(time, event, group), rtol=1e-10)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_time_dependent_auc_matches_scikit_survival_with_ties(seed):
+    from sksurv.metrics import cumulative_dynamic_auc as reference
+    from sksurv.util import Surv
+
+    from wmhseg.stats.prognostic import cumulative_dynamic_auc
+
+    time, event, score = tied_survival(90, seed)
+    y = Surv.from_arrays(event=event.astype(bool), time=time)
+    checked = 0
+    for t in (6.0, 12.0, 18.0):
+        try:
+            want = float(reference(y, y, score, [t])[0][0])
+        except ValueError:  # scikit-survival refuses (the censoring survival reaches 0)
+            want = None
+        got = cumulative_dynamic_auc(time, event, score, t)
+        assert (got is None) == (want is None), (t, got, want)
+        if want is not None:
+            assert got == pytest.approx(want, rel=1e-12), t
+            checked += 1
+    assert checked == 3
+    # an event and the last censoring at the same time: the censoring survival is 0 there; both refuse
+    time, event = np.array([1.0, 2.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    y = Surv.from_arrays(event=event.astype(bool), time=time)
+    with pytest.raises(ValueError, match="censoring survival"):
+        reference(y, y, np.arange(3.0), [1.5])
+    assert cumulative_dynamic_auc(time, event, np.arange(3.0), 1.5) is None
+
+
+def test_efron_likelihood_and_newton_from_zero_match_statsmodels_phreg():
+    """The Efron log partial likelihood (tied times, delayed entry) equals PHReg's, and Newton from
+    zero with step halving reaches PHReg's maximum."""
+    from statsmodels.duration.hazard_regression import PHReg
+
+    from wmhseg.stats.cox import _efron, _layout, newton
+
+    rng = np.random.default_rng(7)
+    n = 150
+    x = np.column_stack([rng.normal(size=n), rng.integers(0, 2, n)])
+    # entries between the whole-month event times: where an entry equals an event time PHReg keeps the
+    # patient in that risk set, R's (start, stop] (and this module, tested against R) does not
+    start = np.where(rng.random(n) < 0.3, np.round(rng.uniform(0, 5, n)) + 0.5, 0.0)
+    stop = np.ceil(start) + np.ceil(rng.exponential(10 * np.exp(-0.8 * x[:, 0] + 0.5 * x[:, 1])))
+    event = (rng.random(n) < 0.8).astype(float)
+    data = CoxData(start, stop, event, x, ("a", "b"), n)
+    ref = PHReg(stop, x, status=event, entry=start, ties="efron")
+    for beta in (np.zeros(2), np.array([0.7, -1.2]), np.array([-3.0, 4.0])):
+        assert _efron(data, beta, _layout(data))[2] == pytest.approx(ref.loglike(beta), rel=1e-10)
+    beta, _, converged = newton(data, np.zeros(2), tol=1e-9)
+    assert converged
+    np.testing.assert_allclose(beta, ref.fit().params, rtol=1e-5)

@@ -4,7 +4,7 @@ Never imports torch. The pieces, along the data flow:
 
 * :mod:`~wmhseg.stats.tables`: read and check the volume and clinical tables (:class:`TableError`);
 * :mod:`~wmhseg.stats.study_data`: join them, baseline covariates, survival groups, left-out ledger;
-* :mod:`~wmhseg.stats.mixed`: MixedLM fits with retries, estimates and contrasts;
+* :mod:`~wmhseg.stats.mixed`: REML fits (lme4's estimates, lmerTest's inference) with retries, estimates and contrasts;
 * :mod:`~wmhseg.stats.headline_models`: the study's four headline models;
 * :mod:`~wmhseg.stats.survival`: per-patient WMH slopes, Kaplan-Meier, log-rank, Cox;
 * :mod:`~wmhseg.stats.figures`, :mod:`~wmhseg.stats.report`: figures and the written report;

@@ -1,12 +1,12 @@
-"""Cox proportional-hazards models (statsmodels ``PHReg``, Efron ties, delayed entry) with R's
-``cox.zph`` proportional-hazards tests and Harrell's concordance.
+"""Cox proportional-hazards models (Efron ties, delayed entry) with R's ``cox.zph``
+proportional-hazards tests and Harrell's concordance.
 
 Data are counting-process rows ``(start, stop]`` with an event flag on the row that ends in the
 event (``start = 0`` for ordinary survival data).
 
-* :func:`fit_cox` fits with ``PHReg`` and then takes Newton steps on the Efron partial likelihood
-  (score and information from :func:`efron_sums`) until the score is below 1e-9 per event, as R's
-  ``coxph`` iterates to convergence; a fit whose score does not vanish is not converged.
+* :func:`fit_cox` maximises the Efron partial likelihood as R's ``coxph`` does: Newton-Raphson
+  from zero with step halving (score and information from :func:`efron_sums`), until the score is
+  below 1e-9 per event; a fit whose score does not vanish is not converged.
 * PH tests (:func:`zph_tests`) are R's ``cox.zph`` with its default ``transform="km"``: the score
   test of ``beta_j * g(t)`` terms, ``g(t) = 1 - KM(t-)`` centred over the events, using the
   information of the model augmented with those terms, per term and for all terms at once
@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
-from scipy import stats
+
+from wmhseg.stats.dist import chi2_sf, norm_ppf, norm_sf
 
 # a hazard ratio above exp(15) per standard deviation of a covariate is not a finite estimate but
 # the sign of separation (the partial likelihood keeps rising as the coefficient grows)
@@ -87,7 +88,7 @@ class CoxFit:
         def num(v: float) -> float | None:
             return float(v) if np.isfinite(v) else None
 
-        z = stats.norm.ppf(1 - alpha / 2)
+        z = norm_ppf(1 - alpha / 2)
         p = self.p_values()
         terms = {
             name: {
@@ -116,7 +117,7 @@ class CoxFit:
     def p_values(self) -> np.ndarray:
         """Two-sided Wald p-values of the coefficients."""
         with np.errstate(invalid="ignore", divide="ignore"):
-            return 2.0 * stats.norm.sf(np.abs(self.coef / self.std_err))
+            return 2.0 * norm_sf(np.abs(self.coef / self.std_err))
 
 
 class _Layout(NamedTuple):
@@ -165,10 +166,17 @@ def efron_sums(
     deaths whose weights are scaled by ``1 - r/d``. The risk set at ``t`` is ``start < t <= stop``.
     ``layout`` (from :func:`_layout`) saves recomputing what does not depend on ``beta``."""
     lay = layout or _layout(data)
+    score, info, _ = _efron(data, beta, lay)
+    return score, info, lay.times
+
+
+def _efron(data: CoxData, beta: np.ndarray, lay: _Layout) -> tuple[np.ndarray, np.ndarray, float]:
+    """:func:`efron_sums`' score and information per event time, and the Efron log partial likelihood."""
     x = lay.x
     n, p = x.shape
     eta = x @ beta
-    w = np.exp(eta - eta.max())
+    shift = float(eta.max())
+    w = np.exp(eta - shift)
     # the moments w, w x, w x x' side by side: one cumulative sum serves all three
     moments = np.column_stack([w, w[:, None] * x, ((w[:, None] * x)[:, :, None] * x[:, None, :]).reshape(n, p * p)])
     risk = _at_or_after(lay.stop_order, lay.stop_at, moments)
@@ -177,6 +185,7 @@ def efron_sums(
     died = np.add.reduceat(moments[lay.dead], lay.first, axis=0)
     n_dead = lay.n_dead
     score, info = np.add.reduceat(x[lay.dead], lay.first, axis=0), np.zeros((len(lay.times), p, p))
+    loglik = float(eta[lay.dead].sum())
     for r in range(int(n_dead.max())):
         active = (r < n_dead).astype(float)
         a = risk - (active * r / n_dead)[:, None] * died  # times with fewer deaths: an unused term
@@ -184,7 +193,9 @@ def efron_sums(
         second = a[:, 1 + p :].reshape(-1, p, p) / a[:, 0, None, None]
         score = score - active[:, None] * mean
         info = info + active[:, None, None] * (second - mean[:, :, None] * mean[:, None, :])
-    return score, info, lay.times
+        with np.errstate(divide="ignore", invalid="ignore"):
+            loglik -= float(np.sum(np.where(active > 0, np.log(a[:, 0]) + shift, 0.0)))
+    return score, info, loglik
 
 
 def _km_left(data: CoxData, times: np.ndarray) -> np.ndarray:
@@ -236,18 +247,30 @@ def concordance(data: CoxData, risk: np.ndarray) -> float:
 
 
 def newton(
-    data: CoxData, beta: np.ndarray, steps: int = 20, tol: float = 1e-6
+    data: CoxData, beta: np.ndarray, steps: int = 30, tol: float = 1e-6
 ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Newton iterations on the Efron partial likelihood from ``beta`` until the score is below
-    ``tol`` per event: ``(beta, information, converged)``."""
+    """Newton-Raphson on the Efron partial likelihood from ``beta``, halving a step that lowers the
+    likelihood (as R's ``coxph`` does), until the score is below ``tol`` per event:
+    ``(beta, information, converged)``."""
     limit = tol * max(data.n_events, 1)
     layout = _layout(data)
+    score, info, loglik = _efron(data, beta, layout)
+    u, imat = score.sum(0), info.sum(0)
     for _ in range(steps):
-        score, info, _ = efron_sums(data, beta, layout)
-        u, imat = score.sum(0), info.sum(0)
-        if np.all(np.isfinite(u)) and np.max(np.abs(u), initial=0.0) < limit:
+        if not (np.all(np.isfinite(u)) and np.isfinite(loglik)):
+            break
+        if np.max(np.abs(u), initial=0.0) < limit:
             return beta, imat, bool(np.all(np.isfinite(beta)))
-        beta = beta + np.linalg.solve(imat, u)
+        step = np.linalg.solve(imat, u)
+        for _halving in range(30):
+            trial = beta + step
+            score, info, trial_loglik = _efron(data, trial, layout)
+            if np.isfinite(trial_loglik) and trial_loglik >= loglik - 1e-12 * abs(loglik):
+                break
+            step = step / 2.0
+        else:
+            break
+        beta, loglik, u, imat = trial, trial_loglik, score.sum(0), info.sum(0)
     return beta, imat, False
 
 
@@ -258,8 +281,6 @@ def fit_cox(data: CoxData, min_events_per_term: float = 1.0) -> CoxFit:
         data: counting-process rows.
         min_events_per_term: fewer than ``terms * this + 1`` events is an error (not fitted).
     """
-    from statsmodels.duration.hazard_regression import PHReg
-
     out = CoxFit(data.names, n=data.n_subjects, events=data.n_events)
     p = len(data.names)
     if out.events < p * min_events_per_term + 1:
@@ -272,9 +293,7 @@ def fit_cox(data: CoxData, min_events_per_term: float = 1.0) -> CoxFit:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            model = PHReg(data.stop, data.x, status=data.event, entry=data.start, ties="efron")
-            start = np.asarray(model.fit().params, dtype=float)
-            beta, imat, good = newton(data, start, tol=1e-9)
+            beta, imat, good = newton(data, np.zeros(p), tol=1e-9)
             cov = np.linalg.inv(imat)
         except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
             out.error = f"the Cox model could not be fitted: {' '.join(str(exc).split())}"
@@ -289,8 +308,8 @@ def fit_cox(data: CoxData, min_events_per_term: float = 1.0) -> CoxFit:
     out.converged = True
     out.coef, out.std_err = beta, np.sqrt(np.diag(cov))
     out.ph_chi2, out.ph_global_chi2 = zph_tests(data, beta)
-    out.ph_p = stats.chi2.sf(out.ph_chi2, 1)
-    out.ph_global_p = float(stats.chi2.sf(out.ph_global_chi2, p))
+    out.ph_p = chi2_sf(out.ph_chi2, 1)
+    out.ph_global_p = float(chi2_sf(out.ph_global_chi2, p))
     out.concordance = concordance(data, data.x @ beta)
     return out
 

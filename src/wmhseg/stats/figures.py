@@ -38,7 +38,7 @@ def _marginal_line(fit: MixedFit, column: str, level: str, x: np.ndarray, x_col:
     """Prediction at each ``x`` averaged over the fitted participants' covariates."""
     if fit is None or not fit.ok or fit.model is None:
         return None
-    data = fit.model.data.frame
+    data = fit.model.frame
     subjects = data.drop_duplicates("subject_id")
     grid = subjects.loc[subjects.index.repeat(len(x))].copy()
     grid[x_col] = np.tile(x, len(subjects))

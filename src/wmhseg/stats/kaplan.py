@@ -1,5 +1,9 @@
 """Kaplan-Meier curves with R ``survfit``'s medians and confidence limits, and a two-group split
-at a variable's median with a log-rank test (statsmodels ``SurvfuncRight`` and ``survdiff``).
+at a variable's median with a log-rank test (R ``survdiff``'s statistic).
+
+The product-limit estimate, Greenwood's variance and the log-rank sums are a few cumulative sums
+over the distinct times, written out here rather than imported from statsmodels' ``survfunc``,
+whose import (with :mod:`scipy.stats`) cost a fresh ``analyze.py`` more than all of them.
 
 Medians follow R's ``survfit`` print and summary table: the first time the curve is below
 0.5 + ``sqrt(machine epsilon)``; where it is flat at 0.5 (within that tolerance: a product of
@@ -14,9 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-__all__ = ["KMSplit", "KMCurve", "km_curve", "survfit_median", "km_split"]
+from wmhseg.stats.dist import chi2_sf, norm_ppf
+
+__all__ = ["KMSplit", "KMCurve", "km_curve", "logrank", "product_limit", "survfit_median", "km_split"]
 
 _TOL = float(np.sqrt(np.finfo(float).eps))
 
@@ -42,6 +47,55 @@ def survfit_median(times: np.ndarray, surv: np.ndarray) -> float:
     return float(x[0])
 
 
+def product_limit(time: np.ndarray, status: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Kaplan-Meier estimate at each distinct event time: ``(times, survival, se)``, ``se`` the
+    standard error of the survival by Greenwood's formula (NaN from a time where everyone at risk
+    has the event).
+
+    Example:
+        >>> product_limit(np.array([1.0, 2.0, 2.0, 3.0]), np.array([1.0, 0.0, 1.0, 1.0]))[1]
+        array([0.75, 0.5 , 0.  ])
+    """
+    unique, index = np.unique(np.asarray(time, dtype=float), return_inverse=True)
+    deaths = np.bincount(index, weights=np.asarray(status, dtype=float), minlength=len(unique))
+    at_risk = np.cumsum(np.bincount(index, minlength=len(unique))[::-1])[::-1].astype(float)
+    keep = deaths > 0
+    t, d, n = unique[keep], deaths[keep], at_risk[keep]
+    surv = np.cumprod(1.0 - d / n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(n > d, d / (n * (n - d)), np.nan)
+    se = surv * np.sqrt(np.cumsum(terms))
+    return t, surv, se
+
+
+def logrank(time: np.ndarray, status: np.ndarray, group: np.ndarray) -> tuple[float, float]:
+    """Log-rank test of two groups (R ``survdiff``, ``rho = 0``): ``(chi2, p)`` on 1 degree of freedom.
+
+    The observed minus expected events of one group, summed over the distinct event times, and its
+    hypergeometric variance ``d (n1 / n) (1 - n1 / n) (n - d) / (n - 1)``.
+    """
+    time, status = np.asarray(time, dtype=float), np.asarray(status, dtype=float)
+    labels, codes = np.unique(np.asarray(group), return_inverse=True)
+    if len(labels) != 2:
+        raise ValueError(f"the log-rank test here compares 2 groups, not {len(labels)}")
+    unique, index = np.unique(time, return_inverse=True)
+
+    def reverse_cumsum(weights: np.ndarray) -> np.ndarray:
+        return np.cumsum(np.bincount(index, weights=weights, minlength=len(unique))[::-1])[::-1]
+
+    first = (codes == 0).astype(float)
+    n, n1 = reverse_cumsum(np.ones_like(time)), reverse_cumsum(first)
+    d = np.bincount(index, weights=status, minlength=len(unique))
+    d1 = np.bincount(index, weights=status * first, minlength=len(unique))
+    events = d > 0
+    n, n1, d, d1 = n[events], n1[events], d[events], d1[events]
+    observed_minus_expected = float(np.sum(d1 - d * n1 / n))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = float(np.sum(np.where(n > 1, d * (n1 / n) * (1.0 - n1 / n) * (n - d) / (n - 1.0), 0.0)))
+    chi2 = observed_minus_expected**2 / var if var > 0 else float("nan")
+    return chi2, float(chi2_sf(chi2, 1))
+
+
 @dataclass
 class KMCurve:
     """One Kaplan-Meier curve: ``table`` has ``time, survival, ci_low, ci_high`` from time 0 to
@@ -57,22 +111,18 @@ class KMCurve:
 
 def km_curve(time: np.ndarray, status: np.ndarray, alpha: float = 0.05) -> KMCurve:
     """Kaplan-Meier estimate with log-type pointwise limits and R's median rules."""
-    from statsmodels.duration.survfunc import SurvfuncRight
-
     time, status = np.asarray(time, dtype=float), np.asarray(status, dtype=float)
     last = float(time.max())
     if status.sum() == 0:
         table = pd.DataFrame({"time": [0.0, last], "survival": 1.0, "ci_low": 1.0, "ci_high": 1.0})
         nan = float("nan")
         return KMCurve(len(time), 0, table, nan, nan, nan)
-    sf = SurvfuncRight(time, status)
-    s = np.asarray(sf.surv_prob, dtype=float)
-    z = stats.norm.ppf(1 - alpha / 2)
+    t, s, se = product_limit(time, status)
+    z = norm_ppf(1 - alpha / 2)
     with np.errstate(divide="ignore", invalid="ignore"):
-        se_log = np.asarray(sf.surv_prob_se, dtype=float) / s
+        se_log = se / s
         low = np.where(s > 0, s * np.exp(-z * se_log), np.nan)
         high = np.where(s > 0, np.minimum(1.0, s * np.exp(z * se_log)), np.nan)
-    t = np.asarray(sf.surv_times, dtype=float)
     table = pd.DataFrame(
         {
             "time": np.r_[0.0, t, last],
@@ -133,8 +183,6 @@ class KMSplit:
 def km_split(patients: pd.DataFrame, variable: str, alpha: float = 0.05) -> KMSplit:
     """Split ``patients`` (``survival_months``, ``event``, ``variable``) at the median of
     ``variable``: ``low`` = at or below, ``high`` = above; NaN rows are skipped."""
-    from statsmodels.duration.survfunc import survdiff
-
     out = KMSplit(variable)
     d = patients[["survival_months", "event", variable]].dropna()
     if len(d) < 4:
@@ -153,6 +201,6 @@ def km_split(patients: pd.DataFrame, variable: str, alpha: float = 0.05) -> KMSp
     if status.sum() == 0:
         out.error = "no events: the log-rank test is undefined"
         return out
-    chi2, p = survdiff(time, status, label)
+    chi2, p = logrank(time, status, label)
     out.chi2, out.p_value = float(chi2), float(p)
     return out

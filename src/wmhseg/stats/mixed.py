@@ -2,7 +2,7 @@
 bookkeeping.
 
 :func:`fit_mixed` fits one model with a random intercept per participant (optionally a random
-slope). statsmodels' ``mixedlm`` builds the design from the formula; the REML estimate is found
+slope). The design is built from the formula as statsmodels' ``mixedlm`` builds it; the REML estimate is found
 as lme4 finds it, by minimising the profiled REML deviance over the relative covariance factor
 (:func:`~wmhseg.stats.reml.minimise`, polished by Newton steps). An optimizer that fails or does
 not converge is followed by the next in :data:`OPTIMIZERS`; every attempt and every warning is
@@ -37,7 +37,7 @@ from wmhseg.stats.reml import (
     t_inference,
 )
 
-__all__ = ["OPTIMIZERS", "Estimate", "MixedFit", "fit_mixed", "clean_term"]
+__all__ = ["OPTIMIZERS", "Design", "Estimate", "MixedFit", "fit_mixed", "clean_term"]
 
 _WRAPPED = re.compile(r"C\((\w+)(?:,\s*Treatment\([^()]*\))?\)")
 
@@ -108,7 +108,7 @@ class MixedFit:
         inference: lme4's covariance and what Satterthwaite's df need (None when not fitted).
         reml_deviance: the REML deviance at the estimate (lme4's ``REMLcrit``).
         singular: a random-effect variance (or correlation) is on its boundary.
-        model: the statsmodels ``MixedLM`` that holds the design (its data and formula).
+        model: the :class:`Design` (its data, matrices and formula).
     """
 
     name: str
@@ -129,7 +129,7 @@ class MixedFit:
     inference: Satterthwaite | None = None
     reml_deviance: float = float("nan")
     singular: bool = False
-    model: Any = None
+    model: Design | None = None
 
     @property
     def ok(self) -> bool:
@@ -139,10 +139,7 @@ class MixedFit:
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Fixed-effects prediction ``X beta`` for the rows of ``frame`` (the formula's columns), with the
         design built as ``MixedLMResults.predict`` builds it."""
-        from statsmodels.formula._manager import FormulaManager
-
-        exog = FormulaManager().get_matrices(self.model.data.model_spec, frame, pandas=False, prediction=True)
-        return np.asarray(exog, dtype=float) @ self.params.to_numpy()
+        return self.model.predict_exog(frame) @ self.params.to_numpy()
 
     def contrast(self, weights: Mapping[str, float], scale: float = 1.0) -> Estimate:
         """Linear combination ``scale * sum(w * beta)``: lme4's SE, Satterthwaite df (or Wald).
@@ -210,19 +207,57 @@ def _texts(caught: list[warnings.WarningMessage], kinds: tuple[type[Warning], ..
     return [" ".join(str(w.message).split()) for w in caught if issubclass(w.category, kinds)]
 
 
-def _design(out: MixedFit, formula: str, data: pd.DataFrame, groups: str, re_formula: str | None) -> Any:
-    """statsmodels' ``MixedLM`` of the formula (its design), or None with ``out.error`` set."""
-    from statsmodels.regression.mixed_linear_model import (
-        MixedLM,  # not statsmodels.formula.api: it loads every model
-    )
+@dataclass(frozen=True)
+class Design:
+    """A mixed model's design, built from its formulas as ``MixedLM.from_formula`` builds it (the
+    same columns, order and names) without loading statsmodels' models.
 
+    ``frame`` is the data the design came from; ``spec`` rebuilds the fixed-effects columns for
+    new rows (:meth:`MixedFit.predict`).
+    """
+
+    frame: pd.DataFrame
+    endog: np.ndarray
+    exog: np.ndarray
+    exog_re: np.ndarray
+    groups: np.ndarray
+    endog_name: str
+    exog_names: list[str]
+    exog_re_names: list[str]
+    spec: Any
+
+    @classmethod
+    def from_formula(cls, formula: str, data: pd.DataFrame, groups: str, re_formula: str | None) -> Design:
+        """Raises the formula engine's error for a bad formula or a missing value."""
+        from statsmodels.formula._manager import FormulaManager
+
+        manager = FormulaManager()
+        lhs, rhs = manager.get_matrices(formula, data, na_action="raise")
+        if re_formula is None:
+            exog_re, re_names = np.ones((len(data), 1)), ["Intercept"]
+        else:
+            re_frame = FormulaManager().get_matrices(re_formula, data, na_action="raise")
+            exog_re, re_names = re_frame.to_numpy(dtype=float), [str(c) for c in re_frame.columns]
+        return cls(data, lhs.iloc[:, 0].to_numpy(dtype=float), rhs.to_numpy(dtype=float), exog_re,
+                   data[groups].to_numpy(), str(lhs.columns[0]), [str(c) for c in rhs.columns], re_names,
+                   manager.get_model_spec(rhs))
+
+    def predict_exog(self, frame: pd.DataFrame) -> np.ndarray:
+        """The fixed-effects design of new rows (the formula's columns)."""
+        from statsmodels.formula._manager import FormulaManager
+
+        return np.asarray(FormulaManager().get_matrices(self.spec, frame, pandas=False, prediction=True), dtype=float)
+
+
+def _design(out: MixedFit, formula: str, data: pd.DataFrame, groups: str, re_formula: str | None) -> Design | None:
+    """The model's :class:`Design`, or None with ``out.error`` set."""
     try:
-        model = MixedLM.from_formula(formula, data, groups=data[groups].to_numpy(), re_formula=re_formula)
+        model = Design.from_formula(formula, data, groups, re_formula)
     except Exception as exc:  # formula or design errors from patsy/formulaic
         out.error = f"the model could not be set up: {' '.join(str(exc).split())}"
         return None
     if np.ptp(model.endog) == 0:
-        out.error = f"the outcome {model.endog_names} has the same value on every row"
+        out.error = f"the outcome {model.endog_name} has the same value on every row"
         return None
     rank = np.linalg.matrix_rank(model.exog)
     if rank < model.exog.shape[1]:
@@ -274,7 +309,7 @@ def fit_mixed(
         out.error = "every optimizer failed: " + "; ".join(out.attempts)
         return out
     out.optimizer, theta, out.converged = kept
-    re_names = ["intercept" if i == 0 else clean_term(str(n)) for i, n in enumerate(model.data.exog_re_names)]
+    re_names = ["intercept" if i == 0 else clean_term(n) for i, n in enumerate(model.exog_re_names)]
     try:
         _attach_inference(out, problem, theta, [clean_term(t) for t in model.exog_names], re_names)
     except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:

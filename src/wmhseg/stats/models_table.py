@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pandas as pd
-from scipy import stats
 
 from wmhseg.schema import MODELS_COLUMNS
 from wmhseg.stats.cox import CoxFit
+from wmhseg.stats.dist import norm_ppf
 from wmhseg.stats.headline_models import HEADLINE_KEYS, MODEL_NAMES, PER_WMH, TIME
 from wmhseg.stats.mixed import Estimate, MixedFit
 
@@ -68,7 +68,7 @@ def _cox_rows(name: str, cox: CoxFit, alpha: float) -> pd.DataFrame:
     if cox.error:
         return pd.DataFrame([{**base, "kind": "not fitted", "term": "", "note": cox.error}])
     terms = cox.to_dict(alpha)["terms"]
-    z = stats.norm.ppf(1 - alpha / 2)
+    z = norm_ppf(1 - alpha / 2)
     rows = []
     for i, term in enumerate(cox.names):
         t = terms[term]

@@ -29,7 +29,9 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
+from scipy import optimize
+
+from wmhseg.stats.dist import norm_logsf, norm_ppf, t_logsf, t_ppf
 
 __all__ = ["OPTIMIZERS", "RemlProblem", "Satterthwaite", "minimise", "polish", "theta_from_cov", "t_inference"]
 
@@ -279,10 +281,9 @@ def t_inference(est: float, se: float, df: float | None, alpha: float) -> tuple[
     if not (np.isfinite(est) and np.isfinite(se) and se > 0) or (df is not None and not df > 0):
         nan = float("nan")
         return nan, nan, nan
-    args = () if df is None else (df,)  # not a frozen distribution: freezing costs more than the sums
-    dist = stats.norm if df is None else stats.t
-    q = float(dist.ppf(1.0 - alpha / 2.0, *args))
-    log_p = float(dist.logsf(abs(est / se), *args)) + np.log(2.0)
+    z = abs(est / se)
+    q = float(norm_ppf(1.0 - alpha / 2.0) if df is None else t_ppf(1.0 - alpha / 2.0, df))
+    log_p = float(norm_logsf(z) if df is None else t_logsf(z, df)) + np.log(2.0)
     p = float(np.exp(log_p)) if log_p < 0 else 1.0
     return est - q * se, est + q * se, max(p, float(np.nextafter(0.0, 1.0)))
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
+from wmhseg.stats.dist import chi2_sf
 from wmhseg.stats.headline_models import MODEL_NAMES, TIME, fit_spec, headline_specs
 from wmhseg.stats.mixed import Estimate, MixedFit
 from wmhseg.stats.study_data import StudyData
@@ -31,7 +31,7 @@ def mixture_p(chi2: float) -> float:
     if not np.isfinite(chi2):
         return float("nan")
     x = max(chi2, 0.0)
-    return float(0.5 * stats.chi2.sf(x, 1) + 0.5 * stats.chi2.sf(x, 2))
+    return float(0.5 * chi2_sf(x, 1) + 0.5 * chi2_sf(x, 2))
 
 
 @dataclass
