@@ -165,3 +165,43 @@ def test_silent_inputs_are_warned_or_refused(tmp_path):
     assert vol.loc["NA", "status"] == "error" and "reads as a missing value" in vol.loc["NA", "error"]
     ok = vol[vol["status"] == "ok"]
     assert ok["n_lesions"].str.fullmatch(r"\d+").all() and (vol.loc[vol["status"] == "error", "n_lesions"] == "").all()
+
+
+def _rotation(degrees: float) -> np.ndarray:
+    a = np.deg2rad(degrees)
+    out = np.eye(4)
+    out[:3, :3] = [[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]]
+    return out
+
+
+@pytest.mark.parametrize(("t1_shape", "degrees"), [((70, 70, 60), 10.0), ((70, 70, 24), 10.0), ((40, 70, 60), -25.0)])
+def test_t1_coverage_counts_the_head_voxels_inside_the_t1_grid(t1_shape, degrees):
+    """Against every head voxel mapped to the T1's grid: the corner shortcut (whole head covered) and
+    the voxel count (part of it) give the same fraction."""
+    from wmhseg.input_checks import t1_coverage
+
+    grid = np.indices((48, 56, 44)).reshape(3, -1).T.astype(float)
+    head = (np.sum(((grid - [24, 28, 22]) / [18, 22, 17]) ** 2, axis=1) < 1).reshape(48, 56, 44)
+    flair_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    flair_affine[:3, 3] = [-48, -56, -44]
+    t1_affine = _rotation(degrees) @ np.diag([1.6, 1.6, 1.6, 1.0])
+    t1_affine[:3, 3] = [-56, -56, -20 if t1_shape[2] < 30 else -48]
+    vox = (np.argwhere(head) @ flair_affine[:3, :3].T + flair_affine[:3, 3] - t1_affine[:3, 3]) @ np.linalg.inv(
+        t1_affine[:3, :3]).T
+    want = np.mean(np.all((vox >= -0.5) & (vox <= np.asarray(t1_shape) - 0.5), axis=1))
+    assert t1_coverage(head, flair_affine, t1_shape, t1_affine) == pytest.approx(want, abs=1e-12)
+    assert (want == 1.0) == (t1_shape == (70, 70, 60))  # both paths are exercised
+
+
+def test_central_rank_is_its_definition():
+    from wmhseg.input_checks import central_rank
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(30, 34, 28)).astype(np.float32)
+    foreground = np.zeros(image.shape, bool)
+    foreground[4:27, 6:30, 3:22] = rng.random((23, 24, 19)) < 0.7
+    idx = np.argwhere(foreground)
+    lo, hi = idx.min(0), idx.max(0) + 1
+    box = tuple(slice(a + (b - a) // 3, b - (b - a) // 3) for a, b in zip(lo, hi, strict=True))
+    want = np.mean(image[foreground] < np.percentile(image[box][foreground[box]], 75))
+    assert central_rank(image, foreground) == pytest.approx(want, abs=1e-15)

@@ -23,6 +23,7 @@ from wmhseg.geometry import voxel_sizes
 __all__ = [
     "MIN_T1_COVERAGE",
     "COARSE_FACTOR",
+    "bounding_box",
     "t1_coverage",
     "t1_coverage_warning",
     "central_rank",
@@ -36,16 +37,43 @@ COARSE_FACTOR = 3.0  # a voxel edge this many times the working spacing is "far 
 _MAX_POINTS = 200_000
 
 
+def bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(lo, hi)``: the smallest index box holding every true voxel (``hi`` exclusive), found from the
+    mask's projections on each axis; None for an empty mask."""
+    lo, hi = [], []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hits.size == 0:
+            return None
+        lo.append(hits[0])
+        hi.append(hits[-1] + 1)
+    return np.asarray(lo), np.asarray(hi)
+
+
 def t1_coverage(head: np.ndarray, flair_affine: np.ndarray, t1_shape: Sequence[int], t1_affine: np.ndarray) -> float:
-    """Fraction of the FLAIR's ``head`` voxels whose world position lies inside the T1's grid."""
-    idx = np.argwhere(head)
-    if idx.size == 0:
+    """Fraction of the FLAIR's ``head`` voxels whose world position lies inside the T1's grid.
+
+    When the corners of the head's bounding box all fall inside the T1's grid the answer is 1
+    without visiting the voxels (the grid is convex, and so is the box's image in it); otherwise
+    up to :data:`_MAX_POINTS` head voxels, evenly spaced, are tested.
+    """
+    box = bounding_box(head)
+    if box is None:
         return 1.0
+    flair_to_t1 = np.linalg.inv(t1_affine) @ flair_affine
+    limit = np.asarray(t1_shape, dtype=np.float64) - 0.5
+
+    def inside(idx: np.ndarray) -> np.ndarray:
+        vox = idx @ flair_to_t1[:3, :3].T + flair_to_t1[:3, 3]
+        return np.all((vox >= -0.5) & (vox <= limit), axis=1)
+
+    corners = np.array([[(lo, hi - 1)[bit] for lo, hi, bit in zip(*box, bits, strict=True)]
+                        for bits in np.ndindex(2, 2, 2)], dtype=np.float64)
+    if inside(corners).all():
+        return 1.0
+    idx = np.argwhere(head)
     idx = idx[:: max(1, len(idx) // _MAX_POINTS)].astype(np.float64)
-    world = idx @ flair_affine[:3, :3].T + flair_affine[:3, 3]
-    vox = (world - t1_affine[:3, 3]) @ np.linalg.inv(t1_affine[:3, :3]).T
-    inside = np.all((vox >= -0.5) & (vox <= np.asarray(t1_shape, dtype=np.float64) - 0.5), axis=1)
-    return float(inside.mean())
+    return float(inside(idx).mean())
 
 
 def t1_coverage_warning(head: np.ndarray, flair_affine: np.ndarray, t1_shape: Sequence[int], t1_affine: np.ndarray,
@@ -58,21 +86,23 @@ def t1_coverage_warning(head: np.ndarray, flair_affine: np.ndarray, t1_shape: Se
             "and its WMH volume is unreliable")
 
 
-def central_rank(image: np.ndarray, foreground: np.ndarray) -> float:
+def central_rank(image: np.ndarray, foreground: np.ndarray, box: tuple[np.ndarray, np.ndarray] | None = None) -> float:
     """Where the bright tissue at the centre of the head ranks among all head voxels (0-1).
 
     The 75th percentile of the central third (per axis) of the ``foreground`` box, as the
     fraction of foreground voxels below it. The centre is deep white matter: the brightest brain
     tissue on T1 (rank near the top), darker than grey matter on FLAIR (lower rank). Invariant to
-    monotonic intensity changes (scaling, normalisation).
+    monotonic intensity changes (scaling, normalisation). ``box``: :func:`bounding_box` of
+    ``foreground``, when already known.
     """
-    idx = np.argwhere(foreground)
-    lo, hi = idx.min(0), idx.max(0) + 1
-    box = tuple(slice(a + (b - a) // 3, b - (b - a) // 3) for a, b in zip(lo, hi, strict=True))
-    centre = image[box][foreground[box]]
+    box = box if box is not None else bounding_box(foreground)
+    if box is None:
+        return float("nan")
+    centre_box = tuple(slice(a + (b - a) // 3, b - (b - a) // 3) for a, b in zip(*box, strict=True))
+    centre = image[centre_box][foreground[centre_box]]
     if centre.size == 0:
         return float("nan")
-    return float((image[foreground] < np.percentile(centre, 75)).mean())
+    return float(np.count_nonzero(image[foreground] < np.percentile(centre, 75)) / np.count_nonzero(foreground))
 
 
 def swapped_contrast_warning(t1: np.ndarray, flair: np.ndarray, t1_path: Path, flair_path: Path,
@@ -88,7 +118,8 @@ def swapped_contrast_warning(t1: np.ndarray, flair: np.ndarray, t1_path: Path, f
     foreground = flair > lo + 0.1 * (hi - lo)
     if hi <= lo or not foreground.any():
         return None
-    difference = central_rank(t1, foreground) - central_rank(flair, foreground)
+    box = bounding_box(foreground)
+    difference = central_rank(t1, foreground, box) - central_rank(flair, foreground, box)
     if not difference < -margin:
         return None
     return (f"{t1_path.name} / {flair_path.name}: the T1 has a FLAIR-like contrast and the FLAIR a T1-like one "

@@ -110,20 +110,22 @@ def _copy_permuted(data: torch.Tensor, perm: tuple[list[int], list[int], list[in
     axes, signs, offsets = perm
     src = data.permute(0, *(1 + a for a in axes))  # source axes in destination order
     out = torch.zeros((data.shape[0], *dst_shape), dtype=data.dtype)
-    dst_index, src_index = [], []
+    dst_range, src_start = [], []
     for j in range(3):
         n_src = src.shape[1 + j]
-        d = torch.arange(dst_shape[j])
+        d = np.arange(dst_shape[j])
         s = signs[j] * d + offsets[j]
-        keep = (s >= 0) & (s < n_src)
-        if not bool(keep.any()):
+        kept = d[(s >= 0) & (s < n_src)]  # a contiguous range of destination indices
+        if not kept.size:
             return out
-        dst_index.append(d[keep])
-        src_index.append(s[keep])
-    sub = src.index_select(1, src_index[0]).index_select(2, src_index[1]).index_select(3, src_index[2])
-    lo = [int(idx[0]) for idx in dst_index]
-    hi = [int(idx[-1]) + 1 for idx in dst_index]
-    out[:, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = sub  # kept indices are contiguous ranges
+        dst_range.append((int(kept[0]), int(kept[-1]) + 1))
+        src_start.append(int(min(s[kept[0]], s[kept[-1]])))
+    sub = src
+    for j, ((lo, hi), start) in enumerate(zip(dst_range, src_start, strict=True)):
+        sub = sub.narrow(1 + j, start, hi - lo)  # views: no copy
+    flipped = [1 + j for j in range(3) if signs[j] < 0]
+    sub = sub.flip(flipped) if flipped else sub
+    out[:, dst_range[0][0]:dst_range[0][1], dst_range[1][0]:dst_range[1][1], dst_range[2][0]:dst_range[2][1]] = sub
     return out
 
 
@@ -218,7 +220,11 @@ def partial_volume_mask(fraction: np.ndarray | torch.Tensor, order: np.ndarray |
         >>> partial_volume_mask(np.array([0.9, 0.4, 0.4, 0.3, 0.0])).astype(int).tolist()
         [1, 1, 0, 0, 0]
     """
-    frac = np.asarray(fraction.cpu().numpy() if isinstance(fraction, torch.Tensor) else fraction, np.float64)
+    frac = np.asarray(fraction.cpu().numpy() if isinstance(fraction, torch.Tensor) else fraction)
+    decided = frac > 0.5
+    if np.array_equal(frac, decided):  # 0/1 already (one pass; no sort of the candidates)
+        return decided
+    frac = frac.astype(np.float64)
     flat = np.clip(frac.reshape(-1), 0.0, 1.0)
     n = int(round(float(flat.sum())))
     mask = np.zeros(flat.size, dtype=bool)
