@@ -2,7 +2,9 @@
 
 Images are read with nibabel: NIfTI (``.nii``, ``.nii.gz``) and MINC (``.mnc``: MINC1/netCDF and
 MINC2/HDF5), each as a 3-D array with its voxel-to-world (RAS mm) affine; MINC's world
-coordinates are RAS, so both formats give the same geometry. Outputs are always NIfTI, written
+coordinates are RAS, so both formats give the same geometry. A gzipped NIfTI-1 file is inflated
+by ISA-L (the ``isal`` package, 2-2.5x faster than zlib on a 1 mm head) and parsed by nibabel
+from the bytes; zlib serves where ``isal`` is not installed. Outputs are always NIfTI, written
 atomically. Reading checks what users get wrong most often (missing or truncated files, NaNs, 2-D
 or 4-D data) and raises :class:`~wmhseg.errors.ScanError` naming the file.
 """
@@ -73,6 +75,15 @@ def read_header(path: str | os.PathLike) -> tuple[tuple[int, int, int], np.ndarr
     return shape, affine
 
 
+def _gunzip(path: Path) -> bytes:
+    """The whole inflated content of a gzip file (every member); a truncated file raises."""
+    try:
+        from isal import igzip as gzip
+    except ImportError:  # pragma: no cover - isal is a dependency; zlib is the fallback
+        import gzip
+    return gzip.decompress(path.read_bytes())
+
+
 def load_nifti(path: str | os.PathLike, *, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
     """Read a NIfTI or MINC file fully and return ``(data, affine)`` with 3-D ``data``.
 
@@ -84,7 +95,10 @@ def load_nifti(path: str | os.PathLike, *, dtype: type = np.float32) -> tuple[np
     path = Path(path)
     shape, affine = read_header(path)
     try:
-        data = np.asarray(nib.load(str(path)).dataobj, dtype=dtype)
+        img = nib.load(str(path))
+        if type(img) is nib.Nifti1Image and path.name.lower().endswith(".gz"):
+            img = nib.Nifti1Image.from_bytes(_gunzip(path))
+        data = np.asarray(img.dataobj, dtype=dtype)
     except Exception as exc:  # EOFError, zlib.error, OSError, ValueError ...
         raise ScanError(f"{path}: cannot read the image data, the file is truncated or corrupt ({exc})") from exc
     return data.reshape(shape), affine
