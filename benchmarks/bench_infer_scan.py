@@ -165,7 +165,9 @@ def _brain_crop(predictor: Any, image: Any, repeats: int) -> dict[str, Any]:
     padded = F.pad(x, [p for pair in reversed(pads) for p in pair])
     crop = padded[(slice(None), slice(None), *window)].contiguous()
     head_s, brain_s = [], []
-    predictor._network_probabilities(crop)  # warm-up of the window's shape
+    for _ in range(2):  # warm-up of both shapes (OpenVINO's first passes on a new shape are slower)
+        predictor._network_probabilities(crop)
+        predictor._network_probabilities(x)
     for _ in range(repeats):
         for inputs, times in ((x, head_s), (crop, brain_s)):
             t = time.perf_counter()
