@@ -313,3 +313,19 @@ def test_small_spd_solves_match_lapack(q):
     logdet, x = _spd_solve(a, b)
     assert logdet == pytest.approx(np.linalg.slogdet(a)[1].sum(), rel=1e-12)
     np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=1e-10, atol=1e-12)
+
+
+def test_distribution_functions_are_scipy_stats():
+    """wmhseg.stats.dist (scipy.special, no scipy.stats import) against scipy.stats' distributions."""
+    from wmhseg.stats import dist
+
+    x = np.array([0.0, 0.3, 1.96, 4.0, 12.0, 38.0])
+    q = np.array([0.5, 0.9, 0.975, 0.999])
+    for df in (1.5, 7.5, 41.8, 400.0):
+        np.testing.assert_allclose(dist.t_ppf(q, df), stats.t.ppf(q, df), rtol=1e-12)
+        np.testing.assert_allclose(dist.t_logsf(x, df), stats.t.logsf(x, df), rtol=1e-12)
+    np.testing.assert_allclose(dist.norm_ppf(q), stats.norm.ppf(q), rtol=1e-14)
+    np.testing.assert_allclose(dist.norm_sf(x), stats.norm.sf(x), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(dist.norm_logsf(x), stats.norm.logsf(x), rtol=1e-12)
+    for k in (1, 2, 5):
+        np.testing.assert_allclose(dist.chi2_sf(x**2, k), stats.chi2.sf(x**2, k), rtol=1e-12, atol=0)
