@@ -99,3 +99,20 @@ def test_datamodule_synthesises_binary_training_patches(tiny_dataset: Path):
     assert set(batch["label"].unique().tolist()) <= {0, 1} and batch["label"].dtype == torch.int64
     with pytest.raises(InputError, match="did you mean 'elastic_prob'"):
         WMHDataModule(manifest=str(tiny_dataset), synthesis={"elastic_prb": 0.1})
+
+
+@pytest.mark.parametrize("shape", [(40, 40, 40), (33, 28, 41)])
+def test_cached_bias_field_is_torchios(shape):
+    """The bias field from cached coordinate powers equals torchio's RandomBiasField bit for bit:
+    the same draws from torch's generator, the same field."""
+    import torchio as tio
+
+    from wmhseg.data.synthesis import _RandomBiasField
+
+    image = torch.rand(1, *shape) + 0.5
+    for seed in range(3):
+        outs = []
+        for cls in (tio.RandomBiasField, _RandomBiasField):
+            torch.manual_seed(seed)
+            outs.append(cls(coefficients=0.4, copy=True)(tio.ScalarImage(tensor=image.clone())).data)
+        assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], image)
