@@ -202,8 +202,9 @@ def _bias_field(data: Any, order: int, coefficients: Sequence[float]) -> np.ndar
 
 
 @functools.lru_cache(maxsize=1)
-def _torchio_bias_classes() -> tuple[type, type]:
-    """torchio's ``RandomBiasField`` and ``BiasField`` with :func:`_bias_field` (imported lazily)."""
+def _random_bias_field_class() -> type:
+    """torchio's ``RandomBiasField`` drawing its field with :func:`_bias_field`: the same draws from
+    torch's generator, the same field (torchio is imported here, lazily)."""
     import torchio as tio
 
     class BiasField(tio.BiasField):
@@ -218,12 +219,7 @@ def _torchio_bias_classes() -> tuple[type, type]:
             return BiasField(coefficients=coefficients, order=dict.fromkeys(images, self.order),
                              **self._get_base_args())(subject)
 
-    return RandomBiasField, BiasField
-
-
-def _RandomBiasField(**kwargs: Any) -> Any:  # noqa: N802 - stands for the torchio class
-    """torchio's ``RandomBiasField(**kwargs)`` with the cached field (same draws, same field)."""
-    return _torchio_bias_classes()[0](**kwargs)
+    return RandomBiasField
 
 
 class RandSynthesised(RandomizableTransform, MapTransform):
@@ -258,7 +254,7 @@ class RandSynthesised(RandomizableTransform, MapTransform):
             tio.RandomBlur(std=(0.0, s.blur_mm), p=s.blur_prob, copy=False),
             tio.RandomAnisotropy(axes=(0, 1, 2), downsampling=(1.5, max(1.5, s.anisotropy)), p=s.anisotropy_prob,
                                  copy=False),
-            _RandomBiasField(coefficients=s.bias, p=s.bias_prob, copy=False),
+            _random_bias_field_class()(coefficients=s.bias, p=s.bias_prob, copy=False),
             tio.RandomGamma(log_gamma=(-s.log_gamma, s.log_gamma), p=s.gamma_prob, copy=False),
             tio.RandomNoise(std=(0.0, s.noise_std), p=s.noise_prob, copy=False),
         ]
