@@ -66,7 +66,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=40)
     ap.add_argument("--error-sd", type=float, default=465.0,
-                    help="per-scan measurement error SD (mm3); 465 = the demo network, independent mode")
+                    help="per-scan measurement error SD (mm3); 465 = the earlier in-family network, 933 = the "
+                         "demo's current network on the demo study (independent mode)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "demo_design.json")
     args = ap.parse_args()
     table = {}
