@@ -18,12 +18,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from wmhseg.geometry import voxel_sizes
+from wmhseg.geometry import bounding_box, voxel_sizes
 
 __all__ = [
     "MIN_T1_COVERAGE",
     "COARSE_FACTOR",
-    "bounding_box",
     "t1_coverage",
     "t1_coverage_warning",
     "central_rank",
@@ -35,19 +34,6 @@ __all__ = [
 MIN_T1_COVERAGE = 0.95  # fraction of the FLAIR's head voxels the T1 must cover
 COARSE_FACTOR = 3.0  # a voxel edge this many times the working spacing is "far coarser"
 _MAX_POINTS = 200_000
-
-
-def bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(lo, hi)``: the smallest index box holding every true voxel (``hi`` exclusive), found from the
-    mask's projections on each axis; None for an empty mask."""
-    lo, hi = [], []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if hits.size == 0:
-            return None
-        lo.append(hits[0])
-        hi.append(hits[-1] + 1)
-    return np.asarray(lo), np.asarray(hi)
 
 
 def t1_coverage(head: np.ndarray, flair_affine: np.ndarray, t1_shape: Sequence[int], t1_affine: np.ndarray) -> float:
@@ -67,7 +53,7 @@ def t1_coverage(head: np.ndarray, flair_affine: np.ndarray, t1_shape: Sequence[i
         vox = idx @ flair_to_t1[:3, :3].T + flair_to_t1[:3, 3]
         return np.all((vox >= -0.5) & (vox <= limit), axis=1)
 
-    corners = np.array([[(lo, hi - 1)[bit] for lo, hi, bit in zip(*box, bits, strict=True)]
+    corners = np.array([[(axis.start, axis.stop - 1)[bit] for axis, bit in zip(box, bits, strict=True)]
                         for bits in np.ndindex(2, 2, 2)], dtype=np.float64)
     if inside(corners).all():
         return 1.0
@@ -86,19 +72,19 @@ def t1_coverage_warning(head: np.ndarray, flair_affine: np.ndarray, t1_shape: Se
             "and its WMH volume is unreliable")
 
 
-def central_rank(image: np.ndarray, foreground: np.ndarray, box: tuple[np.ndarray, np.ndarray] | None = None) -> float:
+def central_rank(image: np.ndarray, foreground: np.ndarray, box: tuple[slice, ...] | None = None) -> float:
     """Where the bright tissue at the centre of the head ranks among all head voxels (0-1).
 
     The 75th percentile of the central third (per axis) of the ``foreground`` box, as the
     fraction of foreground voxels below it. The centre is deep white matter: the brightest brain
     tissue on T1 (rank near the top), darker than grey matter on FLAIR (lower rank). Invariant to
-    monotonic intensity changes (scaling, normalisation). ``box``: :func:`bounding_box` of
-    ``foreground``, when already known.
+    monotonic intensity changes (scaling, normalisation). ``box``: the
+    :func:`~wmhseg.geometry.bounding_box` of ``foreground``, when already known.
     """
     box = box if box is not None else bounding_box(foreground)
     if box is None:
         return float("nan")
-    centre_box = tuple(slice(a + (b - a) // 3, b - (b - a) // 3) for a, b in zip(*box, strict=True))
+    centre_box = tuple(slice(a.start + (a.stop - a.start) // 3, a.stop - (a.stop - a.start) // 3) for a in box)
     centre = image[centre_box][foreground[centre_box]]
     if centre.size == 0:
         return float("nan")
