@@ -103,17 +103,20 @@ def censoring_weights(time: np.ndarray, event: np.ndarray) -> np.ndarray:
         return np.where(event == 1, 1.0 / g, 0.0)
 
 
-def cumulative_dynamic_auc(time: np.ndarray, event: np.ndarray, score: np.ndarray, t: float) -> float | None:
+def cumulative_dynamic_auc(time: np.ndarray, event: np.ndarray, score: np.ndarray, t: float,
+                           weights: np.ndarray | None = None) -> float | None:
     """Uno's cumulative/dynamic AUC at ``t`` (scikit-survival's ``cumulative_dynamic_auc`` with the
     same patients for the censoring distribution and the test): the chance that a patient with an
-    event by ``t``, weighted by :func:`censoring_weights`, has a higher score than one event-free
-    after ``t``; tied scores count one half. None when there is no such case or control.
+    event by ``t``, weighted by :func:`censoring_weights` (``weights``, when already computed), has
+    a higher score than one event-free after ``t``; tied scores count one half. None when there is
+    no such case or control, or the censoring survival is zero at an event time.
     """
     time, event, score = (np.asarray(a, dtype=float) for a in (time, event, score))
-    try:
-        weights = censoring_weights(time, event)
-    except ValueError:
-        return None
+    if weights is None:
+        try:
+            weights = censoring_weights(time, event)
+        except ValueError:
+            return None
     case = (time <= t) & (event == 1)
     controls = np.sort(score[time > t])
     if not case.any() or not len(controls):
@@ -129,8 +132,12 @@ def time_dependent_auc(data: CoxData, scores: dict[str, np.ndarray]) -> dict[str
     follow-up time and after the first event), by Uno's IPCW estimator (:func:`cumulative_dynamic_auc`)."""
     events = data.stop[data.event == 1]
     times = [t for t in AUC_MONTHS if len(events) and events.min() <= t < data.stop.max()]
-    return {f"{t:g}": {name: cumulative_dynamic_auc(data.stop, data.event, score, t) for name, score in scores.items()}
-            for t in times}
+    try:
+        weights = censoring_weights(data.stop, data.event)
+    except ValueError:  # the censoring survival reaches 0 at an event time: no AUC at all
+        return {f"{t:g}": dict.fromkeys(scores) for t in times}
+    return {f"{t:g}": {name: cumulative_dynamic_auc(data.stop, data.event, score, t, weights)
+                       for name, score in scores.items()} for t in times}
 
 
 def prognostic_value(
