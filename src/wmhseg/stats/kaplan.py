@@ -15,13 +15,15 @@ confidence limits apply the same rule to the pointwise limits of ``conf.type="lo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from wmhseg.stats.dist import chi2_sf, norm_ppf
 
-__all__ = ["KMSplit", "KMCurve", "km_curve", "logrank", "product_limit", "survfit_median", "km_split"]
+__all__ = ["KMSplit", "KMCurve", "RiskTable", "km_curve", "logrank", "product_limit", "risk_table", "survfit_median",
+           "km_split"]
 
 _TOL = float(np.sqrt(np.finfo(float).eps))
 
@@ -47,6 +49,27 @@ def survfit_median(times: np.ndarray, surv: np.ndarray) -> float:
     return float(x[0])
 
 
+class RiskTable(NamedTuple):
+    """Per distinct time of ``time`` (``times``; ``index`` maps each row to its time): the rows
+    still followed at that time (``time >= t``), the rows ending there and the events there."""
+
+    times: np.ndarray
+    index: np.ndarray
+    at_risk: np.ndarray
+    ending: np.ndarray
+    events: np.ndarray
+
+
+def risk_table(time: np.ndarray, status: np.ndarray, rows: np.ndarray | None = None) -> RiskTable:
+    """The counts at each distinct time of ``time``, over all rows or over the ``rows`` given as a
+    0/1 weight per row (the times stay those of all rows, so two tables line up)."""
+    times, index = np.unique(np.asarray(time, dtype=float), return_inverse=True)
+    weight = np.ones(len(index)) if rows is None else np.asarray(rows, dtype=float)
+    ending = np.bincount(index, weights=weight, minlength=len(times))
+    events = np.bincount(index, weights=weight * np.asarray(status, dtype=float), minlength=len(times))
+    return RiskTable(times, index, np.cumsum(ending[::-1])[::-1], ending, events)
+
+
 def product_limit(time: np.ndarray, status: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Kaplan-Meier estimate at each distinct event time: ``(times, survival, se)``, ``se`` the
     standard error of the survival by Greenwood's formula (NaN from a time where everyone at risk
@@ -56,11 +79,9 @@ def product_limit(time: np.ndarray, status: np.ndarray) -> tuple[np.ndarray, np.
         >>> product_limit(np.array([1.0, 2.0, 2.0, 3.0]), np.array([1.0, 0.0, 1.0, 1.0]))[1]
         array([0.75, 0.5 , 0.  ])
     """
-    unique, index = np.unique(np.asarray(time, dtype=float), return_inverse=True)
-    deaths = np.bincount(index, weights=np.asarray(status, dtype=float), minlength=len(unique))
-    at_risk = np.cumsum(np.bincount(index, minlength=len(unique))[::-1])[::-1].astype(float)
-    keep = deaths > 0
-    t, d, n = unique[keep], deaths[keep], at_risk[keep]
+    table = risk_table(time, status)
+    keep = table.events > 0
+    t, d, n = table.times[keep], table.events[keep], table.at_risk[keep]
     surv = np.cumprod(1.0 - d / n)
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(n > d, d / (n * (n - d)), np.nan)
@@ -74,21 +95,13 @@ def logrank(time: np.ndarray, status: np.ndarray, group: np.ndarray) -> tuple[fl
     The observed minus expected events of one group, summed over the distinct event times, and its
     hypergeometric variance ``d (n1 / n) (1 - n1 / n) (n - d) / (n - 1)``.
     """
-    time, status = np.asarray(time, dtype=float), np.asarray(status, dtype=float)
     labels, codes = np.unique(np.asarray(group), return_inverse=True)
     if len(labels) != 2:
         raise ValueError(f"the log-rank test here compares 2 groups, not {len(labels)}")
-    unique, index = np.unique(time, return_inverse=True)
-
-    def reverse_cumsum(weights: np.ndarray) -> np.ndarray:
-        return np.cumsum(np.bincount(index, weights=weights, minlength=len(unique))[::-1])[::-1]
-
-    first = (codes == 0).astype(float)
-    n, n1 = reverse_cumsum(np.ones_like(time)), reverse_cumsum(first)
-    d = np.bincount(index, weights=status, minlength=len(unique))
-    d1 = np.bincount(index, weights=status * first, minlength=len(unique))
-    events = d > 0
-    n, n1, d, d1 = n[events], n1[events], d[events], d1[events]
+    pooled, first = risk_table(time, status), risk_table(time, status, rows=codes == 0)
+    events = pooled.events > 0
+    n, d = pooled.at_risk[events], pooled.events[events]
+    n1, d1 = first.at_risk[events], first.events[events]
     observed_minus_expected = float(np.sum(d1 - d * n1 / n))
     with np.errstate(divide="ignore", invalid="ignore"):
         var = float(np.sum(np.where(n > 1, d * (n1 / n) * (1.0 - n1 / n) * (n - d) / (n - 1.0), 0.0)))

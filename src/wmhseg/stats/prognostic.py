@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from wmhseg.stats.cox import CoxData, concordance, design, fit_cox, newton
+from wmhseg.stats.kaplan import risk_table
 
 __all__ = ["PrognosticValue", "prognostic_value"]
 
@@ -89,14 +90,11 @@ def censoring_weights(time: np.ndarray, event: np.ndarray) -> np.ndarray:
     Raises:
         ValueError: ``G`` is zero at an event time (everyone still at risk is censored there).
     """
-    unique, index = np.unique(time, return_inverse=True)
-    counts = np.bincount(index, minlength=len(unique))
-    deaths = np.bincount(index, weights=event, minlength=len(unique))
-    at_risk = len(time) - np.r_[0, np.cumsum(counts)[:-1]] - deaths
-    censored = counts - deaths
+    table = risk_table(time, event)
+    censored = table.ending - table.events
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(censored > 0, censored / at_risk, 0.0)
-    g = np.cumprod(1.0 - ratio)[index]
+        ratio = np.where(censored > 0, censored / (table.at_risk - table.events), 0.0)
+    g = np.cumprod(1.0 - ratio)[table.index]
     if np.any((g == 0) & (event == 1)):
         raise ValueError("the censoring survival function is zero at an event time")
     with np.errstate(divide="ignore"):
