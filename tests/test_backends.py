@@ -182,3 +182,24 @@ def test_instance_norm_keeps_fp32_on_unnormalised_intensities(tmp_path, caplog):
         uncached = backends.OpenVinoNetwork(net, precision="fp32", cache=tmp_path / "a_file" / "entry")
     assert "could not cache" in caplog.text and not uncached.from_cache
     torch.testing.assert_close(uncached(x), got, rtol=0, atol=0)
+
+
+def test_each_input_shape_is_compiled_once_and_matches_torch(tmp_path):
+    """The model is compiled per input shape: every shape gives PyTorch's output, a shape met
+    again reuses its compiled model, and only the most recently used few are kept."""
+    pytest.importorskip("openvino", reason=_NO_OPENVINO)
+    torch.manual_seed(2)
+    net = build_network(_net_config("BATCH")).eval()
+    model = backends.OpenVinoNetwork(net, precision="fp32")
+    shapes = [(1, 2, 16, 20, 24), (2, 2, 24, 16, 16), (1, 2, 32, 32, 16), (1, 2, 16, 16, 16), (1, 2, 20, 16, 28)]
+    first = {}
+    for shape in shapes:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            expected = net(x)
+        got = model(x)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        first[shape] = model.compiled(shape)
+    assert len(model._compiled) == backends._SHAPES_KEPT < len(shapes)
+    assert shapes[0] not in model._compiled  # the least recently used went first
+    assert model.compiled(shapes[-1]) is first[shapes[-1]]  # met again: not compiled again

@@ -12,6 +12,11 @@ Precision is set explicitly, never left to the plugin: OpenVINO's CPU plugin def
 CPUs with bf16 units, and reduced precision inside instance normalisation is what changed lesion
 volumes by double-digit percentages in other WMH tools. ``fp32`` here means f32 throughout.
 
+The model is compiled for each input shape it meets (the shape fixed before compiling; a few
+shapes are kept): compiling a fixed shape takes about 0.1 s, and OpenVINO's CPU plugin then runs
+it faster than the dynamic-shape model, whose first pass at a new shape is about twice as slow as
+the next ones (``benchmarks/``).
+
 The converted model is cached next to the checkpoint, in ``<checkpoint>.openvino/<key>/``, where
 the key holds the checkpoint's hash, the OpenVINO version and this module's conversion format. A
 cache entry is written to a temporary folder and renamed into place; its ``meta.json`` records the
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+from collections import OrderedDict
 import json
 import logging
 import os
@@ -45,6 +51,7 @@ INSTALL_HINT = "pip install 'wmhseg[openvino]'"
 _FORMAT = 1  # bump when the conversion changes, so older cache entries are not reused
 _PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _FILES = ("model.xml", "model.bin")
+_SHAPES_KEPT = 4  # compiled input shapes kept per network (least recently used dropped)
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +195,28 @@ class OpenVinoNetwork:
             model = _convert(copy.deepcopy(network))
             if cache is not None:
                 _write_cache(model, cache)
-        config = {"INFERENCE_PRECISION_HINT": _PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
-        self.compiled = core.compile_model(model, "CPU", config)
+        self.model = model
+        self._config = {"INFERENCE_PRECISION_HINT": _PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
+                        "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
+        self._core = core
+        self._compiled: OrderedDict[tuple[int, ...], Any] = OrderedDict()
         self.precision = precision
+
+    def compiled(self, shape: tuple[int, ...]) -> Any:
+        """The model compiled for input ``shape`` (compiled on first use; the last few kept)."""
+        shape = tuple(int(n) for n in shape)
+        if shape in self._compiled:
+            self._compiled.move_to_end(shape)
+            return self._compiled[shape]
+        import openvino as ov
+
+        model = self.model.clone()
+        model.reshape({model.inputs[0]: ov.PartialShape(list(shape))})
+        compiled = self._core.compile_model(model, "CPU", self._config)
+        self._compiled[shape] = compiled
+        while len(self._compiled) > _SHAPES_KEPT:
+            self._compiled.popitem(last=False)
+        return compiled
 
     @classmethod
     def for_checkpoint(cls, network: torch.nn.Module, *, precision: str, checkpoint: str | os.PathLike | None,
@@ -209,4 +234,4 @@ class OpenVinoNetwork:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self.compiled(array)[0])
+        return torch.from_numpy(self.compiled(array.shape)(array)[0])
