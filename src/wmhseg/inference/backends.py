@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-from collections import OrderedDict
 import json
 import logging
 import os
 import shutil
 import tempfile
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
