@@ -85,3 +85,30 @@ def test_true_lesion_changes_match_the_painted_labels(study):
         for later in visits[1:]:
             table = changes[(changes.subject_id == sid) & (changes.session_to == later.session_id)]
             assert table["after_mm3"].sum() == pytest.approx(true[(sid, later.session_id)], abs=8.0)
+
+
+def test_visits_on_one_scanner_share_its_protocol():
+    """A subject's sessions on one scanner share tissue and lesion contrasts (only the session's
+    jitter, bias, look-alikes and noise change); another protocol draws other contrasts."""
+    from wmhseg.synth.images import generate_subject
+
+    common = dict(shape=(40, 48, 40), spacing=(2.0, 2.0, 2.0), subject_seed=7, wmh_volume_mm3=4000.0,
+                  noise=0.0, bias_field=0.0)
+
+    def levels(seed, protocol, jitter=0.0):
+        scan = generate_subject(seed=seed, protocol_seed=protocol, session_jitter=jitter, **common)
+        wm = np.median(scan.flair[scan.label == 8])
+        return np.array([np.median(scan.flair[scan.label == 9]) / wm, np.median(scan.t1[scan.label == 8]),
+                         np.median(scan.t1[scan.label == 6]) / np.median(scan.t1[scan.label == 8])])
+
+    first, second, other = levels(1, 10), levels(2, 10), levels(3, 11)
+    # (the session's look-alikes reach a few lesion voxels through the partial-volume blur)
+    np.testing.assert_allclose(second, first, rtol=1e-3)
+    assert np.max(np.abs(other / first - 1)) > 0.05
+    # with a session jitter of 3 %, a tissue ratio moves by at most about 6 %, a level by 3 %
+    jittered = levels(2, 10, jitter=0.03)
+    np.testing.assert_allclose(jittered, first, rtol=0.065)
+    # without a protocol seed every scan draws its own contrasts, as a cross-sectional cohort's scans do
+    assert np.max(np.abs(levels(2, None) / levels(1, None) - 1)) > 0.05
+    with pytest.raises(Exception, match="session_jitter"):
+        generate_subject(seed=1, session_jitter=0.9, **common)

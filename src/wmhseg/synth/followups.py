@@ -14,10 +14,15 @@ volume falls). On top of that, :func:`draw_acquisitions` gives each visit after 
 * **a scanner change midway** for a share ``p_scanner_change`` of the subjects with two or more
   visits: from visit ``n // 2 + 1`` on, voxels ``scanner_spacing_factor`` times the baseline's
   (the field of view kept), ``scanner_noise_factor`` times the noise, a stronger bias field and
-  a FLAIR contrast offset ``scanner_gamma``.
+  a FLAIR contrast offset ``scanner_gamma``, and a protocol of its own.
 
-The per-scan rendering (contrast jitter, bias field, Rician noise) of
-:func:`wmhseg.synth.images.generate_subject` comes on top of all that.
+A scanner's **protocol** (its tissue and lesion contrasts, gamma, gain and noise level, drawn as
+:func:`wmhseg.synth.images.generate_subject` draws them) is shared by all visits of a subject on
+that scanner: from one session to the next only the tissue intensities jitter, by up to
+``session_contrast_jitter`` (relative), and the bias field, the FLAIR look-alikes and the noise
+are drawn again. Scan-rescan studies on one scanner and protocol see intensity changes of a few
+per cent, far below the spread between scanners that the per-scan draws of a cross-sectional
+cohort model.
 
 Example:
     >>> import numpy as np, pandas as pd
@@ -60,11 +65,14 @@ class FollowUps:
     scanner_noise_factor: float = 1.5
     scanner_bias_field: float = 0.35
     scanner_gamma: float = 0.12
+    session_contrast_jitter: float = 0.03
 
     def __post_init__(self) -> None:
         for name in ("rotation_deg", "shift_mm", "gamma_drift_per_year", "scanner_bias_field"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"FollowUps.{name}={getattr(self, name)!r} must be >= 0")
+        if not 0 <= self.session_contrast_jitter <= 0.5:
+            raise ValueError(f"FollowUps.session_contrast_jitter={self.session_contrast_jitter!r} must be within [0, 0.5]")
         if not 0 <= self.p_scanner_change <= 1:
             raise ValueError(f"FollowUps.p_scanner_change={self.p_scanner_change!r} must be within [0, 1]")
         factors = (*self.scanner_spacing_factor, self.scanner_noise_factor)
@@ -76,8 +84,10 @@ class FollowUps:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
-#: Follow-ups on the baseline's exact grid, head position and scanner (the old simulation).
-IDEAL = FollowUps(rotation_deg=0.0, shift_mm=0.0, gamma_drift_per_year=0.0, p_scanner_change=0.0)
+#: Follow-ups on the baseline's exact grid, head position and scanner protocol: visits differ only
+#: by what no protocol fixes (look-alikes, bias field, noise).
+IDEAL = FollowUps(rotation_deg=0.0, shift_mm=0.0, gamma_drift_per_year=0.0, p_scanner_change=0.0,
+                  session_contrast_jitter=0.0)
 
 
 @dataclass

@@ -100,13 +100,24 @@ def _check_args(shape, spacing, anatomy, orientation, wmh_volume_mm3) -> None:
         raise InputError(f"wmh_volume_mm3={wmh_volume_mm3!r} must be a finite number >= 0")
 
 
-def _render(codes, lesion, core, grid, pose, acq: np.random.Generator, *, contrast_jitter, bias_field, noise):
-    """T1 and FLAIR intensities of tissue ``codes`` with WMH ``lesion`` (bool) of strength ``core``."""
-    jit = lambda n: acq.uniform(1 - contrast_jitter, 1 + contrast_jitter, n).astype(_F)  # noqa: E731
-    t1 = (_T1 * jit(_T1.size))[codes]
-    flair = (_FLAIR * jit(_FLAIR.size))[codes]
+def _render(codes, lesion, core, grid, pose, acq: np.random.Generator, *, contrast_jitter, bias_field, noise,
+            protocol: np.random.Generator | None = None, session_jitter: float = 0.0):
+    """T1 and FLAIR intensities of tissue ``codes`` with WMH ``lesion`` (bool) of strength ``core``.
+
+    ``protocol`` draws what a scanner's protocol fixes (tissue and lesion contrasts, gamma, gain,
+    noise level; default ``acq``, i.e. every scan its own protocol), ``acq`` what changes from one
+    session to the next (look-alikes, bias field, the noise itself, and with ``session_jitter`` a
+    small jitter of the protocol's tissue intensities)."""
+    proto = acq if protocol is None else protocol
+    jit = lambda n: proto.uniform(1 - contrast_jitter, 1 + contrast_jitter, n).astype(_F)  # noqa: E731
+    t1_levels, flair_levels = _T1 * jit(_T1.size), _FLAIR * jit(_FLAIR.size)
     # Lesions: bright on FLAIR, darker on T1, strength varying within and between lesions.
-    cf, ct = acq.uniform(0.45, 1.0), acq.uniform(0.12, 0.35)
+    cf, ct = proto.uniform(0.45, 1.0), proto.uniform(0.12, 0.35)
+    gammas = proto.uniform(1 - contrast_jitter, 1 + contrast_jitter, 2) if protocol is not None else None
+    if protocol is not None and session_jitter > 0:
+        t1_levels = t1_levels * acq.uniform(1 - session_jitter, 1 + session_jitter, _T1.size).astype(_F)
+        flair_levels = flair_levels * acq.uniform(1 - session_jitter, 1 + session_jitter, _FLAIR.size).astype(_F)
+    t1, flair = t1_levels[codes], flair_levels[codes]
     lesion_level = float(np.median(flair[codes == 8])) * (1 + cf) if (codes == 8).any() else 1.0
     if lesion.any():
         flair[lesion] *= 1 + cf * core
@@ -121,13 +132,14 @@ def _render(codes, lesion, core, grid, pose, acq: np.random.Generator, *, contra
     flair[bright] = np.maximum(flair[bright], _F(lesion_level * acq.uniform(0.9, 1.2)))
     blur = 0.5 / np.asarray(grid.spacing) * min(grid.spacing)
     out = []
-    for img, base_gain in ((t1, (300, 1500)), (flair, (200, 1200))):
+    for k, (img, base_gain) in enumerate(((t1, (300, 1500)), (flair, (200, 1200)))):
         img = ndimage.gaussian_filter(img, blur, mode="nearest")
-        img = np.power(np.clip(img, 0, None), _F(acq.uniform(1 - contrast_jitter, 1 + contrast_jitter)))
+        gamma = acq.uniform(1 - contrast_jitter, 1 + contrast_jitter) if gammas is None else gammas[k]
+        img = np.power(np.clip(img, 0, None), _F(gamma))
         if bias_field > 0:
             img *= np.exp(_F(bias_field * acq.uniform(0.5, 1.0)) * smooth_field(Noise(acq, 250.0, 6), pose, grid))
-        gain = _F(acq.uniform(*base_gain))
-        sigma = _F(noise * acq.uniform(0.5, 1.0))
+        gain = _F(proto.uniform(*base_gain))
+        sigma = _F(noise * proto.uniform(0.5, 1.0))
         img = img * gain
         if sigma > 0:
             n1 = acq.standard_normal(img.shape, dtype=_F) * sigma * gain
@@ -161,6 +173,8 @@ def generate_subject(
     contrast_jitter: float = 0.1,
     bias_field: float = 0.2,
     noise: float = 0.03,
+    protocol_seed: int | None = None,
+    session_jitter: float = 0.0,
 ) -> SyntheticScan:
     """Generate one synthetic T1w/FLAIR scan with a BISON-style label map.
 
@@ -183,6 +197,12 @@ def generate_subject(
         contrast_jitter: relative per-scan jitter of tissue intensities and gamma (0-0.5).
         bias_field: strength of the smooth multiplicative bias field (0 = none).
         noise: Rician noise level relative to the white-matter intensity.
+        protocol_seed: seed of the scanner protocol: tissue and lesion contrasts, gamma, gain and
+            noise level. Visits of one subject on one scanner share it, and then differ only by
+            what changes between sessions (pose, look-alikes, bias field, noise, and
+            ``session_jitter``). Default: none, every scan draws its own protocol from ``seed``.
+        session_jitter: with ``protocol_seed``, relative jitter of the protocol's tissue
+            intensities from one session to the next (0-0.5).
 
     Returns:
         :class:`SyntheticScan`.
@@ -191,8 +211,9 @@ def generate_subject(
         InputError: a bad argument, or a WMH volume the white matter cannot hold.
     """
     _check_args(shape, spacing, anatomy, orientation, wmh_volume_mm3)
-    if not 0 <= contrast_jitter <= 0.5:
-        raise InputError(f"contrast_jitter={contrast_jitter!r} must be within [0, 0.5]")
+    for name, value in (("contrast_jitter", contrast_jitter), ("session_jitter", session_jitter)):
+        if not 0 <= value <= 0.5:
+            raise InputError(f"{name}={value!r} must be within [0, 0.5]")
     subject_seed = seed if subject_seed is None else subject_seed
     anat_rng = np.random.default_rng([int(subject_seed), 1])
     acq = np.random.default_rng([int(seed), 2])
@@ -207,8 +228,9 @@ def generate_subject(
     lesion, core = cut.lesions(codes, score)
     label = np.where(codes >= SCALP, 0, codes).astype(np.uint8)
     label[lesion] = 9
-    kw = dict(contrast_jitter=contrast_jitter, bias_field=bias_field, noise=noise)
-    t1, flair = _render(codes, lesion, core, grid, pose, acq, **kw)
+    kw = dict(contrast_jitter=contrast_jitter, bias_field=bias_field, noise=noise, session_jitter=session_jitter)
+    protocol = None if protocol_seed is None else np.random.default_rng([int(protocol_seed), 4])
+    t1, flair = _render(codes, lesion, core, grid, pose, acq, protocol=protocol, **kw)
     t1_affine = grid.affine
     if t1_spacing is not None:  # the same head and lesions sampled on the T1's own grid
         t1_grid = Grid.centred([max(8, int(round(f / s))) for f, s in zip(grid.fov, t1_spacing, strict=True)],
@@ -216,7 +238,9 @@ def generate_subject(
         codes_t1, vd_t1, horn_t1 = head.sample(t1_grid, pose)
         les_t1, core_t1 = cut.lesions(codes_t1, lesion_score(codes_t1, vd_t1, horn_t1, pose, t1_grid, head,
                                                              [int(subject_seed), 3]))
-        t1, _ = _render(codes_t1, les_t1, core_t1, t1_grid, pose, np.random.default_rng([int(seed), 2]), **kw)
+        protocol = None if protocol_seed is None else np.random.default_rng([int(protocol_seed), 4])
+        t1, _ = _render(codes_t1, les_t1, core_t1, t1_grid, pose, np.random.default_rng([int(seed), 2]),
+                        protocol=protocol, **kw)
         t1_affine = t1_grid.affine
     flair, affine = _reorient(flair, grid.affine, orientation)
     label, _ = _reorient(label, grid.affine, orientation)

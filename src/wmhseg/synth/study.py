@@ -80,7 +80,9 @@ def _paint_subject(job: tuple[str, list[dict[str, Any]], dict[str, Any], FollowU
         acq: Acquisition = visit.pop("acquisition")
         extra = {**scanner_b, "noise": 0.03 * params.scanner_noise_factor,
                  "bias_field": params.scanner_bias_field} if acq.scanner == "B" else geometry
-        info = write_scan(out_dir, **visit, **extra)
+        protocol = {"protocol_seed": visit["subject_seed"] * 2 + (acq.scanner == "B"),
+                    "session_jitter": params.session_contrast_jitter}
+        info = write_scan(out_dir, **visit, **extra, **protocol)
         if ref_affine is None:
             ref_affine = nib.load(str(info["label"])).affine
         masks.append(_reference_label(info, visit, geometry, acq.scanner == "B"))
