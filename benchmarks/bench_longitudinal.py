@@ -1,14 +1,18 @@
 """Independent vs longitudinal segmentation on a simulated study with realistic follow-ups.
 
     python benchmarks/bench_longitudinal.py --ckpt demo_out/train/checkpoints/best.ckpt [--n 16] [--weights 0 0.25 0.5 0.75]
+        [--out benchmarks/results/longitudinal.json]
 
 Simulates a study (``python -m wmhseg.synth study``, realistic follow-ups: repositioned head,
 contrast drift, a scanner change for some subjects), segments it with ``infer.py`` once
 independently (for the time) and once in longitudinal mode per prior weight (weight 0 gives the
-independent masks plus registered change maps), and reports for each:
+independent masks plus registered change maps), and again with left-right test-time flips for
+the ``--flip-weights``, and reports for each:
 
 * the within-subject residual SD of measured minus true volume (pooled over subjects with two
-  or more visits, subject means removed) and the mean/SD of the per-subject slope error;
+  or more visits, subject means removed), the share of the true within-subject change that is
+  measured (least squares of measured on true deviations from the subject's mean), the mean/SD
+  of the per-subject slope error, and the mean measured and true slope of each group;
 * headline 1 and 2 (estimate, SE) against the same analysis of the true volumes;
 * new-lesion detection against the simulated changes: a true new lesion is found when a voxel
   of a measured ``new`` lesion maps (through the known motion) into it or its 1-voxel rim; a
@@ -30,6 +34,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -51,20 +56,31 @@ def _infer(ckpt: Path, study: Path, out: Path, **extra: object) -> pd.DataFrame:
     return pd.read_csv(out / "volumes.csv", dtype=IDS)
 
 
-def volume_errors(measured: pd.DataFrame, true: pd.DataFrame, clinical: pd.DataFrame) -> dict[str, float]:
-    """Within-subject residual SD of measured minus true volume, and per-subject slope errors."""
+def volume_errors(measured: pd.DataFrame, true: pd.DataFrame, clinical: pd.DataFrame) -> dict[str, Any]:
+    """Within-subject residual SD of measured minus true volume, how much of the true change
+    within subjects is measured, and per-subject slope errors (overall and by group)."""
     d = measured.merge(true, on=["subject_id", "session_id"], suffixes=("", "_true"))
-    d = d.merge(clinical[["subject_id", "session_id", "years_since_baseline"]], on=["subject_id", "session_id"])
+    d = d.merge(clinical[["subject_id", "session_id", "group", "years_since_baseline"]], on=["subject_id", "session_id"])
     d["err"] = d["wmh_mm3"] - d["wmh_mm3_true"]
     multi = d.groupby("subject_id").filter(lambda g: len(g) >= 2)
     resid = multi["err"] - multi.groupby("subject_id")["err"].transform("mean")
     dof = len(multi) - multi["subject_id"].nunique()
+    # measured against true deviations from the subject's mean: 1 when every change is measured in full
+    dev = multi["wmh_mm3"] - multi.groupby("subject_id")["wmh_mm3"].transform("mean")
+    dev_true = multi["wmh_mm3_true"] - multi.groupby("subject_id")["wmh_mm3_true"].transform("mean")
     slopes = []
     for _, g in multi.groupby("subject_id"):
         t = g["years_since_baseline"].to_numpy(float)
-        slopes.append(np.polyfit(t, g["wmh_mm3"], 1)[0] - np.polyfit(t, g["wmh_mm3_true"], 1)[0])
+        slopes.append({"group": g["group"].iloc[0], "measured": np.polyfit(t, g["wmh_mm3"], 1)[0],
+                       "true": np.polyfit(t, g["wmh_mm3_true"], 1)[0]})
+    slopes = pd.DataFrame(slopes)
+    error = slopes["measured"] - slopes["true"]
+    by_group = {str(k): {"n": int(len(g)), "true_mean": float(g["true"].mean()), "measured_mean": float(g["measured"].mean())}
+                for k, g in slopes.groupby("group")}
     return {"within_subject_sd_mm3": float(np.sqrt((resid**2).sum() / dof)), "mean_error_mm3": float(d["err"].mean()),
-            "slope_error_mean": float(np.mean(slopes)), "slope_error_sd": float(np.std(slopes, ddof=1)),
+            "change_measured_share": float((dev * dev_true).sum() / (dev_true**2).sum()),
+            "slope_error_mean": float(error.mean()), "slope_error_sd": float(error.std(ddof=1)),
+            "slope_by_group": by_group,
             "n_subjects": int(multi["subject_id"].nunique()), "n_scans": int(len(multi))}
 
 
@@ -123,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=16, help="ALS patients and controls each")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75])
+    parser.add_argument("--flip-weights", type=float, nargs="*", default=[0.0, 0.25],
+                        help="prior weights run again with left-right test-time flips (inference.tta_flips=[[0]])")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "longitudinal.json")
     parser.add_argument("--min-new", type=float, default=40.0, help="mm^3: the second detection figure's size")
     args = parser.parse_args(argv)
     study = args.work / "study"
@@ -139,12 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     report["independent"] = {**volume_errors(independent[["subject_id", "session_id", "wmh_mm3"]],
                                              true[["subject_id", "session_id", "wmh_mm3"]], clinical),
                              "headlines": headlines(independent, clinical), "s_per_scan": t_ind}
-    for w in args.weights:
-        out = args.work / f"longitudinal_w{w:g}"
+    variants = [(w, False) for w in args.weights] + [(w, True) for w in args.flip_weights]
+    for w, flips in variants:
+        key = f"flips, w={w:g}" if flips else f"w={w:g}"
+        out = args.work / (f"longitudinal_flips_w{w:g}" if flips else f"longitudinal_w{w:g}")
         vol = _infer(args.ckpt, study, out, longitudinal="true", visit_times=study / "clinical.csv",
-                     **{"longitudinal_options.prior_weight": w})
+                     **{"longitudinal_options.prior_weight": w}, **({"inference.tta_flips": "[[0]]"} if flips else {}))
         t = float(vol["t_total_s"].mean())
-        report[f"w={w:g}"] = {
+        report[key] = {
             **volume_errors(vol[["subject_id", "session_id", "wmh_mm3"]], true[["subject_id", "session_id", "wmh_mm3"]],
                             clinical),
             "headlines": headlines(vol, clinical),
@@ -152,10 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             f"detection_min{args.min_new:g}": detection(study, out, args.min_new),
             "s_per_scan": t, "added_s_per_visit": t - t_ind,
         }
-        print(json.dumps({f"w={w:g}": report[f"w={w:g}"]}, indent=1), flush=True)
+        print(json.dumps({key: report[key]}, indent=1), flush=True)
     report["loadavg_end"] = os.getloadavg()
-    dest = ROOT / "benchmarks" / "results" / "longitudinal.json"
-    dest.write_text(json.dumps(report, indent=1))
+    args.out.write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
     return 0
 

@@ -202,12 +202,15 @@ class LongitudinalSettings:
     """``configs/infer.yaml``'s ``longitudinal_options``.
 
     Args:
-        prior_weight: weight of the subject's mean probability in each visit's (0-1).
+        prior_weight: weight of the subject's mean probability in each visit's (0-1). The prior
+            lowers the visit-to-visit error, but it also pulls each visit towards the subject's
+            mean and so shrinks the measured change: on two simulated studies 0.25 kept 0.85-0.91 of
+            the change that independent segmentation measured, 0.5 only 0.63-0.71 (README).
         min_new_mm3: new lesions smaller than this are not counted in ``progression.csv``
             (they stay in the change maps).
     """
 
-    prior_weight: float = 0.5
+    prior_weight: float = 0.25
     min_new_mm3: float = 0.0
 
     def __post_init__(self) -> None:
