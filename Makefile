@@ -76,8 +76,9 @@ $(STUDY)/manifest.csv: | $(STAMP)
 		--anatomy procedural --shape 80 96 80 --spacing 2
 
 $(INFER_OUT)/volumes.csv: $(CKPT) $(STUDY)/manifest.csv
-	@echo "== 3/5 segmenting every scan ($(INFER_OUT))"
-	$(PY) infer.py ckpt_path=$(CKPT) input=$(STUDY)/manifest.csv out_dir=$(INFER_OUT)
+	@echo "== 3/5 segmenting every scan, each subject's visits together ($(INFER_OUT))"
+	$(PY) infer.py ckpt_path=$(CKPT) input=$(STUDY)/manifest.csv out_dir=$(INFER_OUT) \
+		longitudinal=true visit_times=$(STUDY)/clinical.csv 'inference.tta_flips=[[0]]'
 
 # the phantoms of the independent family the training validated on (other anatomy, contrasts, grids)
 $(INDEPENDENT)/metrics.csv: $(CKPT)
