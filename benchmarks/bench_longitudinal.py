@@ -6,8 +6,9 @@
 Simulates a study (``python -m wmhseg.synth study``, realistic follow-ups: repositioned head,
 contrast drift, a scanner change for some subjects), segments it with ``infer.py`` once
 independently (for the time) and once in longitudinal mode per prior weight (weight 0 gives the
-independent masks plus registered change maps), and again with left-right test-time flips for
-the ``--flip-weights``, and reports for each:
+independent masks plus registered change maps), again with left-right test-time flips for the
+``--flip-weights``, and with flips, prior weight 0.25 and each ``--confirm-mm3``, and reports for
+each:
 
 * the within-subject residual SD of measured minus true volume (pooled over subjects with two
   or more visits, subject means removed), the share of the true within-subject change that is
@@ -141,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75])
     parser.add_argument("--flip-weights", type=float, nargs="*", default=[0.0, 0.25],
                         help="prior weights run again with left-right test-time flips (inference.tta_flips=[[0]])")
+    parser.add_argument("--confirm-mm3", type=float, nargs="*", default=[40.0, 200.0],
+                        help="longitudinal_options.confirm_mm3 values, each run with flips and prior weight 0.25")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "longitudinal.json")
     parser.add_argument("--min-new", type=float, default=40.0, help="mm^3: the second detection figure's size")
     args = parser.parse_args(argv)
@@ -158,12 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     report["independent"] = {**volume_errors(independent[["subject_id", "session_id", "wmh_mm3"]],
                                              true[["subject_id", "session_id", "wmh_mm3"]], clinical),
                              "headlines": headlines(independent, clinical), "s_per_scan": t_ind}
-    variants = [(w, False) for w in args.weights] + [(w, True) for w in args.flip_weights]
-    for w, flips in variants:
-        key = f"flips, w={w:g}" if flips else f"w={w:g}"
-        out = args.work / (f"longitudinal_flips_w{w:g}" if flips else f"longitudinal_w{w:g}")
-        vol = _infer(args.ckpt, study, out, longitudinal="true", visit_times=study / "clinical.csv",
-                     **{"longitudinal_options.prior_weight": w}, **({"inference.tta_flips": "[[0]]"} if flips else {}))
+    variants = ([(w, False, 0.0) for w in args.weights] + [(w, True, 0.0) for w in args.flip_weights]
+                + [(0.25, True, c) for c in args.confirm_mm3])
+    for w, flips, confirm in variants:
+        key = (f"flips, w={w:g}" if flips else f"w={w:g}") + (f", confirm {confirm:g}" if confirm else "")
+        out = args.work / ((f"longitudinal_flips_w{w:g}" if flips else f"longitudinal_w{w:g}")
+                           + (f"_confirm{confirm:g}" if confirm else ""))
+        options = {"longitudinal_options.prior_weight": w, "longitudinal_options.confirm_mm3": confirm}
+        vol = _infer(args.ckpt, study, out, longitudinal="true", visit_times=study / "clinical.csv", **options,
+                     **({"inference.tta_flips": "[[0]]"} if flips else {}))
         t = float(vol["t_total_s"].mean())
         report[key] = {
             **volume_errors(vol[["subject_id", "session_id", "wmh_mm3"]], true[["subject_id", "session_id", "wmh_mm3"]],

@@ -19,6 +19,7 @@ from wmhseg.synth.anatomy import rotation_matrix
 IDS = {"subject_id": str, "session_id": str}
 ORIGIN = np.array([-20.0, -22.0, -18.0])
 NEW = (slice(28, 31), slice(30, 33), slice(8, 11))  # a 27-voxel lesion at visit 2 (the phantom's are 36 + 8)
+SPECK = (slice(12, 14), slice(32, 34), slice(26, 28))  # 8 voxels, more than 2 voxels from every other lesion
 
 
 def _motion(angles_deg, shift_mm) -> np.ndarray:
@@ -28,11 +29,14 @@ def _motion(angles_deg, shift_mm) -> np.ndarray:
     return m
 
 
-def _visit(folder, name, motion, *, new=False, split_x=False):
+def _visit(folder, name, motion, *, new=False, split_x=False, speck=False):
     t1, flair, label = phantom()
     if new:
         flair[NEW] = 300.0
         label[NEW] = 9
+    if speck:  # an 8-voxel lesion at this visit alone
+        flair[SPECK] = 300.0
+        label[SPECK] = 9
     affine = np.diag([1.0, 1.0, 1.0, 1.0])
     affine[:3, 3] = ORIGIN
     if split_x:  # the same content on 0.5 mm voxels along x
@@ -156,3 +160,25 @@ def test_flips_and_a_strong_prior_keep_the_exact_volumes(run, tmp_path):
         assert vol["longitudinal"].all()
         changes = np.asarray(nib.load(out / "longitudinal" / "001" / "01_to_02_changes.nii.gz").dataobj)
         assert np.count_nonzero(changes == CHANGE_CODES["new"]) == 27
+
+
+@pytest.mark.slow
+def test_confirm_drops_a_small_lesion_no_other_visit_shows(tmp_path):
+    """confirm_mm3=50: the 8-voxel lesion seen at visit 1 alone goes; the phantom's own 8-voxel
+    lesion (seen at every visit) and the 27-voxel new lesion (visits 2 and 3) stay."""
+    rows = [{"subject_id": "001", "session_id": "01", **_visit(tmp_path, "s1", np.eye(4), speck=True)},
+            {"subject_id": "001", "session_id": "02", **_visit(tmp_path, "s2", _motion((2.0, -1.5, 3.0), (2.5, -3.0, 1.5)),
+                                                              new=True)},
+            {"subject_id": "001", "session_id": "03", **_visit(tmp_path, "s3", _motion((-2, 1, 0), (0, 2, -1)), new=True)}]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    ckpt = make_checkpoint(tmp_path / "t.ckpt")
+    volumes = {}
+    for confirm in (0.0, 50.0):
+        out = tmp_path / f"c{confirm:g}"
+        options = {"prior_weight": 0.0, "confirm_mm3": confirm}
+        assert infer(infer_cfg(ckpt, manifest, out, longitudinal=True, longitudinal_options=options)) == 0
+        volumes[confirm] = pd.read_csv(out / "volumes.csv", dtype=IDS)["wmh_mm3"].tolist()
+    assert volumes[0.0] == pytest.approx([52.0, 71.0, 71.0])
+    assert volumes[50.0] == pytest.approx([44.0, 71.0, 71.0])
+    with pytest.raises(InputError, match="confirm_mm3"):
+        infer(infer_cfg(ckpt, manifest, tmp_path / "bad", longitudinal=True, longitudinal_options={"confirm_mm3": -1}))

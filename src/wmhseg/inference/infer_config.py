@@ -206,16 +206,21 @@ class LongitudinalSettings:
             lowers the visit-to-visit error, but it also pulls each visit towards the subject's
             mean and so shrinks the measured change: on two simulated studies 0.25 kept 0.85-0.91 of
             the change that independent segmentation measured, 0.5 only 0.63-0.71 (README).
+        confirm_mm3: a visit's lesion smaller than this is kept only when another visit shows
+            WMH within one voxel of it (0 keeps every lesion).
         min_new_mm3: new lesions smaller than this are not counted in ``progression.csv``
             (they stay in the change maps).
     """
 
     prior_weight: float = 0.25
+    confirm_mm3: float = 0.0
     min_new_mm3: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.prior_weight) < 1.0:
             raise InputError(f"longitudinal_options.prior_weight={self.prior_weight!r} must be within [0, 1)")
+        if not float(self.confirm_mm3) >= 0.0:
+            raise InputError(f"longitudinal_options.confirm_mm3={self.confirm_mm3!r} must be >= 0")
         if not float(self.min_new_mm3) >= 0.0:
             raise InputError(f"longitudinal_options.min_new_mm3={self.min_new_mm3!r} must be >= 0")
 

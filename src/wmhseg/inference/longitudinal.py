@@ -46,6 +46,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
+from scipy import ndimage
 
 from wmhseg.changes import lesion_changes
 from wmhseg.errors import InputError, WmhsegError
@@ -64,6 +65,7 @@ from wmhseg.inference.subject_space import (
     to_subject,
 )
 from wmhseg.manifest import Scan
+from wmhseg.metrics import label_lesions
 from wmhseg.schema import PROGRESSION_COLUMNS, TIMING_COLUMNS
 
 __all__ = ["PROGRESSION_COLUMNS", "LongitudinalSettings", "read_visit_times", "order_visits",
@@ -120,6 +122,39 @@ def _prior(predictions: list[WorkingPrediction], motions: list[np.ndarray]) -> l
         back = from_subject(mean, base.affine, motion, pred.wmh.shape, pred.affine)
         seen = from_subject(cover, base.affine, motion, pred.wmh.shape, pred.affine) > 0.5
         out.append(torch.where(seen, back, pred.wmh))
+    return out
+
+
+def _confirmed(predictions: list[WorkingPrediction], motions: list[np.ndarray], threshold: float,
+               confirm_mm3: float) -> list[torch.Tensor]:
+    """Each visit's probability with its unconfirmed small lesions removed (set to 0).
+
+    A lesion (26-connected component above ``threshold`` on the visit's working grid) smaller than
+    ``confirm_mm3`` is kept when another visit, brought onto this visit's grid through the subject
+    space, is above the threshold within one voxel of it, or when part of it lies where no other
+    visit sees; else it is taken for one visit's noise. Larger lesions are always kept."""
+    full = np.ones((3, 3, 3), bool)
+    out = []
+    for t, pred in enumerate(predictions):
+        mask = (pred.wmh > threshold).numpy()
+        labels, count = label_lesions(mask)
+        if count == 0:
+            out.append(pred.wmh)
+            continue
+        support = torch.zeros_like(pred.wmh)
+        seen = torch.zeros_like(pred.wmh)
+        for k, other in enumerate(predictions):
+            if k == t:
+                continue
+            args = (other.affine, motions[k], pred.wmh.shape, pred.affine, motions[t])
+            support = torch.maximum(support, between_visits(other.wmh, *args))
+            seen = torch.maximum(seen, between_visits(torch.ones_like(other.wmh), *args))
+        keep = ndimage.binary_dilation(support.numpy() > threshold, structure=full) | (seen.numpy() < 0.5)
+        index = np.arange(1, count + 1)
+        confirmed = ndimage.maximum(keep, labels, index) > 0
+        small = ndimage.sum_labels(mask, labels, index) * pred.voxel_mm3 < confirm_mm3
+        drop = np.r_[False, small & ~confirmed][labels]
+        out.append(torch.where(torch.from_numpy(drop), 0.0, pred.wmh) if drop.any() else pred.wmh)
     return out
 
 
@@ -182,6 +217,10 @@ def segment_subject(predictor: Predictor, store: ResultStore, visits: list[tuple
         w = float(settings.prior_weight)
         for pred, prior in zip(predictions, _prior(predictions, motions), strict=True):
             pred.wmh = (1.0 - w) * pred.wmh + w * prior
+    if motions is not None and settings.confirm_mm3 > 0:
+        confirmed = _confirmed(predictions, motions, predictor.threshold, float(settings.confirm_mm3))
+        for pred, wmh in zip(predictions, confirmed, strict=True):
+            pred.wmh = wmh
     t_subject = time.perf_counter() - t0  # prediction, registration and fusion
     records = []
     for scan, item, pred in zip(scans, prepared, predictions, strict=True):
