@@ -10,7 +10,9 @@ through :func:`segment_subject`:
 3. the subject's mean probability ``p_mean`` (each visit resampled into the subject space,
    averaged where the visits cover it) is the prior of every visit: the visit's probability
    becomes ``(1 - prior_weight) * p_visit + prior_weight * p_mean`` (``p_mean`` resampled back
-   onto the visit's working grid); ``prior_weight=0`` is independent segmentation;
+   onto the visit's working grid); ``prior_weight=0`` is independent segmentation; with
+   ``confirm_mm3 > 0`` a visit's lesion under that size that no other visit shows within one
+   voxel is then removed (:func:`_confirmed`);
 4. thresholding, the native-grid mask, measures and record are those of an independent run
    (:func:`wmhseg.inference.pipeline.process_prepared`), flagged ``longitudinal=True``;
 5. between consecutive visits, the earlier native mask is mapped onto the later visit's native
