@@ -113,6 +113,8 @@ def _render(codes, lesion, core, grid, pose, acq: np.random.Generator, *, contra
     t1_levels, flair_levels = _T1 * jit(_T1.size), _FLAIR * jit(_FLAIR.size)
     # Lesions: bright on FLAIR, darker on T1, strength varying within and between lesions.
     cf, ct = proto.uniform(0.45, 1.0), proto.uniform(0.12, 0.35)
+    # without a protocol the gammas are drawn below, between the look-alikes and the bias field, as
+    # they always were, so that a scan of a given seed stays the same
     gammas = proto.uniform(1 - contrast_jitter, 1 + contrast_jitter, 2) if protocol is not None else None
     if protocol is not None and session_jitter > 0:
         t1_levels = t1_levels * acq.uniform(1 - session_jitter, 1 + session_jitter, _T1.size).astype(_F)
@@ -229,8 +231,11 @@ def generate_subject(
     label = np.where(codes >= SCALP, 0, codes).astype(np.uint8)
     label[lesion] = 9
     kw = dict(contrast_jitter=contrast_jitter, bias_field=bias_field, noise=noise, session_jitter=session_jitter)
-    protocol = None if protocol_seed is None else np.random.default_rng([int(protocol_seed), 4])
-    t1, flair = _render(codes, lesion, core, grid, pose, acq, protocol=protocol, **kw)
+
+    def protocol() -> np.random.Generator | None:  # a fresh draw of the same protocol for each render
+        return None if protocol_seed is None else np.random.default_rng([int(protocol_seed), 4])
+
+    t1, flair = _render(codes, lesion, core, grid, pose, acq, protocol=protocol(), **kw)
     t1_affine = grid.affine
     if t1_spacing is not None:  # the same head and lesions sampled on the T1's own grid
         t1_grid = Grid.centred([max(8, int(round(f / s))) for f, s in zip(grid.fov, t1_spacing, strict=True)],
@@ -238,9 +243,8 @@ def generate_subject(
         codes_t1, vd_t1, horn_t1 = head.sample(t1_grid, pose)
         les_t1, core_t1 = cut.lesions(codes_t1, lesion_score(codes_t1, vd_t1, horn_t1, pose, t1_grid, head,
                                                              [int(subject_seed), 3]))
-        protocol = None if protocol_seed is None else np.random.default_rng([int(protocol_seed), 4])
         t1, _ = _render(codes_t1, les_t1, core_t1, t1_grid, pose, np.random.default_rng([int(seed), 2]),
-                        protocol=protocol, **kw)
+                        protocol=protocol(), **kw)
         t1_affine = t1_grid.affine
     flair, affine = _reorient(flair, grid.affine, orientation)
     label, _ = _reorient(label, grid.affine, orientation)
