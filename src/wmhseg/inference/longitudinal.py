@@ -140,7 +140,9 @@ def _confirmed(predictions: list[WorkingPrediction], motions: list[np.ndarray], 
     for t, pred in enumerate(predictions):
         mask = (pred.wmh > threshold).numpy()
         labels, count = label_lesions(mask)
-        if count == 0:
+        index = np.arange(1, count + 1)
+        small = ndimage.sum_labels(mask, labels, index) * pred.voxel_mm3 < confirm_mm3
+        if not small.any():  # nothing to confirm: no other visit needs resampling
             out.append(pred.wmh)
             continue
         support = torch.zeros_like(pred.wmh)
@@ -152,9 +154,7 @@ def _confirmed(predictions: list[WorkingPrediction], motions: list[np.ndarray], 
             support = torch.maximum(support, between_visits(other.wmh, *args))
             seen = torch.maximum(seen, between_visits(torch.ones_like(other.wmh), *args))
         keep = ndimage.binary_dilation(support.numpy() > threshold, structure=full) | (seen.numpy() < 0.5)
-        index = np.arange(1, count + 1)
         confirmed = ndimage.maximum(keep, labels, index) > 0
-        small = ndimage.sum_labels(mask, labels, index) * pred.voxel_mm3 < confirm_mm3
         drop = np.r_[False, small & ~confirmed][labels]
         out.append(torch.where(torch.from_numpy(drop), 0.0, pred.wmh) if drop.any() else pred.wmh)
     return out
