@@ -18,6 +18,15 @@ many as the fractions add up to. Thresholding a thick voxel's value at 0.5 inste
 lesion that fills less than half of a slice: on a 0.9 x 0.9 x 3 mm grid a perfect network's
 volume fell 5-18 % short that way.
 
+Where the mask's boundary falls inside that band is read from the native FLAIR when it is given
+(``intensity``; ``inference.native_boundary: flair``, the default of ``infer.py``): the voxels are
+ranked by their fraction plus their FLAIR hyperintensity (:func:`hyperintensity`: 0 at the level
+around the segmented WMH, 1 at the level inside it), so of two voxels with the same fraction the
+brighter is kept, and a bright voxel a working voxel's edge only grazes can win over a dark one
+it half covers. The number of voxels, hence the volume, stays the fraction's. On the 12
+independent phantoms of the README this raised the Dice of a perfect 2 mm network from 0.80 to
+0.89 and of the demo's network from 0.535 to 0.608, higher on all 12.
+
 When the mapping is a pure axis permutation/flip with an integer shift (the usual case for a
 1 mm scan whose working grid is the same grid re-oriented and cropped), values are copied
 voxel for voxel, exactly and fast.
@@ -37,7 +46,8 @@ import torch.nn.functional as F
 from wmhseg.geometry import voxel_sizes
 from wmhseg.image_io import atomic_save_nifti
 
-__all__ = ["voxel_mapping", "footprint_factors", "resample_to_grid", "partial_volume_mask", "write_mask"]
+__all__ = ["voxel_mapping", "footprint_factors", "resample_to_grid", "hyperintensity", "partial_volume_mask",
+           "write_mask"]
 
 _INTEGER_TOL = 1e-4
 # Destination slices resampled at once: bounds the sampling grid's memory. A 1 mm working grid
@@ -46,6 +56,12 @@ _INTEGER_TOL = 1e-4
 # hand-written slab-wise grid_sample (on a quieter machine, the whole grid at once: 1.4 s against
 # 2.05 s, axial); process peak memory 677 MiB against 663 MiB (840 MiB without slabs).
 _SLAB = 32
+# hyperintensity(): native voxels around the segmented WMH whose FLAIR sets the surroundings' level,
+# the fraction above which a native voxel lies inside the working-grid mask, and the fewest such
+# voxels whose median sets the level inside (below that, the brightest tenth of the candidates)
+_RIM_VOXELS = 2
+_INSIDE = 0.99
+_MIN_INSIDE = 8
 
 
 def voxel_mapping(src_affine: np.ndarray, dst_affine: np.ndarray) -> np.ndarray:
@@ -203,18 +219,62 @@ def resample_to_grid(
     return _footprint_mean(src, src_affine, dst_shape, dst_affine, mode, factors)
 
 
-def partial_volume_mask(fraction: np.ndarray | torch.Tensor, order: np.ndarray | torch.Tensor | None = None
-                        ) -> np.ndarray:
+def hyperintensity(intensity: np.ndarray, fraction: np.ndarray) -> np.ndarray | None:
+    """Each voxel's FLAIR relative to the segmented WMH: 0 at (or below) the median of the voxels
+    within two voxels around the candidates (``fraction > 0``), 1 at (or above) the median of the
+    voxels wholly inside (``fraction >= 0.99``; the brightest tenth of the candidates when fewer than
+    8 are). ``None`` when there is no candidate or the inside is not brighter than around it (the
+    image is not a FLAIR, or the WMH is not hyperintense): the FLAIR then cannot place the boundary.
+
+    Only the candidates' box (plus the rim) is read; voxels outside it get 0.
+
+    Example:
+        >>> frac = np.array([0.0, 0.0, 0.5, 1.0, 1.0, 0.5, 0.0, 0.0])
+        >>> flair = np.array([1.0, 1.0, 3.0, 3.0, 3.0, 1.5, 1.0, 1.0])
+        >>> hyperintensity(flair, frac).round(2).tolist()
+        [0.0, 0.0, 1.0, 1.0, 1.0, 0.25, 0.0, 0.0]
+    """
+    from scipy import ndimage
+
+    if intensity.shape != fraction.shape:
+        raise ValueError(f"intensity {intensity.shape} and fraction {fraction.shape} must have the same shape")
+    candidates = fraction > 0
+    if not candidates.any():
+        return None
+    box = []
+    for axis in range(candidates.ndim):
+        nz = np.flatnonzero(candidates.any(axis=tuple(a for a in range(candidates.ndim) if a != axis)))
+        box.append(slice(max(int(nz[0]) - _RIM_VOXELS, 0), int(nz[-1]) + _RIM_VOXELS + 1))
+    box = tuple(box)
+    cand, frac = candidates[box], fraction[box]
+    flair = np.nan_to_num(np.asarray(intensity[box], np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    rim = ndimage.binary_dilation(cand, iterations=_RIM_VOXELS) & ~cand
+    inside = frac >= _INSIDE
+    high = float(np.median(flair[inside])) if inside.sum() >= _MIN_INSIDE else float(np.percentile(flair[cand], 90))
+    if not rim.any():
+        return None
+    low = float(np.median(flair[rim]))
+    if not high > low:
+        return None
+    out = np.zeros(fraction.shape, np.float64)
+    out[box] = np.clip((flair - low) / (high - low), 0.0, 1.0)
+    return out
+
+
+def partial_volume_mask(fraction: np.ndarray | torch.Tensor, order: np.ndarray | torch.Tensor | None = None,
+                        *, intensity: np.ndarray | None = None) -> np.ndarray:
     """The binary mask whose volume is the sum of the voxels' WMH fractions.
 
-    The ``round(sum(fraction))`` voxels of highest fraction are kept (ties broken by ``order``,
-    e.g. the mean probability, then by index), so the mask measures the segmented volume to
-    within half a voxel whatever the voxel shape. A 0/1 ``fraction`` (native grid = working
-    grid) is returned unchanged.
+    The ``round(sum(fraction))`` voxels of highest rank are kept, so the mask measures the
+    segmented volume to within half a voxel whatever the voxel shape. The rank is the fraction,
+    plus :func:`hyperintensity` when ``intensity`` (the native FLAIR) is given and is brighter
+    inside the WMH than around it; ties are broken by ``order`` (e.g. the mean probability), then
+    by index. A 0/1 ``fraction`` (native grid = working grid) is returned unchanged.
 
     Args:
         fraction: WMH fraction per voxel, in [0, 1] (any shape).
         order: optional tie-break score of the same shape.
+        intensity: optional native FLAIR of the same shape, to place the boundary.
 
     Example:
         >>> partial_volume_mask(np.array([0.9, 0.4, 0.4, 0.3, 0.0])).astype(int).tolist()
@@ -230,7 +290,8 @@ def partial_volume_mask(fraction: np.ndarray | torch.Tensor, order: np.ndarray |
     mask = np.zeros(flat.size, dtype=bool)
     candidates = np.flatnonzero(flat > 0)
     if n > 0 and candidates.size:
-        keys = [flat[candidates]]
+        bright = hyperintensity(np.asarray(intensity), frac) if intensity is not None else None
+        keys = [flat[candidates] + (bright.reshape(-1)[candidates] if bright is not None else 0.0)]
         if order is not None:
             tie = np.asarray(order.cpu().numpy() if isinstance(order, torch.Tensor) else order, np.float64)
             keys.insert(0, tie.reshape(-1)[candidates])

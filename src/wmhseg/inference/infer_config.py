@@ -24,7 +24,7 @@ from omegaconf import MISSING
 
 from wmhseg.errors import InputError, check_known_keys, did_you_mean
 
-__all__ = ["PRECISIONS", "BACKENDS", "BRAIN_CROP_MODES", "UNCERTAINTY_MODES", "USAGE", "InferenceSettings", "UncertaintySettings",
+__all__ = ["PRECISIONS", "BACKENDS", "BRAIN_CROP_MODES", "NATIVE_BOUNDARIES", "UNCERTAINTY_MODES", "USAGE", "InferenceSettings", "UncertaintySettings",
            "LongitudinalSettings", "InferenceConfig", "InferConfig", "register_configs"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -32,6 +32,7 @@ BACKENDS = ("auto", "torch", "openvino")
 _BLEND_MODES = ("gaussian", "constant")
 _ROI_MODES = ("auto", "checkpoint")
 BRAIN_CROP_MODES = ("auto", "off")
+NATIVE_BOUNDARIES = ("flair", "fraction")
 UNCERTAINTY_MODES = ("none", "tta", "ensemble")
 _UNCERTAINTY = "uncertainty"
 USAGE = "python infer.py ckpt_path=CKPT input=MANIFEST_OR_FOLDER out_dir=DIR [setting=value ...]"
@@ -101,6 +102,11 @@ class InferenceSettings:
             on synthetic heads the brain's box, widened onto the network's size lattice, saved
             too few voxels to pay for itself (README, Brain crop). YAML's bare ``off``/``on``
             (booleans) mean ``"off"``/``"auto"``.
+        native_boundary: where a native voxel finer than the working grid (or cut obliquely by it)
+            falls inside or outside the mask. ``"flair"`` (default): ranked by its WMH fraction
+            plus its FLAIR hyperintensity, so the boundary follows the native image; ``"fraction"``:
+            by the fraction alone. Both keep the segmented volume
+            (:func:`wmhseg.inference.export.partial_volume_mask`).
     """
 
     device: str = "auto"
@@ -115,6 +121,7 @@ class InferenceSettings:
     channels_last: Any = "auto"
     backend: str = "torch"
     brain_crop: str = "off"
+    native_boundary: str = "flair"
 
     def __post_init__(self) -> None:
         self.device = _check_device(str(self.device))
@@ -123,6 +130,7 @@ class InferenceSettings:
         # YAML reads a bare off as false (and on as true), which a str field then holds as 'False'
         crop = {"false": "off", "true": "auto"}.get(str(self.brain_crop).lower(), str(self.brain_crop))
         self.brain_crop = _choose(crop, BRAIN_CROP_MODES, "brain_crop")
+        self.native_boundary = _choose(str(self.native_boundary), NATIVE_BOUNDARIES, "native_boundary")
         if isinstance(self.roi_size, str):
             _choose(self.roi_size, _ROI_MODES, "roi_size")
         elif self.roi_size is not None:

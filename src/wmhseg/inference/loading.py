@@ -46,6 +46,8 @@ class PreparedScan:
         image: MetaTensor ``(2, X, Y, Z)`` [T1, FLAIR] on the working grid (``.affine`` in RAS mm).
         shape, affine: the native FLAIR grid.
         flair: the FLAIR path (its header is copied into the mask).
+        flair_data: the native FLAIR's voxels (float32, non-finite values set to 0), which place
+            the mask's boundary on the native grid.
         reference: the BISON label map on the native grid, when one was asked for.
         warnings: repaired problems (e.g. NaN voxels set to 0).
         alignment: the T1-to-FLAIR alignment columns (:meth:`wmhseg.registration.Alignment.record`),
@@ -57,6 +59,7 @@ class PreparedScan:
     shape: tuple[int, int, int]
     affine: np.ndarray
     flair: Path
+    flair_data: np.ndarray | None = None
     reference: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
     alignment: dict = field(default_factory=dict)
@@ -174,6 +177,6 @@ def prepare_scan(t1: str | os.PathLike, flair: str | os.PathLike, spec: Preproce
     working = np.asarray(out["image"])
     swapped = swapped_contrast_warning(working[0], working[1], t1, flair)
     return PreparedScan(image=out["image"], shape=tuple(flair_data.shape), affine=flair_affine, flair=flair,
-                        reference=reference, warnings=warnings + ([swapped] if swapped else []),
+                        flair_data=flair_data, reference=reference, warnings=warnings + ([swapped] if swapped else []),
                         alignment=out.get("t1_alignment", {}), t_load_s=t_load,
                         t_preprocess_s=time.perf_counter() - t0 - t_load)

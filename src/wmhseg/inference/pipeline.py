@@ -184,7 +184,7 @@ def export_prediction(predictor: Predictor, store: ResultStore, scan: Scan, prep
                       uncertainty: VolumeUncertainty | None = None) -> dict[str, Any]:
     """Layer 3 and measures of one predicted scan: writes its mask and returns its ok-record."""
     t1 = time.perf_counter()
-    native = predictor.to_native(working, prepared.shape, prepared.affine)
+    native = predictor.to_native(working, prepared.shape, prepared.affine, intensity=prepared.flair_data)
     write_mask(native.mask, prepared.flair, store.mask_path(scan), affine=prepared.affine)
     t2 = time.perf_counter()
     measures = wmh_measures(native.mask, prepared.affine, probability=native.probability,

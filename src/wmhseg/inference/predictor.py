@@ -329,16 +329,19 @@ class Predictor:
 
     # ---------------------------------------------------------------- layer 3
     def to_native(self, prediction: WorkingPrediction, native_shape: Sequence[int],
-                  native_affine: np.ndarray) -> NativePrediction:
+                  native_affine: np.ndarray, intensity: np.ndarray | None = None) -> NativePrediction:
         """Layer 3: threshold on the working grid, then resample onto the native grid keeping the
         segmented volume (:func:`~wmhseg.inference.export.partial_volume_mask`); the probability
-        is each native voxel's footprint mean."""
+        is each native voxel's footprint mean. ``intensity``, the native FLAIR, places the mask's
+        boundary where the working grid leaves it open (``native_boundary: flair``)."""
         decided = (prediction.wmh > self.threshold).float()
         channels = [prediction.wmh, decided] + ([prediction.ventricles] if prediction.ventricles is not None else [])
         native = resample_to_grid(torch.stack(channels), prediction.affine, native_shape, native_affine)
         prob = native[0].numpy()
         vent = native[2].numpy() > 0.5 if prediction.ventricles is not None else None
-        return NativePrediction(mask=partial_volume_mask(native[1], order=prob), probability=prob, ventricles=vent)
+        guide = intensity if self.settings.native_boundary == "flair" else None
+        return NativePrediction(mask=partial_volume_mask(native[1], order=prob, intensity=guide), probability=prob,
+                                ventricles=vent)
 
     def describe(self) -> dict[str, Any]:
         """The effective settings, for provenance."""
@@ -346,4 +349,5 @@ class Predictor:
                 "sw_batch_size": self.sw_batch_size, "overlap": self.overlap, "blend_mode": self.blend_mode,
                 "tta_flips": self.settings.tta_flips, "threshold": self.threshold, "size_divisor": self.size_divisor,
                 "folded_batch_norms": self.folded_norms, "channels_last": self.channels_last,
-                "backend": self.backend, "brain_crop": self.brain_crop, "model_id": self.model_id}
+                "backend": self.backend, "brain_crop": self.brain_crop,
+                "native_boundary": self.settings.native_boundary, "model_id": self.model_id}
