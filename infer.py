@@ -28,6 +28,9 @@ register_configs()
 @hydra.main(config_path="configs", config_name="infer", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Run inference as ``cfg`` says and exit with its code."""
+    from wmhseg.lean_imports import import_monai
+
+    import_monai()  # before the runner's imports: MONAI without the optional packages inference never uses
     from wmhseg.inference.runner import infer
 
     sys.exit(guard("infer.py", infer, cfg))
