@@ -5,10 +5,11 @@ gzipped NIfTI) are segmented two ways:
 
 * in process, scan by scan, through the runner's own layers (``prepare_scan`` then
   ``process_prepared``): the stage split (load, preprocess, predict, export, measure);
-* ``python infer.py`` in a fresh process over a small manifest: wall time per scan (including
-  start-up, checkpoint loading and imports, amortised) and the process's peak RSS; and with each
-  scan finished before the next is predicted (``background_writer=false``) against the default
-  background writer, alternating.
+* ``python infer.py`` in a fresh process on one scan (whole-process wall time: start-up, imports,
+  checkpoint, OpenVINO compile and the scan), and over a batch of ``BATCH`` manifest rows (the
+  written scans in turn, each row its own subject): wall time per scan with the start-up
+  amortised, and the process's peak RSS; the batch also with each scan finished before the next
+  is predicted (``background_writer=false``) against the default background writer, alternating.
 
 The network is the default U-Net with random weights (the time does not depend on them) whose
 foreground bias is shifted so that only a small fraction of the volume (about 1 %) is called
@@ -42,6 +43,7 @@ __all__ = ["run"]
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_S = 1.5  # the goal: one 1 mm scan in under 1.5 s
 TARGET_MEM_GIB = 4.0
+BATCH = 9  # manifest rows of the command-line batch (the written scans in turn)
 SHAPE = (182, 218, 182)
 STAGES = ("t_load_s", "t_preprocess_s", "t_predict_s", "t_export_s", "t_measure_s")
 
@@ -68,6 +70,14 @@ def _write_scans(folder: Path, n: int) -> Path:
     manifest = folder / "manifest.csv"
     manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return manifest
+
+
+def _batch_manifest(manifest: Path, n: int, path: Path) -> Path:
+    """A manifest of ``n`` rows cycling through ``manifest``'s scans, each row its own subject."""
+    header, *rows = manifest.read_text(encoding="utf-8").splitlines()
+    lines = [header] + [f"b{i + 1:03d}," + rows[i % len(rows)].split(",", 1)[1] for i in range(n)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 def _random_checkpoint(path: Path, prepared_image: torch.Tensor) -> Path:
@@ -193,16 +203,21 @@ def _crop_row(crop: dict[str, Any]) -> dict[str, Any]:
             "ratio": head / brain, "target": "faster, same masks", "met": brain < head}
 
 
-def _command_lines(ckpt: Path, manifest: Path, tmp: Path, n_scans: int) -> dict[str, Any]:
-    """``python infer.py`` as configured, and with scans finished one after the other
-    (``background_writer=false``), alternating so that a change of load hits both."""
-    runs: dict[str, list[dict[str, Any]]] = {"default": [], "serial_writer": []}
+def _command_lines(ckpt: Path, manifest: Path, tmp: Path) -> dict[str, Any]:
+    """``python infer.py`` on one scan (3 runs), and on a batch of :data:`BATCH` rows as configured
+    and with scans finished one after the other (``background_writer=false``), alternating so that a
+    change of load hits both."""
+    runs: dict[str, list[dict[str, Any]]] = {"one_scan": [], "default": [], "serial_writer": []}
     off = ["inference.brain_crop=off"]  # random weights: foreground in the scalp (module docstring)
-    runs["default"].append(_cli(ckpt, manifest, tmp / "cli", off))
+    one = _batch_manifest(manifest, 1, tmp / "one.csv")
+    batch = _batch_manifest(manifest, BATCH, tmp / "batch.csv")
+    for r in range(3):
+        runs["one_scan"].append(_cli(ckpt, one, tmp / f"cli_one{r}", off))
+    runs["default"].append(_cli(ckpt, batch, tmp / "cli", off))
     for r in range(2):
-        runs["serial_writer"].append(_cli(ckpt, manifest, tmp / f"cli_serial{r}", ["background_writer=false", *off]))
-        runs["default"].append(_cli(ckpt, manifest, tmp / f"cli_writer{r}", off))
-    return {**runs, "n_scans": n_scans}
+        runs["serial_writer"].append(_cli(ckpt, batch, tmp / f"cli_serial{r}", ["background_writer=false", *off]))
+        runs["default"].append(_cli(ckpt, batch, tmp / f"cli_writer{r}", off))
+    return {**runs, "n_scans": BATCH}
 
 
 def _writer_row(cli: dict[str, Any]) -> dict[str, Any]:
@@ -216,15 +231,25 @@ def _writer_row(cli: dict[str, Any]) -> dict[str, Any]:
             "target": "faster, same bytes", "met": writer < serial}
 
 
-def _rows(stage: dict[str, float], cli: dict[str, Any] | None, n_scans: int, in_proc_mib: float,
+def _rows(stage: dict[str, float], cli: dict[str, Any] | None, in_proc_mib: float,
           crop: dict[str, Any]) -> list[dict[str, Any]]:
     total = stage.get("t_total_s", float("nan"))
+    one_row = []
     if cli is not None:
+        n_scans = cli["n_scans"]  # the batch's rows
         first = cli["default"][0]
-        mem_gib = first["peak_rss_mib"] / 1024.0
-        cli_text = (f"{first['wall_s'] / n_scans:.2f} s/scan incl. start-up; peak RSS {mem_gib:.2f} GiB"
-                    if first["exit_code"] == 0 else f"exit code {first['exit_code']}: {' '.join(first['tail'])[:120]}")
-        cli_goal, met = f"2. python infer.py, {n_scans} scans", first["exit_code"] == 0 and mem_gib < TARGET_MEM_GIB
+        mem_gib = max(r["peak_rss_mib"] for r in cli["default"]) / 1024.0
+        ok = all(r["exit_code"] == 0 for r in cli["default"])
+        per_scan = float(np.median([r["wall_s"] for r in cli["default"]])) / n_scans
+        cli_text = (f"{per_scan:.2f} s/scan incl. start-up (median of {len(cli['default'])}); peak RSS {mem_gib:.2f} GiB"
+                    if ok else f"exit code {first['exit_code']}: {' '.join(first['tail'])[:120]}")
+        cli_goal = f"2. per scan in a batch (python infer.py, {n_scans} rows of 1 mm scans)"
+        met = ok and mem_gib < TARGET_MEM_GIB and per_scan < TARGET_S
+        one = float(np.median([r["wall_s"] for r in cli["one_scan"]]))
+        one_row = [{"goal": "2. python infer.py on one 1 mm scan (fresh process, start-up included)", "baseline": "-",
+                    "candidate": f"{one:.2f} s wall (median of {len(cli['one_scan'])}; "
+                                 f"the scan's own stages {cli['one_scan'][0]['median_stage_s'].get('t_total_s', float('nan')):.2f} s)",
+                    "ratio": None, "target": f"< {TARGET_S:g} s", "met": one < TARGET_S}]
     else:
         mem_gib = in_proc_mib / 1024.0
         cli_text = f"in-process peak RSS {mem_gib:.2f} GiB (command line skipped in --quick)"
@@ -233,8 +258,10 @@ def _rows(stage: dict[str, float], cli: dict[str, Any] | None, n_scans: int, in_
              "candidate": f"{total:.2f} s (" + ", ".join(f"{k[2:-2]} {v:.2f}" for k, v in stage.items()
                                                         if k != "t_total_s") + ")",
              "ratio": None, "target": f"< {TARGET_S:g} s", "met": total < TARGET_S},
+            *one_row,
             {"goal": cli_goal, "baseline": "-", "candidate": cli_text, "ratio": None,
-             "target": f"< {TARGET_MEM_GIB:g} GiB", "met": met}]
+             "target": f"< {TARGET_S:g} s/scan, < {TARGET_MEM_GIB:g} GiB" if cli is not None else f"< {TARGET_MEM_GIB:g} GiB",
+             "met": met}]
     return rows + [_crop_row(crop)] + ([_writer_row(cli)] if cli is not None else [])
 
 
@@ -261,14 +288,14 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         predictor = Predictor.from_checkpoint(ckpt_path, brain_crop="off", backend="auto")
         records, peaks, working_shape = _in_process(scans, predictor, tmp / "inproc")
         crop = _brain_crop(predictor, first.image, 3 if quick else 5)
-        cli = None if quick else _command_lines(ckpt_path, manifest, tmp, n_scans)
+        cli = None if quick else _command_lines(ckpt_path, manifest, tmp)
     stage = {k: round(float(np.median([r[k] for r in records if k in r])), 3)
              for k in (*STAGES, "t_total_s") if any(k in r for r in records)}
     in_proc_mib = max((p for p in peaks if p is not None), default=float("nan"))
     return {
         "name": "infer_scan",
         "available": True,
-        "rows": _rows(stage, cli, n_scans, in_proc_mib, crop),
+        "rows": _rows(stage, cli, in_proc_mib, crop),
         "details": {
             "scan_shape": list(SHAPE),
             "working_shape": working_shape,
