@@ -74,6 +74,9 @@ def test_smoke_experiment_trains_end_to_end(smoke_run):
     net = build_network(meta["network"])
     net.load_state_dict({k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
     assert len(_csv_metric(out, "val/dice")) == 6  # one validation per epoch
+    # the log names the best checkpoint with its own score (the best of the validations), not the last one's
+    logged = next(out.glob("*.log")).read_text()
+    assert f"best.ckpt (val/dice {max(_csv_metric(out, 'val/dice')):.4g})" in logged
 
 
 @pytest.mark.slow

@@ -179,6 +179,14 @@ def checkpoint_paths(trainer: L.Trainer) -> tuple[str | None, str | None]:
     return best, last
 
 
+def _best_score(trainer: L.Trainer) -> str:
+    """`` (val/dice 0.757)``: the monitored score of the best checkpoint, or ``""`` without one."""
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor is not None and cb.best_model_score is not None:
+            return f" ({cb.monitor} {float(cb.best_model_score):.4g})"
+    return ""
+
+
 def _lightning_logs_once() -> None:
     """Under an application's logging (Hydra: console and log file), Lightning's messages go through it
     alone: the ``lightning`` package also prints them on stderr through a handler of its own."""
@@ -301,6 +309,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         atomic_write_json(Path(str(cfg.paths.output_dir)) / "train_summary.json", result)
-        log.info("Best checkpoint: %s; last: %s; val/dice %s", best, last, result["metrics"].get("val/dice"))
+        log.info("Best checkpoint: %s%s; last: %s (val/dice %s at the last validation)", best, _best_score(trainer),
+                 last, result["metrics"].get("val/dice"))
     return result
 
