@@ -180,11 +180,13 @@ def checkpoint_paths(trainer: L.Trainer) -> tuple[str | None, str | None]:
 
 
 def _best_score(trainer: L.Trainer) -> str:
-    """`` (val/dice 0.757)``: the monitored score of the best checkpoint, or ``""`` without one."""
-    for cb in trainer.checkpoint_callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb.monitor is not None and cb.best_model_score is not None:
-            return f" ({cb.monitor} {float(cb.best_model_score):.4g})"
-    return ""
+    """`` (val/dice 0.757)``: the score of the checkpoint :func:`checkpoint_paths` calls best (the
+    first callback that monitors a metric), or ``""`` without one."""
+    best = next((cb for cb in trainer.checkpoint_callbacks
+                 if isinstance(cb, ModelCheckpoint) and cb.monitor is not None and cb.best_model_path), None)
+    if best is None or best.best_model_score is None:
+        return ""
+    return f" ({best.monitor} {float(best.best_model_score):.4g})"
 
 
 def _lightning_logs_once() -> None:

@@ -252,10 +252,10 @@ def hyperintensity(intensity: np.ndarray, fraction: np.ndarray) -> np.ndarray | 
     cand, frac = candidates[box], fraction[box]
     flair = np.nan_to_num(np.asarray(intensity[box], np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     rim = ndimage.binary_dilation(cand, iterations=_RIM_VOXELS) & ~cand
-    inside = frac >= _INSIDE
-    high = float(np.median(flair[inside])) if inside.sum() >= _MIN_INSIDE else float(np.percentile(flair[cand], 90))
     if not rim.any():
         return None
+    inside = frac >= _INSIDE
+    high = float(np.median(flair[inside])) if inside.sum() >= _MIN_INSIDE else float(np.percentile(flair[cand], 90))
     low = float(np.median(flair[rim]))
     if not high > low:
         return None
