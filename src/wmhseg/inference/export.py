@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wmhseg.geometry import voxel_sizes
+from wmhseg.geometry import bounding_box, voxel_sizes
 from wmhseg.image_io import atomic_save_nifti
 
 __all__ = ["voxel_mapping", "footprint_factors", "resample_to_grid", "hyperintensity", "partial_volume_mask",
@@ -242,13 +242,9 @@ def hyperintensity(intensity: np.ndarray, fraction: np.ndarray) -> np.ndarray | 
     if intensity.shape != fraction.shape:
         raise ValueError(f"intensity {intensity.shape} and fraction {fraction.shape} must have the same shape")
     candidates = fraction > 0
-    if not candidates.any():
+    box = bounding_box(candidates, _RIM_VOXELS)
+    if box is None:
         return None
-    box = []
-    for axis in range(candidates.ndim):
-        nz = np.flatnonzero(candidates.any(axis=tuple(a for a in range(candidates.ndim) if a != axis)))
-        box.append(slice(max(int(nz[0]) - _RIM_VOXELS, 0), int(nz[-1]) + _RIM_VOXELS + 1))
-    box = tuple(box)
     cand, frac = candidates[box], fraction[box]
     flair = np.nan_to_num(np.asarray(intensity[box], np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     rim = ndimage.binary_dilation(cand, iterations=_RIM_VOXELS) & ~cand

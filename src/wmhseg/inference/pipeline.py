@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from wmhseg.errors import Interrupted, WmhsegError
-from wmhseg.geometry import voxel_sizes
+from wmhseg.geometry import bounding_box, voxel_sizes
 from wmhseg.inference.export import write_mask
 from wmhseg.inference.loading import PreparedScan, preloaded_transforms, prepare_scan
 from wmhseg.inference.measures import tissue_volumes, wmh_measures
@@ -109,14 +109,8 @@ def _prepared_stream(dataset: ScanDataset, num_workers: int) -> Iterator[tuple[i
 
 def _crop_to(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both masks cropped to the bounding box of their union plus 2 voxels (metrics unchanged)."""
-    union = a | b
-    if not union.any():
-        return a, b
-    box = []
-    for axis in range(3):
-        nz = np.flatnonzero(union.any(axis=tuple(x for x in range(3) if x != axis)))
-        box.append(slice(max(int(nz[0]) - 2, 0), int(nz[-1]) + 3))
-    return a[tuple(box)], b[tuple(box)]
+    box = bounding_box(a | b, 2)
+    return (a, b) if box is None else (a[box], b[box])
 
 
 @dataclass
