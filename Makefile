@@ -25,6 +25,8 @@ STUDY       := $(DEMO_DIR)/study
 INFER_OUT   := $(DEMO_DIR)/infer
 REPORT      := $(DEMO_DIR)/report
 INDEPENDENT := $(DEMO_DIR)/independent
+# the study segmented visit by visit (prior weight 0), the comparison for the longitudinal mode
+SEPARATE    := $(DEMO_DIR)/infer_visit_by_visit
 
 .PHONY: help install test test-fast lint demo demo-clean bench bench-quick clean
 
@@ -53,7 +55,10 @@ test-fast: $(STAMP)  ## the suite without the end-to-end runs marked slow (about
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check src tests benchmarks train.py infer.py analyze.py
 
-demo: $(REPORT)/headline.json $(INDEPENDENT)/metrics.csv  ## train -> simulate a study -> infer -> analyze, on CPU (finished steps are reused)
+demo: $(REPORT)/headline.json $(INDEPENDENT)/metrics.csv $(SEPARATE)/volumes.csv  ## train -> simulate a study -> infer -> analyze, on CPU (finished steps are reused)
+	@echo
+	@echo "The study's volumes and new lesions against its truth, visit by visit and in longitudinal mode:"
+	@$(PY) -m wmhseg.synth score $(STUDY) visit_by_visit=$(SEPARATE) longitudinal=$(INFER_OUT)
 	@echo
 	@$(PY) -c "import json, pandas as pd; m = pd.read_csv('$(INDEPENDENT)/metrics.csv'); \
 	a = json.load(open('$(INDEPENDENT)/agreement.json')); \
@@ -66,27 +71,32 @@ demo: $(REPORT)/headline.json $(INDEPENDENT)/metrics.csv  ## train -> simulate a
 	@$(PY) -m wmhseg.stats.compare $(REPORT)/headline.json $(STUDY)/truth.json
 
 $(CKPT): | $(STAMP)
-	@echo "== 1/5 training on synthetic brain-like scans ($(DEMO_DIR)/train)"
+	@echo "== 1/6 training on synthetic brain-like scans ($(DEMO_DIR)/train)"
 	$(PY) train.py experiment=synthetic hydra.run.dir=$(DEMO_DIR)/train
 
 $(STUDY)/manifest.csv: | $(STAMP)
-	@echo "== 2/5 simulating a longitudinal study: $(DEMO_ALS) ALS, $(DEMO_CTRL) controls ($(STUDY))"
+	@echo "== 2/6 simulating a longitudinal study: $(DEMO_ALS) ALS, $(DEMO_CTRL) controls ($(STUDY))"
 	$(PY) -m wmhseg.synth study $(STUDY) --n-als $(DEMO_ALS) --n-control $(DEMO_CTRL) --seed $(DEMO_SEED) \
 		--visit-probabilities $(DEMO_VISITS) --p-survival-data $(DEMO_SURVIVAL) \
 		--anatomy procedural --shape 80 96 80 --spacing 2
 
 $(INFER_OUT)/volumes.csv: $(CKPT) $(STUDY)/manifest.csv
-	@echo "== 3/5 segmenting every scan, each subject's visits together ($(INFER_OUT))"
+	@echo "== 3/6 segmenting every scan, each subject's visits together ($(INFER_OUT))"
 	$(PY) infer.py ckpt_path=$(CKPT) input=$(STUDY)/manifest.csv out_dir=$(INFER_OUT) \
 		longitudinal=true visit_times=$(STUDY)/clinical.csv 'inference.tta_flips=[[0]]'
 
+$(SEPARATE)/volumes.csv: $(CKPT) $(STUDY)/manifest.csv
+	@echo "== 6/6 segmenting every visit on its own, for comparison ($(SEPARATE))"
+	$(PY) infer.py ckpt_path=$(CKPT) input=$(STUDY)/manifest.csv out_dir=$(SEPARATE) qc=false \
+		longitudinal=true longitudinal_options.prior_weight=0 visit_times=$(STUDY)/clinical.csv 'inference.tta_flips=[[0]]'
+
 # the phantoms of the independent family the training validated on (other anatomy, contrasts, grids)
 $(INDEPENDENT)/metrics.csv: $(CKPT)
-	@echo "== 5/5 segmenting the independent validation phantoms ($(INDEPENDENT))"
+	@echo "== 5/6 segmenting the independent validation phantoms ($(INDEPENDENT))"
 	$(PY) infer.py ckpt_path=$(CKPT) input=$(DEMO_DIR)/train/data/independent/manifest.csv out_dir=$(INDEPENDENT)
 
 $(REPORT)/headline.json: $(INFER_OUT)/volumes.csv
-	@echo "== 4/5 longitudinal statistics ($(REPORT))"
+	@echo "== 4/6 longitudinal statistics ($(REPORT))"
 	$(PY) analyze.py volumes=$(INFER_OUT)/volumes.csv clinical=$(STUDY)/clinical.csv out_dir=$(REPORT)
 
 demo-clean:  ## remove the demo's outputs (the next `make demo` starts over)

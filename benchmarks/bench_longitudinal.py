@@ -15,10 +15,11 @@ each:
   measured (least squares of measured on true deviations from the subject's mean), the mean/SD
   of the per-subject slope error, and the mean measured and true slope of each group;
 * headline 1 and 2 (estimate, SE) against the same analysis of the true volumes;
-* new-lesion detection against the simulated changes: a true new lesion is found when a voxel
-  of a measured ``new`` lesion maps (through the known motion) into it or its 1-voxel rim; a
-  measured new lesion is right when it maps onto a true new lesion likewise; recall/precision
-  for all lesions and for lesions of at least ``--min-new`` mm^3;
+* new-lesion detection against the simulated changes (:func:`wmhseg.synth.scoring.new_lesion_detection`:
+  a true new lesion is found when a voxel of a measured ``new`` lesion maps, through the known
+  motion, into it or within one voxel of it; a measured new lesion is right when it maps onto a
+  true new lesion likewise); recall/precision for all lesions and for lesions of at least
+  ``--min-new`` mm^3;
 * time per scan (mean of volumes.csv's ``t_total_s``: load, preprocess, predict, export,
   measure; in longitudinal mode the subject's prediction, registration and fusion shared over
   its visits), and the added time per visit of longitudinal mode.
@@ -35,15 +36,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
-import nibabel as nib
-import numpy as np
 import pandas as pd
-from scipy import ndimage
 
-from wmhseg.metrics import label_lesions
 from wmhseg.stats.analysis import run_analysis
+from wmhseg.synth.scoring import new_lesion_detection, volume_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 IDS = {"subject_id": str, "session_id": str, "session_from": str, "session_to": str}
@@ -57,80 +54,9 @@ def _infer(ckpt: Path, study: Path, out: Path, **extra: object) -> pd.DataFrame:
     return pd.read_csv(out / "volumes.csv", dtype=IDS)
 
 
-def volume_errors(measured: pd.DataFrame, true: pd.DataFrame, clinical: pd.DataFrame) -> dict[str, Any]:
-    """Within-subject residual SD of measured minus true volume, how much of the true change
-    within subjects is measured, and per-subject slope errors (overall and by group)."""
-    d = measured.merge(true, on=["subject_id", "session_id"], suffixes=("", "_true"))
-    d = d.merge(clinical[["subject_id", "session_id", "group", "years_since_baseline"]], on=["subject_id", "session_id"])
-    d["err"] = d["wmh_mm3"] - d["wmh_mm3_true"]
-    multi = d.groupby("subject_id").filter(lambda g: len(g) >= 2)
-    resid = multi["err"] - multi.groupby("subject_id")["err"].transform("mean")
-    dof = len(multi) - multi["subject_id"].nunique()
-    # measured against true deviations from the subject's mean: 1 when every change is measured in full
-    dev = multi["wmh_mm3"] - multi.groupby("subject_id")["wmh_mm3"].transform("mean")
-    dev_true = multi["wmh_mm3_true"] - multi.groupby("subject_id")["wmh_mm3_true"].transform("mean")
-    slopes = []
-    for _, g in multi.groupby("subject_id"):
-        t = g["years_since_baseline"].to_numpy(float)
-        slopes.append({"group": g["group"].iloc[0], "measured": np.polyfit(t, g["wmh_mm3"], 1)[0],
-                       "true": np.polyfit(t, g["wmh_mm3_true"], 1)[0]})
-    slopes = pd.DataFrame(slopes)
-    error = slopes["measured"] - slopes["true"]
-    by_group = {str(k): {"n": int(len(g)), "true_mean": float(g["true"].mean()), "measured_mean": float(g["measured"].mean())}
-                for k, g in slopes.groupby("group")}
-    return {"within_subject_sd_mm3": float(np.sqrt((resid**2).sum() / dof)), "mean_error_mm3": float(d["err"].mean()),
-            "change_measured_share": float((dev * dev_true).sum() / (dev_true**2).sum()),
-            "slope_error_mean": float(error.mean()), "slope_error_sd": float(error.std(ddof=1)),
-            "slope_by_group": by_group,
-            "n_subjects": int(multi["subject_id"].nunique()), "n_scans": int(len(multi))}
-
-
 def headlines(volumes: pd.DataFrame, clinical: pd.DataFrame) -> dict[str, dict[str, float]]:
     result = run_analysis(volumes.astype({"wmh_mm3": float}), clinical).headline_dict()
     return {k: {"estimate": result[k]["estimate"], "std_err": result[k]["std_err"]} for k in HEADLINES}
-
-
-def _motion(row) -> np.ndarray:
-    m = np.eye(4)
-    m[:3] = np.array(str(row).split(), float).reshape(3, 4)
-    return m
-
-
-def detection(study: Path, out: Path, min_mm3: float) -> dict[str, float]:
-    """New-lesion recall and precision of ``out``'s change maps against the simulated truth."""
-    acq = pd.read_csv(study / "acquisitions.csv", dtype=IDS).set_index(["subject_id", "session_id"])
-    pairs = pd.read_csv(study / "lesion_changes.csv", dtype=IDS)[["subject_id", "session_from", "session_to"]]
-    counts = {"true": 0, "found": 0, "measured": 0, "right": 0}
-    for sid, a, b in pairs.drop_duplicates().itertuples(index=False):
-        measured_path = out / "longitudinal" / sid / f"{a}_to_{b}_changes.nii.gz"
-        if not measured_path.is_file():
-            continue
-        truth_img = nib.load(study / "truth" / sid / f"{a}_to_{b}_changes.nii.gz")
-        ref_voxel = float(abs(np.linalg.det(truth_img.affine[:3, :3])))
-        true_new, n_true = label_lesions(ndimage.binary_dilation(np.asarray(truth_img.dataobj) == 1))
-        core = np.asarray(truth_img.dataobj) == 1
-        sizes = ndimage.sum_labels(core, true_new, np.arange(1, n_true + 1)) * ref_voxel
-        img = nib.load(measured_path)
-        voxel = float(abs(np.linalg.det(img.affine[:3, :3])))
-        found_new, n_found = label_lesions(np.asarray(img.dataobj) == 1)
-        to_ref = np.linalg.inv(truth_img.affine) @ np.linalg.inv(_motion(acq.loc[(sid, b), "world_from_reference"])) @ img.affine
-        hit_true: set[int] = set()
-        for k in range(1, n_found + 1):
-            vox = np.argwhere(found_new == k)
-            if len(vox) * voxel < min_mm3:
-                continue
-            ref = np.rint(np.c_[vox, np.ones(len(vox))] @ to_ref.T)[:, :3].astype(int)
-            ref = ref[np.all((ref >= 0) & (ref < np.asarray(true_new.shape)), axis=1)]
-            hits = {int(v) for v in true_new[tuple(ref.T)] if v > 0}
-            counts["measured"] += 1
-            counts["right"] += bool(hits)
-            hit_true |= hits
-        big = [i + 1 for i, s in enumerate(sizes) if s >= min_mm3]
-        counts["true"] += len(big)
-        counts["found"] += len(hit_true & set(big))
-    recall = counts["found"] / counts["true"] if counts["true"] else float("nan")
-    precision = counts["right"] / counts["measured"] if counts["measured"] else float("nan")
-    return {"recall": recall, "precision": precision, **{f"n_{k}": v for k, v in counts.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             **volume_errors(vol[["subject_id", "session_id", "wmh_mm3"]], true[["subject_id", "session_id", "wmh_mm3"]],
                             clinical),
             "headlines": headlines(vol, clinical),
-            "detection_all": detection(study, out, 0.0),
-            f"detection_min{args.min_new:g}": detection(study, out, args.min_new),
+            "detection_all": new_lesion_detection(study, out),
+            f"detection_min{args.min_new:g}": new_lesion_detection(study, out, args.min_new),
             "s_per_scan": t, "added_s_per_visit": t - t_ind,
         }
         print(json.dumps({key: report[key]}, indent=1), flush=True)
