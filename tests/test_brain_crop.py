@@ -1,6 +1,9 @@
-"""inference.brain_crop: the brain's box holds every brain and WMH voxel of the truth on both phantom
-families, the guard predicts again on the head box when foreground reaches the box's face, and a
-trained network's masks are those of the head box."""
+"""The brain found without the network. inference.brain_crop: the brain's box holds every brain and
+WMH voxel of the truth on both phantom families, the guard predicts again on the head box when
+foreground reaches the box's face, and a trained network's masks are those of the head box.
+inference.outside_brain: the brain's envelope holds every white-matter and WMH voxel of the truth on
+both families and the MNI anatomy, with scalp or skull-stripped, and a bright blob in the scalp is
+the only thing dropped."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import torch
 from wmhseg.data.preprocessing import PreprocessSpec, preprocess_transforms
 from wmhseg.errors import InputError
 from wmhseg.geometry import voxel_sizes
-from wmhseg.inference.brain_box import BrainBox, brain_box
+from wmhseg.inference.brain_box import BrainBox, brain_box, brain_envelope, outside_brain
 from wmhseg.inference.infer_config import InferenceSettings
 from wmhseg.inference.predictor import FALLBACK_WARNING, Predictor
 from wmhseg.labels import LabelSpec
@@ -44,7 +47,18 @@ def _check_box_holds_the_truth(image: torch.Tensor, label: np.ndarray) -> BrainB
     inside[box.region] = True
     assert (label > 0).sum() > 1000 and (label == 9).sum() > 10
     assert not (label > 0)[~inside].any()  # every brain voxel (CSF around it included) and so every WMH voxel
+    _check_envelope_holds_the_truth(image, label)
     return box
+
+
+def _check_envelope_holds_the_truth(image: torch.Tensor, label: np.ndarray) -> np.ndarray:
+    """Every white-matter and WMH voxel lies in the envelope, which leaves the scalp out. (The
+    outer cortex and the CSF around the brain may reach a few mm beyond it.)"""
+    envelope = brain_envelope(image[1], voxel_sizes(image.affine))
+    assert envelope is not None and envelope.shape == label.shape
+    assert (label == 9).sum() > 10 and not np.isin(label, (8, 9))[~envelope].any()
+    assert envelope.mean() < 0.6
+    return envelope
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +88,49 @@ def test_box_holds_the_brain_of_the_mni_anatomy(tmp_path):
     assert _check_box_holds_the_truth(image, label).fraction < 0.75
 
 
+def test_envelope_holds_a_skull_stripped_brain(heads):
+    """Skull-stripped (everything outside the labelled brain set to the background's level), the
+    brain's edge is the image's edge: lesions there (juxtacortical) stay inside the envelope."""
+    for image, label in heads:
+        stripped = image.clone()
+        stripped[:, torch.from_numpy(label == 0)] = float(image[1].min())
+        _check_envelope_holds_the_truth(stripped, label)
+
+
+def test_a_blob_in_the_scalp_is_all_that_is_dropped(heads):
+    image, label = heads[0]
+    flair = image[1].numpy()
+    envelope = brain_envelope(image[1], voxel_sizes(image.affine))
+    # a 3 x 3 x 3 blob on the scalp's outer edge along the x axis (air lies below the head's lowest tenth)
+    y, z = label.shape[1] // 2, label.shape[2] // 2
+    x = int(np.flatnonzero(flair[:, y, z] > np.percentile(flair, 10) + 0.5)[0])
+    blob = np.zeros(label.shape, bool)
+    blob[x - 1:x + 2, y - 1:y + 2, z - 1:z + 2] = True
+    assert not (blob & envelope).any() and not (label[blob] > 0).any()
+    truth = label == 9
+    dropped = outside_brain(truth | blob, envelope)
+    assert np.array_equal(dropped, blob)  # the blob, and none of the lesions
+    assert not outside_brain(truth, envelope).any()
+
+    net = _Stub(2, level=50.0)  # WMH where the FLAIR channel exceeds 50: nowhere in the head but the blob and lesions
+    painted = image.clone()
+    painted[1, torch.from_numpy(truth | blob)] = 100.0
+    make = lambda rule: Predictor(net, SPEC, LabelSpec(), settings=InferenceSettings(  # noqa: E731
+        device="cpu", precision="fp32", roi_size=None, outside_brain=rule), size_divisor=2)
+    kept, dropped = ((make(rule).predict(painted).wmh > 0.5).numpy() for rule in ("keep", "drop"))
+    assert np.array_equal(kept, truth | blob) and np.array_equal(dropped, truth)
+    assert make("drop").describe()["outside_brain"] == "drop"
+    with pytest.raises(InputError, match="did you mean 'drop'"):
+        InferenceSettings(outside_brain="dorp")
+
+
 def test_implausible_boxes_keep_the_head_box():
     small = torch.zeros(40, 40, 40)
     small[5:35, 5:35, 5:35] = 1.0  # a 60 mm "brain" at 2 mm
     assert brain_box(small, (2.0, 2.0, 2.0)) is None
     assert brain_box(torch.zeros(60, 60, 60), (2.0, 2.0, 2.0)) is None  # nothing above the rule
     assert brain_box(torch.ones(60, 60, 60), (2.0, 2.0, 2.0)) is None
+    assert brain_envelope(small, (2.0, 2.0, 2.0)) is None  # too little brain to judge: nothing is dropped
     box = BrainBox((slice(0, 10), slice(3, 20), slice(2, 30)), (10, 20, 40))
     assert box.inner_faces() == [(1, 0), (2, 0), (2, 1)]  # faces on the grid's border are the head box's
     aligned, window = box.aligned((4, 4, 4))  # padded head box: (1, 1) on axis 0, (0, 0) on 1 and 2
@@ -121,7 +172,7 @@ def test_foreground_at_the_box_face_sends_the_scan_to_the_head_box(heads, mode):
     spec = LabelSpec(mode=mode)
     net = _Stub(spec.num_classes)
     make = lambda crop: Predictor(net, SPEC, spec, settings=InferenceSettings(  # noqa: E731
-        device="cpu", precision="fp32", roi_size=None, brain_crop=crop), size_divisor=2)
+        device="cpu", precision="fp32", roi_size=None, brain_crop=crop, outside_brain="keep"), size_divisor=2)
     cropped, head = make("auto"), make("off")
     image = heads[0][0].clone()
     plain = cropped.predict(image)
@@ -200,8 +251,8 @@ def test_the_fallback_is_named_in_the_scans_warnings(tmp_path):
 
     paths = write_scan(tmp_path / "in", "001", "01", wmh_volume_mm3=6000.0, seed=5, anatomy="procedural",
                        shape=(80, 96, 80), spacing=(2.0, 2.0, 2.0))
-    predictor = Predictor(_Stub(2), SPEC, LabelSpec(), settings=InferenceSettings(
-        device="cpu", precision="fp32", roi_size=None, brain_crop="auto"), size_divisor=2)
+    predictor = Predictor(_Stub(2), SPEC, LabelSpec(), settings=InferenceSettings(  # the blob lies beyond the brain
+        device="cpu", precision="fp32", roi_size=None, brain_crop="auto", outside_brain="keep"), size_divisor=2)
     prepared = prepare_scan(paths["t1"], paths["flair"], SPEC)
     _blob_across_a_face(prepared.image, predictor.brain_box(prepared.image).aligned(predictor.size_divisor)[0])
     scan = Scan("001", "01", paths["t1"], paths["flair"], None, row=1)

@@ -1,4 +1,5 @@
-"""The brain's box on the working grid: a network-free crop that leaves the scalp out.
+"""The brain found without the network: the box the one pass may run on, and the envelope that
+WMH must touch.
 
 The preprocessing (stored in each checkpoint, shared with training) crops to the head's bounding
 box; with scalp, skull and neck that box keeps nearly the whole field. Inference can pass the
@@ -20,6 +21,15 @@ failed mask, keeps the head box) or a box holding more than ``max_fraction`` of 
 voxels (nothing to gain). :meth:`BrainBox.touches` is the guard the predictor applies after the
 network: foreground within a few voxels of a face that is not the head box's means the crop may
 have cut something off, and the scan is predicted again on the head box.
+
+:func:`brain_envelope` closes the same low-resolution brain (a ``close_mm`` ball, holes filled:
+sulci, ventricles and the dark rims of lesions stay inside), grows it by ``margin_mm`` and brings
+it onto the working grid; :func:`outside_brain` names the WMH components that have no voxel in it,
+such as bright scalp fat where a thick slice cuts the top of the head. BISON segments within a
+brain mask, and WMH-SynthSeg and nnU-Net pipelines on skull-stripped scans; this is that rule for
+scans with scalp. The envelope is ``None`` (nothing dropped) when the brain it finds is
+implausible, as for :func:`brain_box`: a field of view that shows less than ``min_extent_mm`` of
+brain along an axis.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from scipy import ndimage
 
 from wmhseg.geometry import bounding_box, padding_to_multiple
 
-__all__ = ["BrainBox", "brain_box"]
+__all__ = ["BrainBox", "brain_box", "brain_envelope", "outside_brain"]
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,27 @@ def _largest_core(tissue: np.ndarray, ball: np.ndarray) -> np.ndarray | None:
     return ndimage.binary_dilation(largest, structure=ball) & tissue
 
 
+def _coarse_brain(flair: torch.Tensor, voxel_mm: Sequence[float], threshold: float, coarse_mm: float,
+                  erode_mm: float, min_extent_mm: float) -> tuple[np.ndarray, np.ndarray, list[int], list[int]] | None:
+    """Steps 1-3 of the module on ``flair`` ``(X, Y, Z)``: the brain on blocks, the block size, and the
+    brain's box on the working grid (start, stop); ``None`` when no brain or an implausible one."""
+    shape = tuple(int(n) for n in flair.shape)
+    voxel = np.asarray(voxel_mm, dtype=float)
+    if len(shape) != 3 or voxel.shape != (3,) or min(voxel) <= 0:
+        raise ValueError(f"the brain needs a 3-D FLAIR and three positive voxel sizes, got {shape} and {voxel_mm}")
+    block = np.maximum(np.rint(coarse_mm / voxel), 1).astype(int)
+    tissue = _coarse_tissue(flair, block, threshold)
+    brain = _largest_core(tissue, _ball(erode_mm / (voxel * block)))
+    box = bounding_box(brain) if brain is not None else None
+    if box is None:
+        return None
+    start = [s.start * b for s, b in zip(box, block, strict=True)]
+    stop = [min(s.stop * b, n) for s, b, n in zip(box, block, shape, strict=True)]
+    if min((b - a) * v for a, b, v in zip(start, stop, voxel, strict=True)) < min_extent_mm:
+        return None
+    return brain, block, start, stop
+
+
 def brain_box(flair: torch.Tensor | np.ndarray, voxel_mm: Sequence[float], *, threshold: float = 0.2,
               coarse_mm: float = 3.0, erode_mm: float = 6.0, margin: int = 6,
               min_extent_mm: float = 100.0, max_fraction: float = 0.95) -> BrainBox | None:
@@ -147,19 +178,48 @@ def brain_box(flair: torch.Tensor | np.ndarray, voxel_mm: Sequence[float], *, th
     """
     flair = torch.as_tensor(flair)
     shape = tuple(int(n) for n in flair.shape)
-    voxel = np.asarray(voxel_mm, dtype=float)
-    if len(shape) != 3 or voxel.shape != (3,) or min(voxel) <= 0:
-        raise ValueError(f"brain_box needs a 3-D FLAIR and three positive voxel sizes, got {shape} and {voxel_mm}")
-    block = np.maximum(np.rint(coarse_mm / voxel), 1).astype(int)
-    tissue = _coarse_tissue(flair, block, threshold)
-    brain = _largest_core(tissue, _ball(erode_mm / (voxel * block)))
-    box = bounding_box(brain) if brain is not None else None
-    if box is None:
+    found = _coarse_brain(flair, voxel_mm, threshold, coarse_mm, erode_mm, min_extent_mm)
+    if found is None:
         return None
-    start = [s.start * b for s, b in zip(box, block, strict=True)]
-    stop = [min(s.stop * b, n) for s, b, n in zip(box, block, shape, strict=True)]
-    if min((b - a) * v for a, b, v in zip(start, stop, voxel, strict=True)) < min_extent_mm:
-        return None
+    _, _, start, stop = found
     region = tuple(slice(max(a - margin, 0), min(b + margin, n)) for a, b, n in zip(start, stop, shape, strict=True))
     out = BrainBox(region, shape)  # type: ignore[arg-type]
     return None if out.fraction > max_fraction else out
+
+
+def brain_envelope(flair: torch.Tensor | np.ndarray, voxel_mm: Sequence[float], *, threshold: float = 0.2,
+                   coarse_mm: float = 3.0, erode_mm: float = 6.0, close_mm: float = 9.0, margin_mm: float = 6.0,
+                   min_extent_mm: float = 100.0) -> np.ndarray | None:
+    """The brain's envelope on the working grid (boolean ``(X, Y, Z)``), or ``None`` when no
+    plausible brain is found (see the module; the other arguments as for :func:`brain_box`).
+
+    Args:
+        close_mm: radius of the closing that fills sulci and notches before the holes are filled.
+        margin_mm: the envelope's growth beyond the closed brain, so that a juxtacortical lesion
+            at the brain's edge is inside it.
+    """
+    flair = torch.as_tensor(flair)
+    found = _coarse_brain(flair, voxel_mm, threshold, coarse_mm, erode_mm, min_extent_mm)
+    if found is None:
+        return None
+    brain, block, _, _ = found
+    scale = np.asarray(voxel_mm, dtype=float) * block  # mm per block
+    ball = _ball(close_mm / scale)
+    pad = [(r, r) for r in np.asarray(ball.shape) // 2]
+    closed = ndimage.binary_closing(np.pad(brain, pad), structure=ball)  # padded: closing does not erode the border
+    closed = closed[tuple(slice(a, closed.shape[k] - b) for k, (a, b) in enumerate(pad))]
+    envelope = ndimage.binary_dilation(ndimage.binary_fill_holes(closed), structure=_ball(margin_mm / scale))
+    full = envelope.repeat(block[0], 0).repeat(block[1], 1).repeat(block[2], 2)
+    return full[: flair.shape[0], : flair.shape[1], : flair.shape[2]]
+
+
+def outside_brain(mask: np.ndarray, envelope: np.ndarray) -> np.ndarray:
+    """The voxels of ``mask``'s 26-connected components that have no voxel inside ``envelope``."""
+    mask = np.asarray(mask, bool)
+    if not (mask & ~envelope).any():
+        return np.zeros_like(mask)
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    keep = np.zeros(n + 1, bool)
+    keep[np.unique(labels[mask & envelope])] = True  # components with a voxel inside (np.unique: ndimage.maximum
+    keep[0] = True                                   # over thousands of labels takes ten times longer)
+    return ~keep[labels]

@@ -24,7 +24,7 @@ from omegaconf import MISSING
 
 from wmhseg.errors import InputError, check_known_keys, did_you_mean
 
-__all__ = ["PRECISIONS", "BACKENDS", "BRAIN_CROP_MODES", "NATIVE_BOUNDARIES", "UNCERTAINTY_MODES", "USAGE", "InferenceSettings", "UncertaintySettings",
+__all__ = ["PRECISIONS", "BACKENDS", "BRAIN_CROP_MODES", "NATIVE_BOUNDARIES", "OUTSIDE_BRAIN", "UNCERTAINTY_MODES", "USAGE", "InferenceSettings", "UncertaintySettings",
            "LongitudinalSettings", "InferenceConfig", "InferConfig", "register_configs"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -33,6 +33,7 @@ _BLEND_MODES = ("gaussian", "constant")
 _ROI_MODES = ("auto", "checkpoint")
 BRAIN_CROP_MODES = ("auto", "off")
 NATIVE_BOUNDARIES = ("flair", "fraction")
+OUTSIDE_BRAIN = ("drop", "keep")
 UNCERTAINTY_MODES = ("none", "tta", "ensemble")
 _UNCERTAINTY = "uncertainty"
 USAGE = "python infer.py ckpt_path=CKPT input=MANIFEST_OR_FOLDER out_dir=DIR [setting=value ...]"
@@ -107,6 +108,10 @@ class InferenceSettings:
             plus its FLAIR hyperintensity, so the boundary follows the native image; ``"fraction"``:
             by the fraction alone. Both keep the segmented volume
             (:func:`wmhseg.inference.export.partial_volume_mask`).
+        outside_brain: ``"drop"`` (default): in binary label mode, WMH components with no voxel in
+            the brain's envelope (:func:`wmhseg.inference.brain_box.brain_envelope`), such as bright
+            scalp where a thick slice cuts the top of the head, become background; ``"keep"``
+            keeps them. In BISON label mode the network marks the brain itself: nothing is dropped.
     """
 
     device: str = "auto"
@@ -122,6 +127,7 @@ class InferenceSettings:
     backend: str = "torch"
     brain_crop: str = "off"
     native_boundary: str = "flair"
+    outside_brain: str = "drop"
 
     def __post_init__(self) -> None:
         self.device = _check_device(str(self.device))
@@ -131,6 +137,7 @@ class InferenceSettings:
         crop = {"false": "off", "true": "auto"}.get(str(self.brain_crop).lower(), str(self.brain_crop))
         self.brain_crop = _choose(crop, BRAIN_CROP_MODES, "brain_crop")
         self.native_boundary = _choose(str(self.native_boundary), NATIVE_BOUNDARIES, "native_boundary")
+        self.outside_brain = _choose(str(self.outside_brain), OUTSIDE_BRAIN, "outside_brain")
         if isinstance(self.roi_size, str):
             _choose(self.roi_size, _ROI_MODES, "roi_size")
         elif self.roi_size is not None:

@@ -13,6 +13,8 @@ Three separable layers, each usable alone:
    ``torch.inference_mode`` and autocast (``precision``). Outside the brain's box the output is
    background; foreground within ``GUARD_MM`` of a face of the box inside the head box sends the
    scan through the network again on the head box (logged, and named in the scan's warnings).
+   In binary label mode, WMH components wholly outside the brain's envelope are then set to
+   background (``outside_brain="drop"``, :func:`wmhseg.inference.brain_box.brain_envelope`).
 3. :meth:`Predictor.to_native` - probabilities resampled onto the native FLAIR grid through the
    affines (:mod:`wmhseg.inference.export`) and thresholded.
 
@@ -45,7 +47,7 @@ from wmhseg.data.preprocessing import PreprocessSpec
 from wmhseg.errors import CheckpointError, InputError
 from wmhseg.geometry import network_divisor, padding_to_multiple, voxel_sizes
 from wmhseg.inference.backends import OpenVinoNetwork, resolve_backend
-from wmhseg.inference.brain_box import BrainBox, brain_box
+from wmhseg.inference.brain_box import BrainBox, brain_box, brain_envelope, outside_brain
 from wmhseg.inference.export import partial_volume_mask, resample_to_grid
 from wmhseg.inference.infer_config import InferenceSettings
 from wmhseg.inference.loading import PreparedScan, prepare_scan
@@ -320,12 +322,26 @@ class Predictor:
         probs, box, warnings = self._probabilities(image)
         spec = self.label_spec
         wmh = probs[list(spec.wmh_channels)].sum(0).cpu()
+        if spec.mode == "binary" and self.settings.outside_brain == "drop":
+            wmh = self._without_outside_brain(image, wmh)
         vent = classes = None
         if spec.mode == "bison":
             classes = probs.argmax(0).to(torch.uint8).cpu()
             if spec.ventricle_channel is not None:
                 vent = probs[spec.ventricle_channel].cpu()
         return WorkingPrediction(wmh=wmh, affine=affine, ventricles=vent, classes=classes, box=box, warnings=warnings)
+
+    def _without_outside_brain(self, image: torch.Tensor, wmh: torch.Tensor) -> torch.Tensor:
+        """``wmh`` with the components above the threshold that lie wholly outside the brain's
+        envelope set to 0 (unchanged when no plausible brain is found)."""
+        mask = (wmh > self.threshold).numpy()
+        if not mask.any():
+            return wmh
+        envelope = brain_envelope(torch.as_tensor(image)[1], self._voxel_mm(image))
+        if envelope is None:
+            return wmh
+        drop = outside_brain(mask, envelope)
+        return torch.where(torch.from_numpy(drop), 0.0, wmh) if drop.any() else wmh
 
     # ---------------------------------------------------------------- layer 3
     def to_native(self, prediction: WorkingPrediction, native_shape: Sequence[int],
@@ -350,4 +366,5 @@ class Predictor:
                 "tta_flips": self.settings.tta_flips, "threshold": self.threshold, "size_divisor": self.size_divisor,
                 "folded_batch_norms": self.folded_norms, "channels_last": self.channels_last,
                 "backend": self.backend, "brain_crop": self.brain_crop,
-                "native_boundary": self.settings.native_boundary, "model_id": self.model_id}
+                "native_boundary": self.settings.native_boundary, "outside_brain": self.settings.outside_brain,
+                "model_id": self.model_id}
