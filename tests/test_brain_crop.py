@@ -119,6 +119,8 @@ def test_a_blob_in_the_scalp_is_all_that_is_dropped(heads):
         device="cpu", precision="fp32", roi_size=None, outside_brain=rule), size_divisor=2)
     kept, dropped = ((make(rule).predict(painted).wmh > 0.5).numpy() for rule in ("keep", "drop"))
     assert np.array_equal(kept, truth | blob) and np.array_equal(dropped, truth)
+    # the uncertainty modes measure the same probability the volume comes from
+    assert torch.equal(make("drop").wmh_probability(painted), make("drop").predict(painted).wmh)
     assert make("drop").describe()["outside_brain"] == "drop"
     with pytest.raises(InputError, match="did you mean 'drop'"):
         InferenceSettings(outside_brain="dorp")

@@ -321,9 +321,7 @@ class Predictor:
         affine = np.asarray(torch.as_tensor(affine, dtype=torch.float64).reshape(-1, 4, 4)[0])
         probs, box, warnings = self._probabilities(image)
         spec = self.label_spec
-        wmh = probs[list(spec.wmh_channels)].sum(0).cpu()
-        if spec.mode == "binary" and self.settings.outside_brain == "drop":
-            wmh = self._without_outside_brain(image, wmh)
+        wmh = self._wmh_of(image, probs)
         vent = classes = None
         if spec.mode == "bison":
             classes = probs.argmax(0).to(torch.uint8).cpu()
@@ -331,9 +329,18 @@ class Predictor:
                 vent = probs[spec.ventricle_channel].cpu()
         return WorkingPrediction(wmh=wmh, affine=affine, ventricles=vent, classes=classes, box=box, warnings=warnings)
 
-    def _without_outside_brain(self, image: torch.Tensor, wmh: torch.Tensor) -> torch.Tensor:
-        """``wmh`` with the components above the threshold that lie wholly outside the brain's
-        envelope set to 0 (unchanged when no plausible brain is found)."""
+    def wmh_probability(self, image: torch.Tensor) -> torch.Tensor:
+        """The WMH probability ``(X, Y, Z)`` (float32, CPU) that :meth:`predict` gives ``image``
+        (``(2, X, Y, Z)``; its ``.affine``, when it has one, gives the voxel size)."""
+        return self._wmh_of(image, self.probabilities(image))
+
+    def _wmh_of(self, image: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """The WMH channels of ``probs`` summed; in binary label mode with ``outside_brain="drop"``,
+        the components above the threshold that lie wholly outside the brain's envelope set to 0
+        (unchanged when no plausible brain is found)."""
+        wmh = probs[list(self.label_spec.wmh_channels)].sum(0).float().cpu()
+        if self.label_spec.mode != "binary" or self.settings.outside_brain != "drop":
+            return wmh
         mask = (wmh > self.threshold).numpy()
         if not mask.any():
             return wmh

@@ -68,11 +68,6 @@ def _native_volume(predictor: Any, wmh: torch.Tensor, affine: np.ndarray, shape:
     return float(np.count_nonzero(native.mask)) * float(abs(np.linalg.det(np.asarray(native_affine)[:3, :3])))
 
 
-def _wmh(predictor: Any, image: torch.Tensor) -> torch.Tensor:
-    probs = predictor.probabilities(image)
-    return probs[list(predictor.label_spec.wmh_channels)].sum(0).float().cpu()
-
-
 def tta_volumes(predictor: Any, image: Any, shape: Sequence[int], native_affine: np.ndarray,
                 settings: UncertaintySettings) -> np.ndarray:
     """Native-grid WMH volumes (mm³) of ``settings.samples`` perturbed copies of ``image``.
@@ -93,7 +88,7 @@ def tta_volumes(predictor: Any, image: Any, shape: Sequence[int], native_affine:
         # a fresh, seeded pipeline per copy: the draws do not depend on what ran before
         aug = _augmentation(settings, spacing, settings.seed * 100_003 + i)
         out = aug({"image": MetaTensor(plain.clone(), affine=torch.as_tensor(affine))})["image"]
-        wmh = MetaTensor(_wmh(predictor, out.as_tensor())[None], meta=dict(out.meta),
+        wmh = MetaTensor(predictor.wmh_probability(out.as_tensor())[None], meta=dict(out.meta),
                          applied_operations=copy.deepcopy(out.applied_operations))
         back = aug.inverse({"image": wmh})["image"]
         volumes.append(_native_volume(predictor, back.as_tensor()[0], affine, shape, native_affine))
@@ -103,7 +98,7 @@ def tta_volumes(predictor: Any, image: Any, shape: Sequence[int], native_affine:
 def member_volumes(members: Sequence[Any], image: Any, shape: Sequence[int], native_affine: np.ndarray) -> np.ndarray:
     """Native-grid WMH volumes (mm³) of ``image`` segmented by each ensemble member."""
     affine = np.asarray(torch.as_tensor(image.affine, dtype=torch.float64).reshape(4, 4))
-    return np.asarray([_native_volume(m, _wmh(m, image), affine, shape, native_affine) for m in members])
+    return np.asarray([_native_volume(m, m.wmh_probability(image), affine, shape, native_affine) for m in members])
 
 
 def volume_interval(wmh_mm3: float, volumes: np.ndarray, settings: UncertaintySettings) -> dict[str, float]:
