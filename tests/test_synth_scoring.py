@@ -144,3 +144,8 @@ def test_score_command_on_the_truth_itself(study, tmp_path, capsys):
     assert "nowhere/volumes.csv" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["score", str(study), str(run)])  # not NAME=DIR
+    broken = next((run / "longitudinal").rglob("*_changes.nii.gz"))
+    broken.write_bytes(broken.read_bytes()[:40])  # truncated
+    with pytest.raises(SystemExit) as exit_info:
+        main(["score", str(study), f"truth={run}"])
+    assert exit_info.value.code == 2 and f"{broken}: cannot read the change map" in capsys.readouterr().err

@@ -106,19 +106,26 @@ def _motion(text: str) -> np.ndarray:
     return m
 
 
+def _load(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+    try:
+        img = nib.load(str(path))
+        return img, np.asarray(img.dataobj)
+    except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as exc:
+        raise InputError(f"{path}: cannot read the change map ({exc})") from exc
+
+
 def _pair_counts(truth_path: Path, measured_path: Path, later_motion: np.ndarray, min_mm3: float) -> dict[str, int]:
     """One consecutive pair's new-lesion counts (true, found, measured, right)."""
-    truth_img = nib.load(str(truth_path))
-    truth = np.asarray(truth_img.dataobj)
+    truth_img, truth = _load(truth_path)
     ref_voxel = float(abs(np.linalg.det(truth_img.affine[:3, :3])))
     true_labels, n_true = label_lesions(truth == 1)
     sizes = ndimage.sum_labels(truth == 1, true_labels, np.arange(1, n_true + 1)) * ref_voxel
     big = {i + 1 for i, size in enumerate(sizes) if size >= min_mm3}
     # each true new lesion with its one-voxel neighbourhood, labelled by the lesion it surrounds
     near = ndimage.grey_dilation(np.where(np.isin(true_labels, list(big)), true_labels, 0), footprint=_FULL)
-    img = nib.load(str(measured_path))
+    img, measured = _load(measured_path)
     voxel = float(abs(np.linalg.det(img.affine[:3, :3])))
-    found_labels, n_found = label_lesions(np.asarray(img.dataobj) == 1)
+    found_labels, n_found = label_lesions(measured == 1)
     to_ref = np.linalg.inv(truth_img.affine) @ np.linalg.inv(later_motion) @ img.affine
     counts = {"true": len(big), "found": 0, "measured": 0, "right": 0}
     hit: set[int] = set()
