@@ -121,6 +121,16 @@ def test_a_blob_in_the_scalp_is_all_that_is_dropped(heads):
     assert np.array_equal(kept, truth | blob) and np.array_equal(dropped, truth)
     # the uncertainty modes measure the same probability the volume comes from
     assert torch.equal(make("drop").wmh_probability(painted), make("drop").predict(painted).wmh)
+    assert not make("drop").predict(painted).warnings
+
+    # most of the mask outside the brain (a brain found wrongly, or a network failing on the scan):
+    # nothing is dropped, and the scan's warnings say so
+    outer = np.argwhere(~envelope & (flair > np.percentile(flair, 10) + 0.5))
+    cap = outer[np.argsort(outer[:, 0], kind="stable")[: 2 * truth.sum()]]  # the left-most scalp: twice the WMH
+    painted[(1, *torch.from_numpy(cap).T)] = 100.0  # under 1 % of the field: the brain found stays the same
+    doubtful = make("drop").predict(painted)
+    assert torch.equal(doubtful.wmh, make("keep").predict(painted).wmh)
+    assert len(doubtful.warnings) == 1 and "nothing was dropped" in doubtful.warnings[0]
     assert make("drop").describe()["outside_brain"] == "drop"
     with pytest.raises(InputError, match="did you mean 'drop'"):
         InferenceSettings(outside_brain="dorp")

@@ -71,6 +71,9 @@ _MAX_WINDOW_FRACTION = 0.95  # a window over this share of the padded head box's
 GUARD_MM = 3.0  # foreground this close to a face of the brain's box inside the head box: predict on the head box
 FALLBACK_WARNING = ("brain crop: predicted foreground reached a face of the brain's box, so the scan was "
                     "predicted again on the head box")
+OUTSIDE_BRAIN_LIMIT = 0.5  # share of the mask outside the brain's envelope beyond which nothing is dropped
+OUTSIDE_BRAIN_WARNING = ("outside_brain: {share:.0f} % of the WMH mask lies outside the brain found without the "
+                         "network, so nothing was dropped; check the scan and its mask")
 
 
 @dataclass
@@ -321,7 +324,8 @@ class Predictor:
         affine = np.asarray(torch.as_tensor(affine, dtype=torch.float64).reshape(-1, 4, 4)[0])
         probs, box, warnings = self._probabilities(image)
         spec = self.label_spec
-        wmh = self._wmh_of(image, probs)
+        wmh, doubt = self._wmh_of(image, probs)
+        warnings = [*warnings, doubt] if doubt else warnings
         vent = classes = None
         if spec.mode == "bison":
             classes = probs.argmax(0).to(torch.uint8).cpu()
@@ -332,23 +336,28 @@ class Predictor:
     def wmh_probability(self, image: torch.Tensor) -> torch.Tensor:
         """The WMH probability ``(X, Y, Z)`` (float32, CPU) that :meth:`predict` gives ``image``
         (``(2, X, Y, Z)``; its ``.affine``, when it has one, gives the voxel size)."""
-        return self._wmh_of(image, self.probabilities(image))
+        return self._wmh_of(image, self.probabilities(image))[0]
 
-    def _wmh_of(self, image: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    def _wmh_of(self, image: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, str | None]:
         """The WMH channels of ``probs`` summed; in binary label mode with ``outside_brain="drop"``,
-        the components above the threshold that lie wholly outside the brain's envelope set to 0
-        (unchanged when no plausible brain is found)."""
+        the components above the threshold that lie wholly outside the brain's envelope set to 0.
+        Unchanged when no plausible brain is found, and, with a warning, when those components
+        hold more than :data:`OUTSIDE_BRAIN_LIMIT` of the mask (a brain found wrongly, or a
+        network failing on the scan: dropping most of a mask silently would hide either)."""
         wmh = probs[list(self.label_spec.wmh_channels)].sum(0).float().cpu()
         if self.label_spec.mode != "binary" or self.settings.outside_brain != "drop":
-            return wmh
+            return wmh, None
         mask = (wmh > self.threshold).numpy()
         if not mask.any():
-            return wmh
+            return wmh, None
         envelope = brain_envelope(torch.as_tensor(image)[1], self._voxel_mm(image))
         if envelope is None:
-            return wmh
+            return wmh, None
         drop = outside_brain(mask, envelope)
-        return torch.where(torch.from_numpy(drop), 0.0, wmh) if drop.any() else wmh
+        share = float(drop.sum() / mask.sum())
+        if share > OUTSIDE_BRAIN_LIMIT:
+            return wmh, OUTSIDE_BRAIN_WARNING.format(share=100 * share)
+        return (torch.where(torch.from_numpy(drop), 0.0, wmh) if drop.any() else wmh), None
 
     # ---------------------------------------------------------------- layer 3
     def to_native(self, prediction: WorkingPrediction, native_shape: Sequence[int],
