@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from wmhseg.data.datamodule import WMHDataModule
-from wmhseg.data.synthesis import RandSynthesised, SynthesisSpec, render_labels
+from wmhseg.data.synthesis import RandSynthesised, SynthesisSpec, add_juxtacortical_lesions, render_labels
 from wmhseg.errors import InputError
 
 
@@ -87,6 +88,29 @@ def test_elastic_warp_moves_image_and_label_together():
     flair = out["image"][1].numpy()
     for v in np.unique(warped[warped > 0]):  # the image is drawn from the warped label: one level per class
         assert np.ptp(flair[warped == v]) < 1e-4
+
+
+def test_juxtacortical_lesions_grow_in_the_white_matter_from_the_cortex():
+    lab = _labels((40, 40, 40))
+    out = add_juxtacortical_lesions(lab, np.random.default_rng(0), (1.0, 1.0, 1.0), (1.5, 3.0), 6)
+    new = (out == 9) & (lab != 9)
+    assert new.sum() > 6 and np.all(lab[new] == 8)  # only white matter becomes WMH
+    assert np.array_equal(out[~new], lab[~new])  # nothing else changes
+    labels, n = ndimage.label(new)
+    near_cortex = ndimage.binary_dilation(lab == 7, iterations=2)
+    assert n >= 1 and all((near_cortex & (labels == k)).any() for k in range(1, n + 1))  # each blob at the cortex
+    assert np.array_equal(add_juxtacortical_lesions(np.where(lab == 7, 2, lab), np.random.default_rng(0),
+                                                    (1.0, 1.0, 1.0), (1.5, 3.0), 6), np.where(lab == 7, 2, lab))
+    with pytest.raises(InputError, match="juxtacortical_mm"):
+        SynthesisSpec.from_dict({"juxtacortical_mm": [3.0, 1.0]})
+    # in the transform, the label and the image drawn from it carry the same new lesions
+    spec = SynthesisSpec(prob=1.0, juxtacortical_prob=1.0, elastic_prob=0.0, class_std=0.0, blur_prob=0.0,
+                         anisotropy_prob=0.0, bias_prob=0.0, gamma_prob=0.0, noise_prob=0.0)
+    out = RandSynthesised(spec).set_random_state(0)({"image": torch.zeros(2, 40, 40, 40), "label": torch.from_numpy(lab)[None]})
+    label = out["label"][0].numpy()
+    assert ((label == 9) & (lab == 8)).any()
+    flair = out["image"][1].numpy()
+    assert np.ptp(flair[label == 9]) < 1e-4  # the added lesions are drawn as WMH
 
 
 def test_datamodule_synthesises_binary_training_patches(tiny_dataset: Path):

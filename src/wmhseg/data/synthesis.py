@@ -5,7 +5,8 @@ its BISON label map alone, so the network sees contrasts, intensity scales, bias
 levels and resolutions no scanner of the training set produced:
 
 1. a random elastic deformation of the label map (MONAI ``Rand3DElasticd``, nearest neighbour;
-   the target follows it);
+   the target follows it), and with ``juxtacortical_prob`` a few WMH blobs added to it in the
+   white matter at the cortex (the target gains them too);
 2. per channel, a random mean intensity per class (uniform in [0, 1]) and a random spread within
    each class (Gaussian), WMH brighter than white matter on FLAIR by a random factor
    (``flair_wmh_ratio``) and darker on T1 (``t1_wmh_ratio``); the background (label 0) is split
@@ -73,6 +74,11 @@ class SynthesisSpec(Settings):
         bias_prob / bias: chance and strength of the bias field (torchio coefficients).
         gamma_prob / log_gamma: chance and range of the gamma change.
         noise_prob / noise_std: chance and largest noise std (fraction of the intensity scale).
+        juxtacortical_prob / juxtacortical_mm: chance that a synthesised patch's label map gains
+            1 + Poisson(2) WMH blobs in the white matter at its border with the cortex
+            (:func:`add_juxtacortical_lesions`), and the range of their half-axes. Label maps
+            whose lesions all lie away from the cortex otherwise teach a network that a bright spot
+            at the cortex is never WMH.
     """
 
     SECTION: ClassVar[str] = "synthesis"
@@ -94,12 +100,15 @@ class SynthesisSpec(Settings):
     log_gamma: float = 0.4
     noise_prob: float = 0.6
     noise_std: float = 0.06
+    juxtacortical_prob: float = 0.0
+    juxtacortical_mm: tuple[float, float] = (1.5, 4.0)
 
     def __post_init__(self) -> None:
         self.check_probabilities()
         object.__setattr__(self, "flair_wmh_ratio", _range("flair_wmh_ratio", self.flair_wmh_ratio, 1.0, 10.0))
         object.__setattr__(self, "t1_wmh_ratio", _range("t1_wmh_ratio", self.t1_wmh_ratio, 0.0, 2.0))
         object.__setattr__(self, "shells_mm", _range("shells_mm", self.shells_mm, 0.0, 50.0))
+        object.__setattr__(self, "juxtacortical_mm", _range("juxtacortical_mm", self.juxtacortical_mm, 0.5, 20.0))
         for name in ("class_std", "elastic_magnitude_mm", "blur_mm", "bias", "log_gamma", "noise_std"):
             if not 0 <= float(getattr(self, name)) <= 50:
                 raise InputError(f"synthesis.{name}={getattr(self, name)!r} must be within [0, 50]")
@@ -128,6 +137,29 @@ def _background_codes(label: np.ndarray, spacing: Sequence[float], edges_mm: np.
     shell = np.searchsorted(edges_mm, dist[background])  # 0..N (N = beyond the last shell)
     codes[background] = np.where(shell < len(edges_mm), -1 - shell, 0)
     return codes
+
+
+def add_juxtacortical_lesions(label: np.ndarray, rng: np.random.Generator, spacing: Sequence[float],
+                              radius_mm: tuple[float, float], count: int) -> np.ndarray:
+    """``label`` with ``count`` WMH blobs (class 9) grown in the white matter (8) from seeds at its
+    border with the cortex (7): ellipsoids with half-axes drawn in ``radius_mm``, clipped to the
+    white matter."""
+    wm = label == 8
+    border = wm & ndimage.binary_dilation(label == 7)
+    seeds = np.argwhere(border)
+    if count <= 0 or not len(seeds):
+        return label
+    out = label.copy()
+    sp = np.asarray(spacing, float)
+    for centre in seeds[rng.integers(0, len(seeds), count)]:
+        axes = rng.uniform(*radius_mm, 3)
+        reach = np.ceil(axes / sp).astype(int)
+        lo, hi = np.maximum(centre - reach, 0), np.minimum(centre + reach + 1, label.shape)
+        grid = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+        inside = sum(((g - c) * d / r) ** 2 for g, c, d, r in zip(grid, centre, sp, axes, strict=True)) <= 1.0
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        out[box][inside & wm[box]] = 9
+    return out
 
 
 def render_labels(label: np.ndarray, spec: SynthesisSpec, rng: np.random.Generator,
@@ -276,6 +308,9 @@ class RandSynthesised(RandomizableTransform, MapTransform):
         label = torch.as_tensor(warped).as_subclass(torch.Tensor).round().to(label.dtype)
         lab = label[0].cpu().numpy()
         rng = np.random.default_rng(int(self.R.randint(0, 2**31 - 1)))
+        if self.spec.juxtacortical_prob > 0 and rng.random() < self.spec.juxtacortical_prob:
+            lab = add_juxtacortical_lesions(lab, rng, self.spacing, self.spec.juxtacortical_mm, 1 + rng.poisson(2))
+            label = torch.from_numpy(lab.astype(np.asarray(label).dtype))[None]
         distance = _background_distance(lab, self.spacing)  # one distance map for the shells and the head
         image = self._corrupt(torch.from_numpy(render_labels(lab, self.spec, rng, self.spacing, distance))).numpy()
         head = _background_codes(lab, self.spacing, np.array([self.spec.shells_mm[1] * 2]), distance) != 0
