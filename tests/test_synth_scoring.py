@@ -11,7 +11,7 @@ import pytest
 from wmhseg.manifest import read_manifest
 from wmhseg.synth.__main__ import main
 from wmhseg.synth.cohort import CohortParams
-from wmhseg.synth.followups import FollowUps
+from wmhseg.synth.followups import FollowUps, read_motion
 from wmhseg.synth.scoring import new_lesion_detection, volume_errors
 from wmhseg.synth.study import write_study
 
@@ -58,12 +58,6 @@ def study(tmp_path_factory):
     return out
 
 
-def _motion(text: str) -> np.ndarray:
-    m = np.eye(4)
-    m[:3] = np.array(text.split(), float).reshape(3, 4)
-    return m
-
-
 def _measured_maps(study, run, extra_lesion: bool = False, empty: bool = False) -> int:
     """Write the true change maps' new lesions onto each later visit's own FLAIR grid (every true
     voxel sent to its nearest voxel through the known motion) as a run's change maps; with
@@ -77,7 +71,7 @@ def _measured_maps(study, run, extra_lesion: bool = False, empty: bool = False) 
         truth = nib.load(study / "truth" / sid / f"{a}_to_{b}_changes.nii.gz")
         grid = flair[(sid, b)]
         out = np.zeros(grid.shape, np.uint8)
-        ref_to_visit = np.linalg.inv(grid.affine) @ _motion(acq.loc[(sid, b), "world_from_reference"]) @ truth.affine
+        ref_to_visit = np.linalg.inv(grid.affine) @ read_motion(acq.loc[(sid, b), "world_from_reference"]) @ truth.affine
         new = np.argwhere(np.asarray(truth.dataobj) == 1)
         if len(new) and not empty:
             idx = np.rint(np.c_[new, np.ones(len(new))] @ ref_to_visit.T)[:, :3].astype(int)

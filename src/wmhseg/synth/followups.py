@@ -46,7 +46,7 @@ import pandas as pd
 from wmhseg.image_io import atomic_save_nifti
 from wmhseg.synth.anatomy import rotation_matrix
 
-__all__ = ["FollowUps", "Acquisition", "draw_acquisitions", "move_scan", "IDEAL"]
+__all__ = ["FollowUps", "Acquisition", "draw_acquisitions", "move_scan", "read_motion", "IDEAL"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,13 @@ class Acquisition:
         out["flair_gamma"] = round(self.flair_gamma, 5)
         out["world_from_reference"] = " ".join(f"{v:.8g}" for v in self.world_from_reference[:3].ravel())
         return out
+
+
+def read_motion(text: str) -> np.ndarray:
+    """The 4x4 ``world_from_reference`` of an ``acquisitions.csv`` cell (:meth:`Acquisition.record`'s 3x4)."""
+    m = np.eye(4)
+    m[:3] = np.array(str(text).split(), float).reshape(3, 4)
+    return m
 
 
 def draw_acquisitions(visits: pd.DataFrame, params: FollowUps, rng: np.random.Generator) -> list[Acquisition]:

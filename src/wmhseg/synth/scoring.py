@@ -44,6 +44,7 @@ from scipy import ndimage
 
 from wmhseg.errors import InputError
 from wmhseg.metrics import label_lesions
+from wmhseg.synth.followups import read_motion
 
 __all__ = ["volume_errors", "new_lesion_detection", "score_run", "score_table"]
 
@@ -100,12 +101,6 @@ def volume_errors(measured: pd.DataFrame, true: pd.DataFrame, clinical: pd.DataF
     }
 
 
-def _motion(text: str) -> np.ndarray:
-    m = np.eye(4)
-    m[:3] = np.array(str(text).split(), float).reshape(3, 4)
-    return m
-
-
 def _load(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     try:
         img = nib.load(str(path))
@@ -150,7 +145,7 @@ def new_lesion_detection(study: str | os.PathLike, run: str | os.PathLike, min_m
     """
     study, run = Path(study), Path(run)
     acq = _read(study / "acquisitions.csv", ("subject_id", "session_id", "world_from_reference"))
-    motion = {(r.subject_id, r.session_id): _motion(r.world_from_reference) for r in acq.itertuples(index=False)}
+    motion = {(r.subject_id, r.session_id): read_motion(r.world_from_reference) for r in acq.itertuples(index=False)}
     pairs = _read(study / "lesion_changes.csv", ("subject_id", "session_from", "session_to"))
     counts = {"true": 0, "found": 0, "measured": 0, "right": 0, "pairs": 0}
     for sid, a, b in pairs[["subject_id", "session_from", "session_to"]].drop_duplicates().itertuples(index=False):
