@@ -24,7 +24,10 @@ USAGE = "python analyze.py volumes=CSV clinical=CSV out_dir=DIR [setting=value .
 @hydra.main(config_path="configs", config_name="analyze", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Run the analysis as ``cfg`` says and print where the report is."""
-    from wmhseg.stats.analysis import analyze
+    from wmhseg.lean_imports import quick_imports
+
+    with quick_imports():
+        from wmhseg.stats.analysis import analyze
 
     summary = guard("analyze.py", analyze, cfg)
     print(summary["left_out"])

@@ -28,10 +28,11 @@ register_configs()
 @hydra.main(config_path="configs", config_name="infer", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Run inference as ``cfg`` says and exit with its code."""
-    from wmhseg.lean_imports import import_monai
+    from wmhseg.lean_imports import import_monai, quick_imports
 
-    import_monai()  # before the runner's imports: MONAI without the optional packages inference never uses
-    from wmhseg.inference.runner import infer
+    with quick_imports():
+        import_monai()  # before the runner's imports: MONAI without the optional packages inference never uses
+        from wmhseg.inference.runner import infer
 
     sys.exit(guard("infer.py", infer, cfg))
 

@@ -30,7 +30,10 @@ USAGE = "python train.py experiment=NAME [data.manifest=CSV] [hydra.run.dir=DIR]
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Train as ``cfg`` says; return val/dice (for Hydra sweepers)."""
-    from wmhseg.training import train
+    from wmhseg.lean_imports import quick_imports
+
+    with quick_imports():
+        from wmhseg.training import train
 
     return guard("train.py", train, cfg)["metrics"].get("val/dice")
 

@@ -43,6 +43,28 @@ def test_jobs_run_in_one_thread_in_order_and_the_queue_is_bounded():
     assert results == [(i, i * i) for i in range(6)] and threads == {"wmhseg-writer"}
 
 
+def test_the_warm_up_runs_first_in_the_writers_thread_and_its_failure_is_not_a_jobs():
+    order: list[tuple[str, str]] = []
+
+    def warm_up() -> None:
+        order.append(("warm-up", threading.current_thread().name))
+        raise ImportError("a library the first job will ask for again")
+
+    with BackgroundWriter(warm_up=warm_up) as writer:
+        writer.submit("a", lambda: order.append(("a", threading.current_thread().name)) or 1)
+        assert list(writer.finished(wait=True)) == [("a", 1)]
+    assert order == [("warm-up", "wmhseg-writer"), ("a", "wmhseg-writer")]
+
+
+def test_the_qc_warm_up_draws_what_the_qc_picture_needs():
+    import sys
+
+    from wmhseg.qc.image import warm_up
+
+    warm_up()
+    assert "matplotlib.backends.backend_agg" in sys.modules
+
+
 def test_an_exception_in_a_job_is_raised_in_the_callers_thread():
     with BackgroundWriter() as writer:
         writer.submit("a", lambda: 1)

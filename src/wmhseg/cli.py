@@ -27,6 +27,7 @@ Example (an entry point)::
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -171,7 +172,9 @@ def print_help(config_dir: str | os.PathLike, config_name: str) -> bool:
 
 
 def run(command: str, main: Callable[[], Any], *, config_dir: str | os.PathLike, config_name: str, usage: str) -> None:
-    """Check the command line, then run the Hydra ``main``; Ctrl-C at any point exits 130 in one line."""
+    """Check the command line, then run the Hydra ``main``; Ctrl-C at any point exits 130 in one line.
+    For an entry point's ``__main__``: the process is expected to end after it (what is left is frozen
+    out of the garbage collector's reach, see below)."""
     try:
         if sys.argv[1:] == ["--help"] and print_help(config_dir, config_name):
             return
@@ -179,3 +182,7 @@ def run(command: str, main: Callable[[], Any], *, config_dir: str | os.PathLike,
         main()
     except KeyboardInterrupt as exc:
         _interrupted(command, exc)
+    finally:
+        # what the run leaves is about to go with the process: freezing it spares the exit's final
+        # garbage collection a walk over every object (0.3 of 0.4 s after torch and MONAI)
+        gc.freeze()

@@ -36,6 +36,7 @@ from wmhseg.inference.writer import BackgroundWriter
 from wmhseg.manifest import Scan, check_scan
 from wmhseg.metrics import label_lesions, segmentation_metrics
 from wmhseg.qc.flags import cohort_flags, scan_checks
+from wmhseg.qc.image import warm_up as qc_warm_up
 from wmhseg.schema import TIMING_COLUMNS
 from wmhseg.xfm import native_volumes, stereotaxic_scale
 
@@ -254,11 +255,16 @@ def _finish_job(predictor: Predictor, store: ResultStore, predicted: Predicted, 
     def job() -> dict[str, Any]:
         record = finish_scan(predictor, store, predicted, pv_distance_mm=opts.pv_distance_mm, uncertainty=uncertainty)
         store.write(predicted.scan, record)
-        if getattr(opts, "qc", False) and getattr(opts, "num_parts", 1) == 1 and record["status"] == "ok":
+        if _draws_pictures(opts) and record["status"] == "ok":
             _draw_picture(store, predicted.scan, opts.qc_convention)
         return record
 
     return job
+
+
+def _draws_pictures(opts: Any) -> bool:
+    """Whether each scan's QC picture is drawn as it is finished (one part of one; parts leave them to the tables)."""
+    return bool(getattr(opts, "qc", False)) and getattr(opts, "num_parts", 1) == 1
 
 
 def _draw_picture(store: ResultStore, scan: Scan, convention: str) -> None:
@@ -283,7 +289,7 @@ def process_scans(predictor: Predictor, store: ResultStore, todo: list[Scan], op
     """
     tally = _Tally(len(todo), opts.progress)
     background = getattr(opts, "background_writer", True) and uncertainty is None  # tta/ensemble run the network
-    writer = BackgroundWriter() if background else None
+    writer = BackgroundWriter(warm_up=qc_warm_up if _draws_pictures(opts) else None) if background else None
     try:
         for index, prepared, error in _prepared_stream(ScanDataset(todo, predictor), opts.num_workers):
             predicted = predict_scan(predictor, todo[index], prepared, error)

@@ -30,7 +30,7 @@ from wmhseg.files import atomic_path
 from wmhseg.geometry import voxel_sizes
 from wmhseg.image_io import load_nifti, load_volume
 
-__all__ = ["CONVENTIONS", "qc_picture", "choose_slices"]
+__all__ = ["CONVENTIONS", "qc_picture", "choose_slices", "warm_up"]
 
 CONVENTIONS = ("radiological", "neurological")
 _PANEL_PX = 170  # panel height on screen
@@ -178,6 +178,19 @@ def qc_picture(flair: str | os.PathLike, mask: str | os.PathLike | None, t1: str
             t1_note = f"T1: not readable ({exc})"[:160]
     rows = [top] if t1_note else [top, bottom]
     return _save(_compose(rows), out, lines, zs, ras_affine, radiological, t1_note)
+
+
+def warm_up() -> None:
+    """Import matplotlib's figure and Agg canvas and draw a small picture with text in memory, as
+    :func:`qc_picture` will (a background writer calls it while the first scan is predicted)."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(0.5, 0.2), dpi=100, facecolor="black")
+    fig.figimage(np.zeros((4, 4, 3), np.uint8))
+    fig.text(0.0, 1.0, "QC", color="white", fontsize=9, family="DejaVu Sans", va="top")
+    fig.savefig(io.BytesIO(), format="png", dpi=100, facecolor="black")
 
 
 def _save(mosaic: np.ndarray, out: str | os.PathLike, lines: Sequence[str], zs: Sequence[int],
