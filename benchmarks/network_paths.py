@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ DEFAULT_NET = {**OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "model
                "out_channels": 2}
 DIVISOR = 16
 CROP_MARGIN = 4
+NARROW = 16  # output channels below one AVX-512 register of fp32 values: such a kernel cannot fill its vectors
 
 
 def head_volume(shape: tuple[int, int, int] = MNI_SHAPE) -> tuple[np.ndarray, np.ndarray]:
@@ -94,6 +96,86 @@ def conv_flops_per_voxel(net: torch.nn.Module, in_channels: int = 2, probe: int 
         for h in handles:
             h.remove()
     return total / probe**3
+
+
+def conv_flops_by_module(net: torch.nn.Module, shape: tuple[int, int, int], in_channels: int = 2,
+                         probe: int = 32) -> dict[str, dict[str, Any]]:
+    """Per convolution (by module name): multiply-add FLOPs on an input of ``shape`` and its output
+    channels. Counted as :func:`conv_flops_per_voxel` does, on a ``probe``^3 input, and scaled by the
+    voxel count (exact for sides that are multiples of the size divisor)."""
+    found: dict[str, dict[str, Any]] = {}
+    names = {m: n for n, m in net.named_modules()}
+
+    def hook(mod: torch.nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        k = math.prod(mod.kernel_size)
+        if isinstance(mod, torch.nn.ConvTranspose3d):
+            flops = 2.0 * inp[0].numel() * mod.out_channels // mod.groups * k
+        else:
+            flops = 2.0 * out.numel() * mod.in_channels // mod.groups * k
+        found[names[mod]] = {"flops": flops * math.prod(shape) / probe**3, "out_channels": int(mod.out_channels),
+                             "out_voxels": int(out[0, 0].numel() * math.prod(shape) / probe**3),
+                             "transposed": isinstance(mod, torch.nn.ConvTranspose3d)}
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()
+               if isinstance(m, torch.nn.Conv3d | torch.nn.ConvTranspose3d)]
+    try:
+        with torch.inference_mode():
+            net(torch.zeros(1, in_channels, probe, probe, probe, device=next(net.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+    return found
+
+
+_CONV_NAME = re.compile(r"__module\.([\w.]+?)/aten::_convolution")
+
+
+def openvino_layers(model: Any, network: torch.nn.Module, x: torch.Tensor, repeats: int = 5) -> dict[str, Any]:
+    """Where an fp32 OpenVINO pass over ``x`` goes, from its CPU plugin's per-layer counters (the
+    fastest of ``repeats`` passes): each convolution's milliseconds and GFLOP/s (FLOPs of
+    ``network``'s module of that name), grouped into convolutions with fewer than :data:`NARROW`
+    output channels, the other convolutions, and the nodes that are not convolutions (layout
+    reorders, concatenations, additions, activations)."""
+    import openvino as ov
+
+    graph = model.model.clone()
+    graph.reshape({graph.inputs[0]: ov.PartialShape(list(x.shape))})
+    compiled = model._core.compile_model(graph, "CPU", {**model._config, "PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    array = x.detach().float().contiguous().numpy()
+    best: tuple[float, list[tuple[str, str, float]]] | None = None
+    for _ in range(repeats + 2):  # the first two warm up
+        request.infer({0: array})
+        nodes = [(p.node_name, p.node_type, p.real_time.total_seconds()) for p in request.get_profiling_info()]
+        total = sum(t for *_, t in nodes)
+        if best is None or total < best[0]:
+            best = (total, nodes)
+    assert best is not None
+    total, nodes = best
+    flops = conv_flops_by_module(network, tuple(x.shape[2:]), in_channels=int(x.shape[1]))
+    groups = {"narrow": {"ms": 0.0, "gflop": 0.0}, "wide": {"ms": 0.0, "gflop": 0.0}}
+    other: dict[str, float] = {}
+    layers = []
+    for name, kind, seconds in nodes:
+        match = _CONV_NAME.search(name) if kind.startswith("Convolution") else None
+        if match is None or match.group(1) not in flops:
+            other[kind] = other.get(kind, 0.0) + 1e3 * seconds
+            continue
+        conv = flops[match.group(1)]
+        group = groups["narrow" if conv["out_channels"] < NARROW else "wide"]
+        group["ms"] += 1e3 * seconds
+        group["gflop"] += conv["flops"] / 1e9
+        layers.append({"layer": match.group(1), "kind": kind, "out_channels": conv["out_channels"],
+                       "out_voxels": conv["out_voxels"], "ms": round(1e3 * seconds, 2),
+                       "gflop_per_s": round(conv["flops"] / 1e9 / seconds, 1) if seconds > 0 else None})
+    for group in groups.values():
+        group["share"] = round(group["ms"] / (1e3 * total), 3)
+        group["gflop_per_s"] = round(group["gflop"] / (group["ms"] / 1e3), 1) if group["ms"] else None
+        group["ms"], group["gflop"] = round(group["ms"], 1), round(group["gflop"], 2)
+    return {"input": list(x.shape), "total_ms": round(1e3 * total, 1), **groups,
+            "other_ms": {k: round(v, 1) for k, v in sorted(other.items(), key=lambda kv: -kv[1])},
+            "other_share": round(sum(other.values()) / (1e3 * total), 3),
+            "top_layers": sorted(layers, key=lambda r: -r["ms"])[:8]}
 
 
 def bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
@@ -235,3 +317,6 @@ def _openvino_path(rewritten: torch.nn.Module, prec: str, b: _Paths) -> None:
     b.extra[f"{name}_convert_s"] = round(seconds, 2)
     b.extra["openvino_version"] = openvino.__version__
     b.one_pass(name, model, None, crop=True)
+    if prec == "fp32":
+        crop, _ = pad_to(b.x[(slice(None), slice(None), *b.box)], DIVISOR)
+        b.extra["openvino_fp32_layers"] = openvino_layers(model, rewritten, crop.cpu())

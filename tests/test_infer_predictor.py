@@ -129,6 +129,50 @@ def test_folding_batch_norm_keeps_the_output_and_the_original_network():
     assert fold_batch_norm(instance) == (instance, 0)
 
 
+@pytest.mark.parametrize(("c_in", "c_out", "kernel", "stride", "padding", "output_padding", "size", "bias"), [
+    (5, 2, 3, 2, 1, 1, (7, 6, 5), True),  # the U-Net's up-sampling layer, odd sizes
+    (4, 3, 2, 2, 0, 0, (5, 4, 6), False),  # kernel = stride, no bias
+    (3, 2, (3, 1, 4), (2, 1, 3), (1, 0, 1), (1, 0, 2), (6, 5, 4), True),  # anisotropic, kernel < stride
+    (2, 2, 4, 2, 1, 0, (3, 3, 3), True),  # kernel 2 x stride
+    (2, 3, 3, 3, 2, 1, (4, 5, 3), True),  # stride 3, padding 2
+    (1, 1, 1, 2, 0, 1, (3, 4, 2), True),  # 1 x 1 x 1 kernel: zeros between the input voxels
+])
+def test_a_sub_pixel_convolution_is_the_transposed_convolution(c_in, c_out, kernel, stride, padding, output_padding,
+                                                                size, bias):
+    from wmhseg.inference.optimize import SubPixelConvTranspose3d
+
+    torch.manual_seed(0)
+    layer = torch.nn.ConvTranspose3d(c_in, c_out, kernel, stride=stride, padding=padding,
+                                     output_padding=output_padding, bias=bias)
+    x = torch.randn(2, c_in, *size)
+    with torch.inference_mode():
+        expected, got = layer(x), SubPixelConvTranspose3d(layer)(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_only_narrow_transposed_convolutions_become_sub_pixel_ones():
+    from wmhseg.checkpoint import build_network
+    from wmhseg.inference.optimize import SubPixelConvTranspose3d, subpixel_transposed
+
+    torch.manual_seed(1)
+    net = build_network({"_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 2,
+                         "out_channels": 2, "channels": [16, 32, 32], "strides": [2, 2], "num_res_units": 1,
+                         "norm": "BATCH"}).eval()
+    rewritten, count = subpixel_transposed(net)
+    kinds = [type(m) for m in rewritten.modules()]
+    # the 2-class output layer is rewritten; the 32 -> 16 up-sampling layer is wide enough as it is
+    assert count == 1 and kinds.count(SubPixelConvTranspose3d) == 1 and kinds.count(torch.nn.ConvTranspose3d) == 1
+    assert sum(isinstance(m, torch.nn.ConvTranspose3d) for m in net.modules()) == 2  # the original untouched
+    x = torch.randn(1, 2, 16, 24, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(rewritten(x), net(x), rtol=1e-5, atol=1e-5)
+    grouped = torch.nn.Sequential(torch.nn.ConvTranspose3d(4, 2, 3, stride=2, groups=2))
+    assert subpixel_transposed(grouped) == (grouped, 0)
+    with pytest.raises(ValueError, match="groups=1"):
+        SubPixelConvTranspose3d(grouped[0])
+
+
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_rewritten_network_gives_the_raw_networks_probabilities(channels_last):
     """Folding and channels-last change the speed, not the output: both paths against raw MONAI."""

@@ -8,6 +8,10 @@ bf16 units (``benchmarks/``, 2 cores). ``auto`` therefore takes ``openvino`` whe
 (``pip install wmhseg[openvino]``), the device is a CPU and the precision is fp32 (a CPU without
 bf16 units, under ``precision: auto``), else ``torch``.
 
+Before conversion, narrow transposed convolutions (the 2-class output layer) become sub-pixel
+convolutions (:func:`~wmhseg.inference.optimize.subpixel_transposed`): 0.92x the pass's time in
+OpenVINO, the same logits to 2e-6.
+
 Precision is set explicitly, never left to the plugin: OpenVINO's CPU plugin defaults to bf16 on
 CPUs with bf16 units, and reduced precision inside instance normalisation is what changed lesion
 volumes by double-digit percentages in other WMH tools. ``fp32`` here means f32 throughout.
@@ -44,11 +48,12 @@ import torch
 from wmhseg.checkpoint import file_sha256
 from wmhseg.errors import InputError, did_you_mean
 from wmhseg.inference.infer_config import BACKENDS
+from wmhseg.inference.optimize import subpixel_transposed
 
 __all__ = ["BACKENDS", "INSTALL_HINT", "openvino_available", "resolve_backend", "cache_folder", "OpenVinoNetwork"]
 
 INSTALL_HINT = "pip install 'wmhseg[openvino]'"
-_FORMAT = 1  # bump when the conversion changes, so older cache entries are not reused
+_FORMAT = 2  # bump when the conversion changes, so older cache entries are not reused
 _PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _FILES = ("model.xml", "model.bin")
 _SHAPES_KEPT = 4  # compiled input shapes kept per network (least recently used dropped)
@@ -109,6 +114,7 @@ def _convert(network: torch.nn.Module) -> Any:
 
     net = network.float().eval().to("cpu", memory_format=torch.contiguous_format)
     in_channels = _in_channels(net)
+    net, _ = subpixel_transposed(net)  # the 2-class output layer: 0.92x the pass's time (optimize's docstring)
     example = torch.zeros(1, in_channels, 16, 16, 16).contiguous()
     frontend = FrontEndManager().load_by_framework("pytorch")
     with torch.no_grad(), warnings.catch_warnings():
