@@ -100,8 +100,11 @@ def _t1_planes(t1: np.ndarray, t1_affine: np.ndarray, ras_affine: np.ndarray, sh
 
 
 def _subsample(values: np.ndarray, size: int = 200_000) -> np.ndarray:
-    flat = values.reshape(-1)
-    return flat[:: max(1, flat.size // size)]
+    """About ``size`` voxels of ``values`` on a regular grid (at least ``size``), without copying
+    the array first: the reoriented volume is a strided view, whose ``reshape(-1)`` would copy it
+    whole (0.04 s a 1 mm head)."""
+    step = max(1, int((values.size / size) ** (1.0 / values.ndim)))
+    return values[(slice(None, None, step),) * values.ndim].reshape(-1)
 
 
 def _robust_range(values: np.ndarray) -> tuple[float, float]:
