@@ -173,10 +173,15 @@ def run_section(name: str, args: argparse.Namespace, device: str) -> tuple[dict[
     """Run section ``name`` in a fresh process; return its result and whether it ran to the end."""
     forwarded = ["--device", device] + (["--quick"] if args.quick else []) + (["--ckpt", args.ckpt] if args.ckpt else [])
     forwarded += ["--threads", str(args.threads)] if args.threads else []
+    env = dict(os.environ)
+    if name == "train_data":  # as train.py runs training: its OpenMP settings, read when torch loads
+        import bench_train_data
+
+        env = {**bench_train_data.TRAIN_ENV, **env}
     with tempfile.TemporaryDirectory(prefix="wmhseg-bench-") as tmp:
         out = Path(tmp) / f"{name}.json"
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", name, "--child-out", str(out),
-                               *forwarded], check=False)
+                               *forwarded], check=False, env=env)
         if out.is_file():
             return json.loads(out.read_text(encoding="utf-8")), proc.returncode == 0
     return {"name": name, "available": False, "rows": [], "reason": _crash_reason(proc.returncode)}, False

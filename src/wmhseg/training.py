@@ -27,6 +27,7 @@ from wmhseg.errors import InputError, Interrupted
 from wmhseg.files import atomic_write_json
 from wmhseg.geometry import network_divisor
 from wmhseg.labels import LabelSpec
+from wmhseg.models.cpu_threads import CpuThreads, check_torch_threads
 from wmhseg.models.module import WMHSegModule
 from wmhseg.plain import to_plain
 
@@ -249,7 +250,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Args:
         cfg: the composed ``configs/train.yaml`` (groups ``data``, ``model``, ``trainer``,
             ``callbacks``, ``logger``, ``paths``) plus ``seed``, ``ckpt_path``, ``train``,
-            ``validate_best``.
+            ``validate_best`` and ``torch_threads``.
 
     Returns:
         ``{"metrics": {name: float}, "best_ckpt": str|None, "last_ckpt": str|None,
@@ -273,6 +274,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_patch_size(to_plain(cfg.data.patch_size), network_config(cfg.model.net, label_spec))
     model = build_module(cfg, label_spec, preprocessing)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    threads = check_torch_threads(cfg.get("torch_threads", "auto"))
+    if threads is not None:  # the CPU's cores shared with the loader workers (wmhseg.models.cpu_threads)
+        callbacks.append(CpuThreads(threads))
     loggers = instantiate_loggers(cfg.get("logger"))
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
