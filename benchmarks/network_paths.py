@@ -74,28 +74,13 @@ def default_unet() -> torch.nn.Module:
 def conv_flops_per_voxel(net: torch.nn.Module, in_channels: int = 2, probe: int = 32) -> float:
     """Multiply-add FLOPs (2 per MAC) of the network's convolutions per input voxel.
 
-    Counted with forward hooks on a ``probe``^3 input; exact for any input whose sides are
-    multiples of the network's size divisor, since every layer scales with the voxel count.
+    Counted with forward hooks on a ``probe``^3 input (:func:`conv_flops_by_module`); exact for any
+    input whose sides are multiples of the network's size divisor, since every layer scales with
+    the voxel count.
     """
-    total = 0.0
-
-    def hook(mod: torch.nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal total
-        k = math.prod(mod.kernel_size)
-        if isinstance(mod, torch.nn.ConvTranspose3d):
-            total += 2.0 * inp[0].numel() * mod.out_channels // mod.groups * k
-        else:
-            total += 2.0 * out.numel() * mod.in_channels // mod.groups * k
-
-    handles = [m.register_forward_hook(hook) for m in net.modules()
-               if isinstance(m, torch.nn.Conv3d | torch.nn.ConvTranspose3d)]
-    try:
-        with torch.inference_mode():
-            net(torch.zeros(1, in_channels, probe, probe, probe, device=next(net.parameters()).device))
-    finally:
-        for h in handles:
-            h.remove()
-    return total / probe**3
+    shape = (probe, probe, probe)
+    layers = conv_flops_by_module(net, shape, in_channels=in_channels, probe=probe)
+    return sum(layer["flops"] for layer in layers.values()) / probe**3
 
 
 def conv_flops_by_module(net: torch.nn.Module, shape: tuple[int, int, int], in_channels: int = 2,
@@ -112,9 +97,11 @@ def conv_flops_by_module(net: torch.nn.Module, shape: tuple[int, int, int], in_c
             flops = 2.0 * inp[0].numel() * mod.out_channels // mod.groups * k
         else:
             flops = 2.0 * out.numel() * mod.in_channels // mod.groups * k
-        found[names[mod]] = {"flops": flops * math.prod(shape) / probe**3, "out_channels": int(mod.out_channels),
-                             "out_voxels": int(out[0, 0].numel() * math.prod(shape) / probe**3),
-                             "transposed": isinstance(mod, torch.nn.ConvTranspose3d)}
+        scale = math.prod(shape) / probe**3
+        layer = found.setdefault(names[mod], {"flops": 0.0, "out_channels": int(mod.out_channels),
+                                              "out_voxels": int(out[0, 0].numel() * scale),
+                                              "transposed": isinstance(mod, torch.nn.ConvTranspose3d)})
+        layer["flops"] += flops * scale  # a module called twice counts twice
 
     handles = [m.register_forward_hook(hook) for m in net.modules()
                if isinstance(m, torch.nn.Conv3d | torch.nn.ConvTranspose3d)]
