@@ -79,7 +79,7 @@ class _Pipeline:
     def __init__(self, cfg: Any, cache: str, device: torch.device, num_workers: int | None = None) -> None:
         from hydra.utils import instantiate
 
-        from wmhseg.models.cpu_threads import check_torch_threads, cpu_threads
+        from wmhseg.models.cpu_threads import check_torch_threads, training_threads
         from wmhseg.training import build_module
 
         torch.manual_seed(0)
@@ -99,9 +99,8 @@ class _Pipeline:
         self.loader = self.dm.train_dataloader()
         self._it: Iterator[Any] = iter(self.loader)
         setting = check_torch_threads(cfg.get("torch_threads", "auto"))
-        cores = torch.get_num_threads()
-        self.threads = None if device.type != "cpu" or setting is None else (
-            cpu_threads(cores, self.dm.num_workers) if setting == "auto" else int(setting))
+        self.threads = None if device.type != "cpu" else training_threads(setting, torch.get_num_threads(),
+                                                                           self.dm.num_workers)
         self.wait: list[float] = []
         self.compute: list[float] = []
         self.batch_idx = 0

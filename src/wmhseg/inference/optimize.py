@@ -85,6 +85,11 @@ def inference_network(network: torch.nn.Module, device: torch.device, *,
     return net, folded
 
 
+def _has_subpixel_form(layer: torch.nn.ConvTranspose3d) -> bool:
+    """Whether :class:`SubPixelConvTranspose3d` covers ``layer``: one group, no dilation, zero padding."""
+    return layer.groups == 1 and tuple(layer.dilation) == (1, 1, 1) and layer.padding_mode == "zeros"
+
+
 class SubPixelConvTranspose3d(torch.nn.Module):
     """A :class:`torch.nn.ConvTranspose3d` (``groups=1``, ``dilation=1``, zero padding) computed as a
     convolution on its input grid followed by an interleaving of the outputs (module docstring).
@@ -106,7 +111,7 @@ class SubPixelConvTranspose3d(torch.nn.Module):
 
     def __init__(self, layer: torch.nn.ConvTranspose3d) -> None:
         super().__init__()
-        if layer.groups != 1 or tuple(layer.dilation) != (1, 1, 1) or layer.padding_mode != "zeros":
+        if not _has_subpixel_form(layer):
             raise ValueError(f"{layer}: only groups=1, dilation=1 and zero padding have a sub-pixel form here")
         self.stride, self.kernel = tuple(layer.stride), tuple(layer.kernel_size)
         self.padding, self.output_padding = tuple(layer.padding), tuple(layer.output_padding)
@@ -149,7 +154,7 @@ def subpixel_transposed(network: torch.nn.Module, *, below_channels: int = 16) -
 
     def narrow(m: torch.nn.Module) -> bool:
         return (isinstance(m, torch.nn.ConvTranspose3d) and m.out_channels < below_channels and max(m.stride) > 1
-                and m.groups == 1 and tuple(m.dilation) == (1, 1, 1) and m.padding_mode == "zeros")
+                and _has_subpixel_form(m))
 
     if not any(narrow(m) for m in network.modules()):
         return network, 0

@@ -25,13 +25,21 @@ import torch
 
 from wmhseg.errors import InputError
 
-__all__ = ["CpuThreads", "cpu_threads", "check_torch_threads"]
+__all__ = ["CpuThreads", "cpu_threads", "training_threads", "check_torch_threads"]
 
 
 def cpu_threads(cores: int, workers: int) -> int:
     """Intra-op threads for a training process with ``cores`` cores and ``workers`` loader
     workers: the cores left once each worker has one, at least 1."""
     return max(1, int(cores) - max(0, int(workers)))
+
+
+def training_threads(setting: int | str | None, cores: int, workers: int) -> int | None:
+    """The intra-op threads a CPU training process's network trains on under ``torch_threads``
+    ``setting`` (``None``: PyTorch's own count, left alone)."""
+    if setting is None:
+        return None
+    return cpu_threads(cores, workers) if setting == "auto" else int(setting)
 
 
 def check_torch_threads(value: Any) -> int | str | None:
@@ -64,11 +72,9 @@ class CpuThreads(L.Callback):
         if trainer.strategy.root_device.type != "cpu" or self.setting is None:
             return
         self._before = torch.get_num_threads()
-        if self.setting == "auto":
-            workers = int(getattr(trainer.datamodule, "num_workers", 0) or 0)
-            self._full, self._training = self._before, cpu_threads(self._before, workers)
-        else:
-            self._full = self._training = int(self.setting)
+        workers = int(getattr(trainer.datamodule, "num_workers", 0) or 0)
+        self._training = training_threads(self.setting, self._before, workers)
+        self._full = self._before if self.setting == "auto" else self._training
         torch.set_num_threads(self._full)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
