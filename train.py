@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import os
 
-# Idle OpenMP threads sleep instead of spinning: spinning threads collapse PyTorch's CPU throughput
-# (up to 50x for small 3-D convolutions) whenever the cores are shared with other processes,
-# data-loader workers or DDP ranks. Read once when torch loads, so it must be set before the import.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from wmhseg.cli import TRAIN_ENV, guard, run  # torch-free
+
+# OpenMP's settings are read once when torch loads, so they are set before anything imports it
+for _key, _value in TRAIN_ENV.items():
+    os.environ.setdefault(_key, _value)
 
 from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
-
-from wmhseg.cli import guard, run  # noqa: E402
 
 USAGE = "python train.py experiment=NAME [data.manifest=CSV] [hydra.run.dir=DIR] [setting=value ...]"
 

@@ -15,8 +15,8 @@ They train side by side, in alternating blocks of steps, in one process. Timers 
 step into the wait for ``next(loader_iterator)`` and the compute (forward, loss, backward,
 optimizer step). Reported: steps/s of each, their ratio, and the data-wait share of step time.
 
-The process runs under ``train.py``'s OpenMP settings (:data:`TRAIN_ENV`, which ``run.py`` puts in
-this section's environment before torch loads): idle OpenMP threads sleep instead of spinning.
+The process runs under ``train.py``'s OpenMP settings (:data:`wmhseg.cli.TRAIN_ENV`, which ``run.py``
+puts in this section's environment before torch loads): idle OpenMP threads sleep instead of spinning.
 Under PyTorch's default, spinning threads, the network's step took 2.6x as long while the loader
 worker used a core (0.109 against 0.041 s), which is what ``train.py`` avoids.
 """
@@ -39,8 +39,6 @@ __all__ = ["run"]
 ROOT = Path(__file__).resolve().parents[1]
 WAIT_TARGET = 0.10
 SPEED_TARGET = 3.0
-#: the environment train.py sets before importing torch (an explicit setting of the caller's wins)
-TRAIN_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def available() -> tuple[bool, str]:

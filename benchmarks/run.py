@@ -175,9 +175,9 @@ def run_section(name: str, args: argparse.Namespace, device: str) -> tuple[dict[
     forwarded += ["--threads", str(args.threads)] if args.threads else []
     env = dict(os.environ)
     if name == "train_data":  # as train.py runs training: its OpenMP settings, read when torch loads
-        import bench_train_data
+        from wmhseg.cli import TRAIN_ENV
 
-        env = {**bench_train_data.TRAIN_ENV, **env}
+        env = {**TRAIN_ENV, **env}
     with tempfile.TemporaryDirectory(prefix="wmhseg-bench-") as tmp:
         out = Path(tmp) / f"{name}.json"
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", name, "--child-out", str(out),

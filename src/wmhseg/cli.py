@@ -36,10 +36,15 @@ from typing import Any, NoReturn
 
 from wmhseg.errors import WmhsegError, closest
 
-__all__ = ["EXIT_USER_ERROR", "EXIT_INTERRUPTED", "one_line", "fail", "user_error", "check_command_line",
-           "guard", "print_help", "run"]
+__all__ = ["EXIT_USER_ERROR", "EXIT_INTERRUPTED", "TRAIN_ENV", "one_line", "fail", "user_error",
+           "check_command_line", "guard", "print_help", "run"]
 
 EXIT_USER_ERROR = 2
+#: what train.py sets in its environment before torch loads (a caller's own setting wins): idle
+#: OpenMP threads sleep instead of spinning, since spinning threads collapse PyTorch's CPU
+#: throughput (up to 50x for small 3-D convolutions) whenever the cores are shared with other
+#: processes, data-loader workers or DDP ranks. The training benchmark runs under it too.
+TRAIN_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 EXIT_INTERRUPTED = 130
 _STOP_AT = ("Config search path", "See https://hydra.cc", "Set the environment variable HYDRA_FULL_ERROR")
 
