@@ -3,6 +3,7 @@ transforms pinned to the hand-written ones they replaced (tiny copies of the old
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from monai.transforms import (
     AdjustContrast,
     Compose,
+    RandAffined,
     RandBiasFieldd,
     RandGaussianNoised,
     ScaleIntensity,
@@ -52,6 +54,27 @@ def test_affine_identity_is_the_centre_crop() -> None:
         out = pose_transform(["image", "label"], (24, 24, 24), prob=prob, **kwargs)({"image": img, "label": lab})
         assert torch.allclose(out["image"], img[:, 8:32, 8:32, 8:32], atol=1e-5)
         assert torch.equal(out["label"].long(), lab[:, 8:32, 8:32, 8:32])
+
+
+def test_pose_crop_is_monais_random_affine_bit_for_bit() -> None:
+    """RandPosed crops by slicing when it draws no pose; over a stream of calls (some drawing a
+    pose, most not) it gives MONAI's RandAffined's outputs exactly, and stays in step with its
+    random draws."""
+    img, lab = _blobs(40, seed=1)
+    angle = math.radians(10.0)
+    ours = pose_transform(["image", "label"], (32, 32, 32), prob=0.3, rotate_deg=10.0, scale=0.1).set_random_state(5)
+    monai = RandAffined(["image", "label"], spatial_size=(32, 32, 32), prob=0.3, rotate_range=(angle,) * 3,
+                        scale_range=(0.1,) * 3, mode=("bilinear", "nearest"), padding_mode="border").set_random_state(5)
+    posed = 0
+    for _ in range(40):
+        a, b = ours({"image": img, "label": lab}), monai({"image": img, "label": lab})
+        posed += int(ours._do_transform)
+        for k in ("image", "label"):
+            assert torch.equal(a[k], torch.as_tensor(b[k])) and a[k].dtype == torch.as_tensor(b[k]).dtype
+    assert 0 < posed < 40  # both paths were taken
+    # an odd margin puts the centre between voxels: RandAffined's own path (interpolation)
+    odd = pose_transform(["image"], (31, 31, 31))({"image": img})["image"]
+    assert torch.allclose(odd, torch.as_tensor(RandAffined(["image"], spatial_size=(31, 31, 31))({"image": img})["image"]))
 
 
 def test_affine_moves_image_and_label_together() -> None:
