@@ -170,7 +170,7 @@ class RandPosed(RandAffined):
     """MONAI's ``RandAffined`` that, when it draws no pose, crops the centre by slicing.
 
     ``RandAffined`` resamples through an identity grid to change the size when it draws no pose,
-    which in the ``synthetic`` experiment (a pose drawn for a tenth of the patches) took 14 % of
+    which in the ``synthetic`` experiment (a pose drawn for a tenth of the patches) took 12 % of
     a training batch's data time. Here the same draws are made (the random stream is unchanged)
     and the crop is a view of the same voxels, as float32 like ``RandAffined``'s output. Plain
     tensors only, and only where the centre falls on whole voxels; anything else is
