@@ -72,9 +72,17 @@ def test_pose_crop_is_monais_random_affine_bit_for_bit() -> None:
         for k in ("image", "label"):
             assert torch.equal(a[k], torch.as_tensor(b[k])) and a[k].dtype == torch.as_tensor(b[k]).dtype
     assert 0 < posed < 40  # both paths were taken
-    # an odd margin puts the centre between voxels: RandAffined's own path (interpolation)
-    odd = pose_transform(["image"], (31, 31, 31))({"image": img})["image"]
-    assert torch.allclose(odd, torch.as_tensor(RandAffined(["image"], spatial_size=(31, 31, 31))({"image": img})["image"]))
+    # the crop is a copy: writing into it leaves the volume it was cut from alone
+    out = pose_transform(["image", "label"], (32, 32, 32))({"image": img, "label": lab})
+    out["image"].zero_()
+    assert img.abs().sum() > 0 and torch.equal(img, _blobs(40, seed=1)[0])
+    # an odd margin puts the centre between voxels, and a volume smaller than the patch is padded:
+    # RandAffined's own paths
+    for size, x in (((31, 31, 31), img), ((32, 32, 32), img[:, :30])):
+        ours = pose_transform(["image"], size)({"image": x})["image"]
+        assert ours.shape[1:] == size
+        assert torch.allclose(ours, torch.as_tensor(RandAffined(["image"], spatial_size=size, padding_mode="border")(
+            {"image": x})["image"]))
 
 
 def test_affine_moves_image_and_label_together() -> None:

@@ -172,17 +172,24 @@ class RandPosed(RandAffined):
     ``RandAffined`` resamples through an identity grid to change the size when it draws no pose,
     which in the ``synthetic`` experiment (a pose drawn for a tenth of the patches) took 12 % of
     a training batch's data time. Here the same draws are made (the random stream is unchanged)
-    and the crop is a view of the same voxels, as float32 like ``RandAffined``'s output. Plain
-    tensors only, and only where the centre falls on whole voxels; anything else is
-    ``RandAffined``'s own path.
+    and the crop is a copy of the same voxels, as float32 like ``RandAffined``'s output (a copy,
+    so that nothing downstream can write into the cached volume the patch was cut from). Plain
+    tensors at least as large as the patch only, and only where the centre falls on whole voxels;
+    anything else is ``RandAffined``'s own path.
     """
 
-    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
+    def _slices(self, data: Mapping[Hashable, Any]) -> bool:
+        """Whether every keyed item is a plain tensor that the patch fits in, centred on whole voxels."""
         size = tuple(int(n) for n in self.rand_affine.spatial_size or ())
         items = [data[k] for k in self.keys if k in data]
-        plain = bool(items) and all(type(x) is torch.Tensor and tuple(x.shape[1:]) >= size for x in items)
-        if not plain or any((n - m) % 2 for x in items for n, m in zip(x.shape[1:], size, strict=True)):
+        return bool(items) and bool(size) and all(
+            type(x) is torch.Tensor and x.ndim == len(size) + 1
+            and all(n >= m and (n - m) % 2 == 0 for n, m in zip(x.shape[1:], size, strict=True)) for x in items)
+
+    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
+        if not self._slices(data):
             return super().__call__(data, lazy)
+        size = tuple(int(n) for n in self.rand_affine.spatial_size)
         states = (self.R.get_state(), self.rand_affine.R.get_state())
         self.randomize(None)
         if self._do_transform:  # a pose to resample: RandAffined's path, with the same draws
@@ -196,7 +203,8 @@ class RandPosed(RandAffined):
         for k in keys:
             x = d[k]
             start = [(n - m) // 2 for n, m in zip(x.shape[1:], size, strict=True)]
-            d[k] = x[(slice(None), *(slice(a, a + m) for a, m in zip(start, size, strict=True)))].to(torch.float32)
+            crop = (slice(None), *(slice(a, a + m) for a, m in zip(start, size, strict=True)))
+            d[k] = x[crop].to(torch.float32, copy=True)
         return d
 
 
