@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from monai.transforms import (
+    CenterSpatialCrop,
     MapTransform,
     RandAdjustContrastd,
     RandAffined,
@@ -189,7 +190,6 @@ class RandPosed(RandAffined):
     def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
         if not self._slices(data):
             return super().__call__(data, lazy)
-        size = tuple(int(n) for n in self.rand_affine.spatial_size)
         states = (self.R.get_state(), self.rand_affine.R.get_state())
         self.randomize(None)
         if self._do_transform:  # a pose to resample: RandAffined's path, with the same draws
@@ -198,13 +198,12 @@ class RandPosed(RandAffined):
             return super().__call__(data, lazy)
         d = dict(data)
         keys = list(self.key_iterator(d))
+        size = tuple(int(n) for n in self.rand_affine.spatial_size)
         for _ in range(1 + len(keys)):  # RandAffined draws once, and again for each key it resamples
             self.rand_affine.randomize()
+        crop = CenterSpatialCrop(size)
         for k in keys:
-            x = d[k]
-            start = [(n - m) // 2 for n, m in zip(x.shape[1:], size, strict=True)]
-            crop = (slice(None), *(slice(a, a + m) for a, m in zip(start, size, strict=True)))
-            d[k] = x[crop].to(torch.float32, copy=True)
+            d[k] = torch.as_tensor(crop(d[k])).to(torch.float32, copy=True)
         return d
 
 
