@@ -27,7 +27,7 @@ it half covers. The number of voxels, hence the volume, stays the fraction's. Th
 the whole scan's, so a strong uncorrected bias field weakens the ranking (a perfect 2 mm network on
 a rotated 1 mm grid: Dice 0.985 without, 0.975 with +-30 % across the field of view and noise,
 0.945 with +-60 % and no noise; 0.837 by the fraction alone). On the 12
-independent phantoms of the README this raised the Dice of a perfect 2 mm network from 0.80 to
+independent phantoms of docs/generalisation.md this raised the Dice of a perfect 2 mm network from 0.80 to
 0.89 and of the demo's network from 0.535 to 0.608, higher on all 12.
 
 When the mapping is a pure axis permutation/flip with an integer shift (the usual case for a

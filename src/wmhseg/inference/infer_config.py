@@ -220,7 +220,7 @@ class LongitudinalSettings:
         prior_weight: weight of the subject's mean probability in each visit's (0-1). The prior
             lowers the visit-to-visit error, but it also pulls each visit towards the subject's
             mean and so shrinks the measured change: on two simulated studies 0.25 kept 0.85-0.91 of
-            the change that independent segmentation measured, 0.5 only 0.63-0.71 (README).
+            the change that independent segmentation measured, 0.5 only 0.63-0.71 (docs/longitudinal.md).
         confirm_mm3: a visit's lesion smaller than this is kept only when another visit shows
             WMH within one voxel of it (0 keeps every lesion).
         min_new_mm3: new lesions smaller than this are not counted in ``progression.csv``
