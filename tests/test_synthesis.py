@@ -125,6 +125,24 @@ def test_datamodule_synthesises_binary_training_patches(tiny_dataset: Path):
         WMHDataModule(manifest=str(tiny_dataset), synthesis={"elastic_prb": 0.1})
 
 
+def test_synthesis_renders_the_posed_patch(tiny_dataset: Path):
+    """The pose comes before the synthesis: a rotated patch's image is rendered from its rotated
+    label map, one intensity per class, not interpolated from an image rendered before the pose
+    (which would blend the classes into thousands of values)."""
+    clean = {"elastic_prob": 0.0, "class_std": 0.0, "blur_prob": 0.0, "anisotropy_prob": 0.0, "bias_prob": 0.0,
+             "gamma_prob": 0.0, "noise_prob": 0.0}
+    off = {k: 0.0 for k in ("flip_prob", "bias_prob", "gamma_prob", "contrast_prob", "noise_prob", "anisotropy_prob")}
+    dm = WMHDataModule(manifest=str(tiny_dataset), patch_size=(16, 16, 16), batch_size=2, samples_per_volume=2,
+                       val_fraction=0.25, validate="headers", synthesis={"prob": 1.0, **clean},
+                       augmentation={"affine_prob": 1.0, "rotate_deg": 20.0, **off})
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 2, 16, 16, 16)
+    for image in batch["image"]:
+        # BISON classes and background shells: at most 10 + 3 levels per channel
+        assert len(torch.unique(image[1])) <= 13
+
+
 @pytest.mark.parametrize("shape", [(40, 40, 40), (33, 28, 41)])
 def test_cached_bias_field_is_torchios(shape):
     """The bias field from cached coordinate powers equals torchio's RandomBiasField bit for bit:

@@ -181,9 +181,10 @@ def train_transforms(
     augment: bool = True,
     synthesis: SynthesisSpec | None = None,
 ) -> Compose:
-    """Cached preprocessing + padding + sampling indices, then random patch crop, synthesis
-    from the label map (:class:`~wmhseg.data.synthesis.RandSynthesised`, when
-    ``synthesis.prob > 0``), the training target, then augmentation.
+    """Cached preprocessing + padding + sampling indices, then random patch crop, its pose
+    (:class:`~wmhseg.data.augment.RandPosed`, when ``augment``), synthesis from the label map
+    (:class:`~wmhseg.data.synthesis.RandSynthesised`, when ``synthesis.prob > 0``), the training
+    target, then the rest of the augmentation.
 
     Each item yields ``samples_per_volume`` dicts with ``"image"`` float32 (2, *crop) and
     ``"label"`` int64 (1, *crop) target values, where crop = ``patch_size`` when ``augment``.
@@ -201,6 +202,8 @@ def train_transforms(
     crop = tuple(p + 2 * m for p, m in zip(patch, crop_margin_for(augment_spec, patch), strict=True))
     steps = list(preprocess_transforms(preprocess_spec, with_label=True).transforms)
     synthesise = synthesis is not None and synthesis.prob > 0
+    augmentation = augment_transforms(augment_spec, patch) if augment else []
+    pose, augmentation = augmentation[:1], augmentation[1:]  # augment_transforms puts the pose first
     # the cache holds raw BISON values when patches are synthesised from them, else the target
     to_target = LabelToTargetd(label_spec, dtype=torch.uint8)
     steps += [
@@ -214,8 +217,11 @@ def train_transforms(
                                    neg=1.0 - pos_fraction, num_samples=int(samples_per_volume),
                                    fg_indices_key=FG_KEY, bg_indices_key=BG_KEY),
             DeleteItemsd([FG_KEY, BG_KEY]),
+            # the pose (a rotated and scaled patch, or the crop's centre) comes first, so that a
+            # synthesised image is rendered on the patch itself rather than on the larger crop
+            *pose,
             *([RandSynthesised(synthesis, preprocess_spec.spacing), to_target] if synthesise else []),
-            *(augment_transforms(augment_spec, patch) if augment else []),
+            *augmentation,
             _Finalised(["image", "label"]),
         ]),
     ]
