@@ -18,7 +18,9 @@ levels and resolutions no scanner of the training set produced:
 4. a z-score over the head, as :class:`~wmhseg.data.preprocessing.NormaliseHeadd` does for real
    scans.
 
-Affine augmentation, flips and the other intensity augmentations of
+In training (:func:`wmhseg.data.dataset.train_transforms`) the patch's pose (rotation and scaling,
+:class:`wmhseg.data.augment.RandPosed`) comes before the synthesis, which then renders the posed
+patch from its posed label map; flips and the other intensity augmentations of
 :mod:`wmhseg.data.augment` follow, on synthesised and real patches alike.
 
 Example:
