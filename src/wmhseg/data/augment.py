@@ -45,6 +45,7 @@ from wmhseg.errors import InputError
 __all__ = [
     "AugmentSpec",
     "augment_transforms",
+    "augment_pose",
     "pose_transform",
     "RandPosed",
     "RandAnisotropyd",
@@ -223,15 +224,27 @@ def pose_transform(keys, patch_size, prob: float = 0.0, rotate_deg: float = 0.0,
 _BIAS_COEFF_PER_MAGNITUDE = 0.3
 
 
-def augment_transforms(spec: AugmentSpec, patch_size, *, image_key: str = "image", label_key: str = "label") -> list:
-    """The augmentation steps for patches of ``patch_size`` (input patches must be larger by
-    :func:`crop_margin_for` on each side; the output always has ``patch_size``)."""
+def augment_pose(spec: AugmentSpec, patch_size, *, image_key: str = "image", label_key: str = "label") -> RandPosed:
+    """The pose step of ``spec`` (:func:`pose_transform`): patches larger by :func:`crop_margin_for`
+    on each side in, patches of ``patch_size`` out (only the centre cut when ``spec`` is disabled)."""
     size = tuple(int(p) for p in patch_size)
     keys = [image_key, label_key]
     if not spec.enabled:
-        return [pose_transform(keys, size)]
+        return pose_transform(keys, size)
     s = spec.strength
-    steps: list = [pose_transform(keys, size, spec.affine_prob, spec.rotate_deg * s, spec.scale * s)]
+    return pose_transform(keys, size, spec.affine_prob, spec.rotate_deg * s, spec.scale * s)
+
+
+def augment_transforms(spec: AugmentSpec, patch_size, *, image_key: str = "image", label_key: str = "label",
+                       pose: bool = True) -> list:
+    """The augmentation steps for patches of ``patch_size`` (input patches must be larger by
+    :func:`crop_margin_for` on each side; the output always has ``patch_size``). ``pose=False``
+    leaves out the pose (:func:`augment_pose`), for a caller that runs it earlier."""
+    keys = [image_key, label_key]
+    steps: list = [augment_pose(spec, patch_size, image_key=image_key, label_key=label_key)] if pose else []
+    if not spec.enabled:
+        return steps
+    s = spec.strength
     steps += [RandFlipd(keys, prob=spec.flip_prob, spatial_axis=a) for a in spec.flip_axes]
     bias = _BIAS_COEFF_PER_MAGNITUDE * spec.bias * s
     steps += [

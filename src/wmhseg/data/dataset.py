@@ -27,7 +27,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from wmhseg.data.augment import AugmentSpec, augment_transforms, crop_margin_for
+from wmhseg.data.augment import AugmentSpec, augment_pose, augment_transforms, crop_margin_for
 from wmhseg.data.preprocessing import PreprocessSpec, preprocess_transforms
 from wmhseg.data.synthesis import RandSynthesised, SynthesisSpec
 from wmhseg.errors import InputError
@@ -202,8 +202,8 @@ def train_transforms(
     crop = tuple(p + 2 * m for p, m in zip(patch, crop_margin_for(augment_spec, patch), strict=True))
     steps = list(preprocess_transforms(preprocess_spec, with_label=True).transforms)
     synthesise = synthesis is not None and synthesis.prob > 0
-    augmentation = augment_transforms(augment_spec, patch) if augment else []
-    pose, augmentation = augmentation[:1], augmentation[1:]  # augment_transforms puts the pose first
+    pose = [augment_pose(augment_spec, patch)] if augment else []
+    augmentation = augment_transforms(augment_spec, patch, pose=False) if augment else []
     # the cache holds raw BISON values when patches are synthesised from them, else the target
     to_target = LabelToTargetd(label_spec, dtype=torch.uint8)
     steps += [
