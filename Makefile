@@ -90,10 +90,12 @@ $(SEPARATE)/volumes.csv: $(CKPT) $(STUDY)/manifest.csv
 	$(PY) infer.py ckpt_path=$(CKPT) input=$(STUDY)/manifest.csv out_dir=$(SEPARATE) qc=false \
 		longitudinal=true longitudinal_options.prior_weight=0 visit_times=$(STUDY)/clinical.csv 'inference.tta_flips=[[0]]'
 
-# the phantoms of the independent family the training validated on (other anatomy, contrasts, grids)
+# the phantoms of the independent family the training validated on (other anatomy, contrasts, grids),
+# segmented as the study is: left-right flips
 $(INDEPENDENT)/metrics.csv: $(CKPT)
 	@echo "== 5/6 segmenting the independent validation phantoms ($(INDEPENDENT))"
-	$(PY) infer.py ckpt_path=$(CKPT) input=$(DEMO_DIR)/train/data/independent/manifest.csv out_dir=$(INDEPENDENT)
+	$(PY) infer.py ckpt_path=$(CKPT) input=$(DEMO_DIR)/train/data/independent/manifest.csv out_dir=$(INDEPENDENT) \
+		'inference.tta_flips=[[0]]'
 
 $(REPORT)/headline.json: $(INFER_OUT)/volumes.csv
 	@echo "== 4/6 longitudinal statistics ($(REPORT))"
