@@ -47,7 +47,7 @@ def test_composed_sections_build_the_specs():
     assert from_settings(SynthesisSpec, data["synthesis"], "synthesis").prob == 0.25
     assert from_settings(PreprocessSpec, data["preprocessing"], "preprocessing").spacing == (2.0, 2.0, 2.0)
     assert from_settings(LabelSpec, data["labels"], "labels") == LabelSpec()
-    assert from_settings(AugmentSpec, data["augmentation"], "augmentation").affine_prob == 0.3  # the experiment's, not the default
+    assert from_settings(AugmentSpec, data["augmentation"], "augmentation").affine_prob == 0.1  # the experiment's, not the default
 
 
 @pytest.mark.parametrize(("cls", "section", "values", "message"), [
