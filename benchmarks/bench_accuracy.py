@@ -16,6 +16,8 @@ the code ``infer.py`` runs, with each inference setting:
 ``auto``              what ``infer.py`` does by default (``roi_size: auto``)
 ``one_pass_openvino`` ``one_pass`` through OpenVINO (``backend: openvino``), fp32, and
                       ``one_pass_bf16_openvino`` in bf16, when OpenVINO is installed
+``one_pass_cpu``      on a GPU run: ``one_pass`` on this machine's CPU (torch fp32), to hold
+                      the GPU's fp32 masks to the CPU's
 ====================  ==============================================================
 
 For each: seconds of ``predict`` per scan (median), the Dice of its native-grid masks against
@@ -25,7 +27,8 @@ window's and against the true labels. The goal: Dice >= 0.995 against the fp32 r
 The second goal: a faster backend or precision must not change the masks. Each of ``one_pass_bf16``,
 ``one_pass_openvino``, ``one_pass_bf16_openvino`` and ``auto`` is held to torch's fp32 one pass
 (``one_pass``): Dice >= 0.999 pooled over the scans, and the largest change of a scan's WMH volume
-(ONNX Runtime's reduced-precision instance norm moved other tools' lesion volumes by +14 %).
+(ONNX Runtime's reduced-precision instance norm moved other tools' lesion volumes by +14 %). On a
+GPU, ``one_pass_cpu`` is held to the same goal: fp32 on the GPU must give the CPU's masks.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ def _variants(device: str, fast_bf16: bool, window: list[int], openvino: bool) -
         if fast_bf16:
             out["one_pass_bf16_openvino"] = {"roi_size": None, "precision": "bf16", "backend": "openvino"}
     out["auto"] = {"backend": "auto"}
+    if device != "cpu":
+        out["one_pass_cpu"] = {"roi_size": None, "precision": "fp32", "backend": "torch", "device": "cpu"}
     return {k: {"device": device, **v} for k, v in out.items()}
 
 
@@ -159,12 +164,14 @@ def _same_mask_rows(variants: dict[str, Any]) -> list[dict[str, Any]]:
     """Each faster backend or precision against torch's fp32 one pass."""
     ref = variants[FP32]
     rows = []
-    for name in ("one_pass_bf16", "one_pass_openvino", "one_pass_bf16_openvino", "auto"):
+    for name in ("one_pass_bf16", "one_pass_openvino", "one_pass_bf16_openvino", "auto", "one_pass_cpu"):
         if name not in variants:
             continue
         v = variants[name]
+        what = (f"torch fp32 on {ref['settings']['device']} vs on the CPU" if name == "one_pass_cpu"
+                else f"{name} vs torch fp32")
         rows.append({
-            "goal": f"1. masks unchanged: {name} vs torch fp32 (trained network, held-out scans)",
+            "goal": f"1. masks unchanged: {what} (trained network, held-out scans)",
             "baseline": f"torch fp32 one pass: {ref['predict_median_s']:.2f} s",
             "candidate": f"Dice {v['dice_vs_torch_fp32']:.4f}, largest WMH volume change "
                          f"{v['max_volume_change_vs_torch_fp32_pct']:.2f} %, {v['predict_median_s']:.2f} s",

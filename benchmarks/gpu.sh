@@ -6,8 +6,8 @@
 # CKPT (optional): a trained checkpoint for the accuracy section (bf16 and one-pass masks: Dice
 # against the fp32 sliding window on held-out synthetic scans). Without it, a smoke network is
 # trained on the GPU first (about a minute), so a short loan of a GPU needs no preparation.
-# OUT_DIR (default benchmarks/results/gpu): latest.json (every figure, with the GPU and the load)
-# and latest.md (the table). PYTHON selects the interpreter (default .venv/bin/python, else python3).
+# OUT_DIR (default benchmarks/results/gpu): latest.json (every figure, with the GPU and the load),
+# latest.md (the table) and precision.json (TF32, IEEE fp32 and bf16 on the network alone). PYTHON selects the interpreter (default .venv/bin/python, else python3).
 # Nothing in the repository's README table changes (--no-readme); copy the rows by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +31,8 @@ fi
 # inference: vol/min (goal >= 300 on an H100-class GPU), bf16 variants, torch.cuda.max_memory_allocated;
 # accuracy: Dice of bf16 and one-pass masks against the fp32 sliding window on a trained network
 "$PYTHON" benchmarks/run.py --device cuda --sections inference,accuracy --ckpt "$CKPT" --out "$OUT_DIR" --no-readme
+# precision: fp32 with and without TF32 and bf16 on the network alone, timed, against the CPU's logits
+"$PYTHON" benchmarks/bench_gpu_precision.py --out "$OUT_DIR/precision.json"
 "$PYTHON" - "$OUT_DIR/latest.json" <<'PY'
 import json, sys
 results = json.load(open(sys.argv[1]))

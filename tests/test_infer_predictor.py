@@ -60,6 +60,29 @@ def test_auto_precision_keeps_fp32_on_cpu(binary_ckpt):
     assert Predictor.from_checkpoint(binary_ckpt, device="cpu", precision="bf16").precision == "bf16"
 
 
+def test_fp32_on_a_gpu_is_ieee_fp32(binary_ckpt):
+    """On a GPU ``auto`` is fp32 too, and fp32 turns TF32 off while the network runs (then restores it).
+
+    The predictor is built on the CPU and pointed at CUDA afterwards: resolving the precision and
+    entering its context touch torch's backend flags only, which CPU builds carry as well.
+    """
+    predictor = Predictor.from_checkpoint(binary_ckpt, device="cpu")
+    predictor.device = torch.device("cuda")
+    assert predictor._resolve_precision("auto") == "fp32"
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = "tf32"  # what cuDNN's convolutions default to
+    try:
+        with predictor._autocast():
+            assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+        assert conv.fp32_precision == "tf32"
+        with pytest.raises(RuntimeError, match="inside"), predictor._autocast():
+            raise RuntimeError("inside")
+        assert conv.fp32_precision == "tf32"  # restored after an error too
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = before
+
+
 def test_three_layers_recover_the_known_mask(binary_ckpt, lps_case):
     predictor = Predictor.from_checkpoint(binary_ckpt, device="cpu", precision="fp32", roi_size=None)
     assert predictor.roi_size is None and predictor.size_divisor == (1, 1, 1) and len(predictor.model_id) == 16

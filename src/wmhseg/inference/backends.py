@@ -5,8 +5,8 @@ once into an OpenVINO model with dynamic spatial size and runs it with OpenVINO'
 whose fused convolution kernels ran the default U-Net on a head-cropped 1 mm brain 1.1-1.25x
 faster than PyTorch channels-last in fp32, but 0.73x as fast as PyTorch under bf16 on a CPU with
 bf16 units (``benchmarks/``, 2 cores). ``auto`` therefore takes ``openvino`` when it is installed
-(``pip install wmhseg[openvino]``), the device is a CPU and the precision is fp32 (a CPU without
-bf16 units, under ``precision: auto``), else ``torch``.
+(``pip install wmhseg[openvino]``), the device is a CPU and the precision is fp32 (what
+``precision: auto`` runs), else ``torch``.
 
 Before conversion, narrow transposed convolutions (the 2-class output layer) become sub-pixel
 convolutions (:func:`~wmhseg.inference.optimize.subpixel_transposed`): 0.92x the pass's time in

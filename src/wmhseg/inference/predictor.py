@@ -67,6 +67,35 @@ log = logging.getLogger("wmhseg.infer")
 # layers whose statistics come from the input they are given (so from the window's or volume's extent)
 _PER_SAMPLE_NORMS = (torch.nn.modules.instancenorm._InstanceNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@contextlib.contextmanager
+def ieee_fp32() -> Any:
+    """fp32 convolutions and matrix products without TF32 inside the block, as on a CPU.
+
+    cuDNN's convolutions default to TF32 on Ampere and later GPUs, which moved a trained network's
+    WMH volumes by up to 0.25 % against the CPU's; ``precision=fp32`` means the CPU's masks. The
+    flags are restored on the way out, through the API that torch offers (``fp32_precision`` from
+    torch 2.9, ``allow_tf32`` before).
+    """
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if hasattr(getattr(cudnn, "conv", None), "fp32_precision"):
+        knobs = [cudnn.conv, cudnn.rnn, matmul]
+        saved = [k.fp32_precision for k in knobs]
+        try:
+            for k in knobs:
+                k.fp32_precision = "ieee"
+            yield
+        finally:
+            for k, v in zip(knobs, saved, strict=True):
+                k.fp32_precision = v
+        return
+    saved_legacy = cudnn.allow_tf32, matmul.allow_tf32
+    try:
+        cudnn.allow_tf32 = matmul.allow_tf32 = False
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved_legacy
 _MAX_WINDOW_FRACTION = 0.95  # a window over this share of the padded head box's voxels is not worth its cost
 GUARD_MM = 3.0  # foreground this close to a face of the brain's box inside the head box: predict on the head box
 FALLBACK_WARNING = ("brain crop: predicted foreground reached a face of the brain's box, so the scan was "
@@ -215,15 +244,14 @@ class Predictor:
     def _resolve_precision(self, precision: str) -> str:
         if precision != "auto":
             return precision
-        if self.device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        # CPU: fp32 even where bf16 units make bf16 1.6x faster; bf16 moved the masks of a trained
-        # network (Dice 0.998 against fp32, volumes by up to 0.3 %), fp32 through OpenVINO does not
+        # fp32 on every device. bf16 moved the masks of a trained network (Dice 0.998 against fp32;
+        # volumes by up to 0.3 % on a CPU, 1.7 % on an H200), short of the 0.999 a faster path must
+        # keep; on a CPU with bf16 units it is 1.6x faster, on a GPU no faster at this network's size
         return "fp32"
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
-            return contextlib.nullcontext()
+            return ieee_fp32() if self.device.type == "cuda" else contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.precision])
 
     def _memory_format(self, x: torch.Tensor) -> torch.Tensor:
