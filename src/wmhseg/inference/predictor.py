@@ -33,7 +33,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,10 +67,17 @@ log = logging.getLogger("wmhseg.infer")
 # layers whose statistics come from the input they are given (so from the window's or volume's extent)
 _PER_SAMPLE_NORMS = (torch.nn.modules.instancenorm._InstanceNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_MAX_WINDOW_FRACTION = 0.95  # a window over this share of the padded head box's voxels is not worth its cost
+GUARD_MM = 3.0  # foreground this close to a face of the brain's box inside the head box: predict on the head box
+FALLBACK_WARNING = ("brain crop: predicted foreground reached a face of the brain's box, so the scan was "
+                    "predicted again on the head box")
+OUTSIDE_BRAIN_LIMIT = 0.5  # share of the mask outside the brain's envelope beyond which nothing is dropped
+OUTSIDE_BRAIN_WARNING = ("outside_brain: {share:.0f} % of the WMH mask lies outside the brain found without the "
+                         "network, so nothing was dropped; check the scan and its mask")
 
 
 @contextlib.contextmanager
-def ieee_fp32() -> Any:
+def ieee_fp32() -> Iterator[None]:
     """fp32 convolutions and matrix products without TF32 inside the block, as on a CPU.
 
     cuDNN's convolutions default to TF32 on Ampere and later GPUs, which moved a trained network's
@@ -96,13 +103,6 @@ def ieee_fp32() -> Any:
         yield
     finally:
         cudnn.allow_tf32, matmul.allow_tf32 = saved_legacy
-_MAX_WINDOW_FRACTION = 0.95  # a window over this share of the padded head box's voxels is not worth its cost
-GUARD_MM = 3.0  # foreground this close to a face of the brain's box inside the head box: predict on the head box
-FALLBACK_WARNING = ("brain crop: predicted foreground reached a face of the brain's box, so the scan was "
-                    "predicted again on the head box")
-OUTSIDE_BRAIN_LIMIT = 0.5  # share of the mask outside the brain's envelope beyond which nothing is dropped
-OUTSIDE_BRAIN_WARNING = ("outside_brain: {share:.0f} % of the WMH mask lies outside the brain found without the "
-                         "network, so nothing was dropped; check the scan and its mask")
 
 
 @dataclass
