@@ -6,7 +6,7 @@ events (median of ``--repeats`` after three warm-up passes each):
 
 ==============  =================================================================================
 ``fp32_tf32``   fp32 with cuDNN's default, TF32 convolutions on Ampere and later GPUs
-``fp32_ieee``   fp32 without TF32 (:func:`wmhseg.inference.predictor.ieee_fp32`): what
+``fp32_ieee``   fp32 without TF32 (:func:`wmhseg.inference.backends.ieee_fp32`): what
                 ``precision: fp32`` and ``auto`` run on a GPU
 ``bf16``        bf16 autocast (``precision: bf16``)
 ==============  =================================================================================
@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from network_paths import CROP_MARGIN, bbox, default_unet, head_volume, pad_to
 
+from wmhseg.inference.backends import ieee_fp32
 from wmhseg.inference.optimize import inference_network
-from wmhseg.inference.predictor import ieee_fp32
 
 MODES = {
     "fp32_tf32": contextlib.nullcontext,

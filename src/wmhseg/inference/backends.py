@@ -6,7 +6,8 @@ whose fused convolution kernels ran the default U-Net on a head-cropped 1 mm bra
 faster than PyTorch channels-last in fp32, but 0.73x as fast as PyTorch under bf16 on a CPU with
 bf16 units (``benchmarks/``, 2 cores). ``auto`` therefore takes ``openvino`` when it is installed
 (``pip install wmhseg[openvino]``), the device is a CPU and the precision is fp32 (what
-``precision: auto`` runs), else ``torch``.
+``precision: auto`` runs), else ``torch``. On a GPU, fp32 runs without TF32 (:func:`ieee_fp32`),
+so that it gives the CPU's masks.
 
 Before conversion, narrow transposed convolutions (the 2-class output layer) become sub-pixel
 convolutions (:func:`~wmhseg.inference.optimize.subpixel_transposed`): 0.92x the pass's time in
@@ -31,6 +32,7 @@ directly (``ov.convert_model`` would also send usage telemetry).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import json
@@ -40,6 +42,7 @@ import shutil
 import tempfile
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +244,32 @@ class OpenVinoNetwork:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         return torch.from_numpy(self.compiled(array.shape)(array)[0])
+
+
+@contextlib.contextmanager
+def ieee_fp32() -> Iterator[None]:
+    """fp32 convolutions and matrix products without TF32 inside the block, as on a CPU.
+
+    cuDNN's convolutions default to TF32 on Ampere and later GPUs, which moved a trained network's
+    WMH volumes by up to 0.25 % against the CPU's; ``precision=fp32`` means the CPU's masks. The
+    flags are restored on the way out, through the API that torch offers (``fp32_precision`` from
+    torch 2.9, ``allow_tf32`` before).
+    """
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if hasattr(getattr(cudnn, "conv", None), "fp32_precision"):
+        knobs = [cudnn.conv, cudnn.rnn, matmul]
+        saved = [k.fp32_precision for k in knobs]
+        try:
+            for k in knobs:
+                k.fp32_precision = "ieee"
+            yield
+        finally:
+            for k, v in zip(knobs, saved, strict=True):
+                k.fp32_precision = v
+        return
+    saved_legacy = cudnn.allow_tf32, matmul.allow_tf32
+    try:
+        cudnn.allow_tf32 = matmul.allow_tf32 = False
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved_legacy

@@ -74,10 +74,9 @@ class InferenceSettings:
 
     Args:
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
-        precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` (autocast) or ``"auto"`` (= fp32). fp32 on a
-            GPU runs without TF32, so it gives the CPU's masks. ``bf16`` is about 1.6x faster on
-            CPUs with bf16 units (AVX-512 BF16 / AMX), no faster on an H200 at this network's
-            size, and moved a trained network's masks (Dice 0.998 against fp32), so it is opt-in.
+        precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` (autocast) or ``"auto"`` (= fp32; on a GPU
+            without TF32: the CPU's masks). ``bf16`` is 1.6x faster on CPUs with bf16 units, no
+            faster on an H200, and moved a trained network's masks (Dice 0.998), so it is opt-in.
         roi_size: ``"auto"`` (default): one pass when the network's output depends on local
             context only, else the checkpoint's window (see :func:`context_free`);
             ``"checkpoint"`` = MONAI's Gaussian sliding window with the checkpoint's window (the

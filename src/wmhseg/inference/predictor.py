@@ -33,7 +33,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from wmhseg.checkpoint import build_network, file_sha256, load_checkpoint, read_
 from wmhseg.data.preprocessing import PreprocessSpec
 from wmhseg.errors import CheckpointError, InputError
 from wmhseg.geometry import network_divisor, padding_to_multiple, voxel_sizes
-from wmhseg.inference.backends import OpenVinoNetwork, resolve_backend
+from wmhseg.inference.backends import OpenVinoNetwork, ieee_fp32, resolve_backend
 from wmhseg.inference.brain_box import BrainBox, brain_box, brain_envelope, outside_brain
 from wmhseg.inference.export import partial_volume_mask, resample_to_grid
 from wmhseg.inference.infer_config import InferenceSettings
@@ -74,35 +74,6 @@ FALLBACK_WARNING = ("brain crop: predicted foreground reached a face of the brai
 OUTSIDE_BRAIN_LIMIT = 0.5  # share of the mask outside the brain's envelope beyond which nothing is dropped
 OUTSIDE_BRAIN_WARNING = ("outside_brain: {share:.0f} % of the WMH mask lies outside the brain found without the "
                          "network, so nothing was dropped; check the scan and its mask")
-
-
-@contextlib.contextmanager
-def ieee_fp32() -> Iterator[None]:
-    """fp32 convolutions and matrix products without TF32 inside the block, as on a CPU.
-
-    cuDNN's convolutions default to TF32 on Ampere and later GPUs, which moved a trained network's
-    WMH volumes by up to 0.25 % against the CPU's; ``precision=fp32`` means the CPU's masks. The
-    flags are restored on the way out, through the API that torch offers (``fp32_precision`` from
-    torch 2.9, ``allow_tf32`` before).
-    """
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    if hasattr(getattr(cudnn, "conv", None), "fp32_precision"):
-        knobs = [cudnn.conv, cudnn.rnn, matmul]
-        saved = [k.fp32_precision for k in knobs]
-        try:
-            for k in knobs:
-                k.fp32_precision = "ieee"
-            yield
-        finally:
-            for k, v in zip(knobs, saved, strict=True):
-                k.fp32_precision = v
-        return
-    saved_legacy = cudnn.allow_tf32, matmul.allow_tf32
-    try:
-        cudnn.allow_tf32 = matmul.allow_tf32 = False
-        yield
-    finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = saved_legacy
 
 
 @dataclass
