@@ -53,7 +53,7 @@ from wmhseg.errors import InputError, did_you_mean
 from wmhseg.inference.infer_config import BACKENDS
 from wmhseg.inference.optimize import subpixel_transposed
 
-__all__ = ["BACKENDS", "INSTALL_HINT", "openvino_available", "resolve_backend", "cache_folder", "OpenVinoNetwork"]
+__all__ = ["BACKENDS", "INSTALL_HINT", "openvino_available", "resolve_backend", "cache_folder", "OpenVinoNetwork", "ieee_fp32"]
 
 INSTALL_HINT = "pip install 'wmhseg[openvino]'"
 _FORMAT = 2  # bump when the conversion changes, so older cache entries are not reused
