@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from network_paths import CROP_MARGIN, bbox, default_unet, head_volume, pad_to
 
+from wmhseg.files import atomic_write_text
 from wmhseg.inference.backends import ieee_fp32
 from wmhseg.inference.optimize import inference_network
 
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{m['max_abs_logit_diff_vs_cpu']:.1e}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
+        atomic_write_text(args.out, json.dumps(res, indent=1) + "\n")
     return 0
 
 
