@@ -32,17 +32,13 @@ from network_paths import CROP_MARGIN, bbox, default_unet, head_volume, pad_to
 from wmhseg.files import atomic_write_text
 from wmhseg.inference.backends import ieee_fp32
 from wmhseg.inference.optimize import inference_network
+from wmhseg.metrics import dice
 
 MODES = {
     "fp32_tf32": contextlib.nullcontext,
     "fp32_ieee": ieee_fp32,
     "bf16": lambda: torch.autocast("cuda", dtype=torch.bfloat16),
 }
-
-
-def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def run(repeats: int = 20) -> dict:
@@ -78,7 +74,7 @@ def run(repeats: int = 20) -> dict:
         out["modes"][name] = {
             "median_ms": round(statistics.median(ms[name]), 3), "min_ms": round(min(ms[name]), 3),
             "max_abs_logit_diff_vs_ieee": float((logits[name] - ref).abs().max()),
-            "dice_vs_ieee": round(_dice(logits[name].argmax(1) == 1, ref.argmax(1) == 1), 6),
+            "dice_vs_ieee": round(dice((logits[name].argmax(1) == 1).cpu().numpy(), (ref.argmax(1) == 1).cpu().numpy()), 6),
             "max_abs_logit_diff_vs_cpu": float((logits[name].cpu() - cpu).abs().max()),
         }
     return out

@@ -7,7 +7,8 @@
 # against the fp32 sliding window on held-out synthetic scans). Without it, a smoke network is
 # trained on the GPU first (about a minute), so a short loan of a GPU needs no preparation.
 # OUT_DIR (default benchmarks/results/gpu): latest.json (every figure, with the GPU and the load),
-# latest.md (the table) and precision.json (TF32, IEEE fp32 and bf16 on the network alone). PYTHON selects the interpreter (default .venv/bin/python, else python3).
+# latest.md (the table) and precision.json (TF32, IEEE fp32 and bf16 on the network alone).
+# PYTHON selects the interpreter (default .venv/bin/python, else python3).
 # Nothing in the repository's README table changes (--no-readme); copy the rows by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
