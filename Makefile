@@ -29,6 +29,8 @@ INDEPENDENT := $(DEMO_DIR)/independent
 SEPARATE    := $(DEMO_DIR)/infer_visit_by_visit
 # every demo segmentation averages the network over a left-right flip
 DEMO_FLIPS  := 'inference.tta_flips=[[0]]'
+# the visits' registrations, found by step 3 and reused by step 6
+REGISTRATIONS := longitudinal_options.registration_cache=$(DEMO_DIR)/registrations
 
 .PHONY: help install test test-fast lint demo demo-clean bench bench-quick clean
 
@@ -85,12 +87,13 @@ $(STUDY)/manifest.csv: | $(STAMP)
 $(INFER_OUT)/volumes.csv: $(CKPT) $(STUDY)/manifest.csv
 	@echo "== 3/6 segmenting every scan, each subject's visits together ($(INFER_OUT))"
 	$(PY) infer.py ckpt_path=$(CKPT) input=$(STUDY)/manifest.csv out_dir=$(INFER_OUT) \
-		longitudinal=true visit_times=$(STUDY)/clinical.csv $(DEMO_FLIPS)
+		longitudinal=true visit_times=$(STUDY)/clinical.csv $(REGISTRATIONS) $(DEMO_FLIPS)
 
 $(SEPARATE)/volumes.csv: $(CKPT) $(STUDY)/manifest.csv
 	@echo "== 6/6 segmenting every visit on its own, for comparison ($(SEPARATE))"
 	$(PY) infer.py ckpt_path=$(CKPT) input=$(STUDY)/manifest.csv out_dir=$(SEPARATE) qc=false \
-		longitudinal=true longitudinal_options.prior_weight=0 visit_times=$(STUDY)/clinical.csv $(DEMO_FLIPS)
+		longitudinal=true longitudinal_options.prior_weight=0 visit_times=$(STUDY)/clinical.csv $(REGISTRATIONS) \
+		$(DEMO_FLIPS)
 
 # the phantoms of the independent family the training validated on (other anatomy, contrasts, grids),
 # segmented as the study is

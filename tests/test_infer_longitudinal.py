@@ -182,3 +182,40 @@ def test_confirm_drops_a_small_lesion_no_other_visit_shows(tmp_path):
     assert volumes[50.0] == pytest.approx([44.0, 71.0, 71.0])
     with pytest.raises(InputError, match="confirm_mm3"):
         infer(infer_cfg(ckpt, manifest, tmp_path / "bad", longitudinal=True, longitudinal_options={"confirm_mm3": -1}))
+
+
+@pytest.mark.slow
+def test_registration_cache_is_reused_and_checked(run, tmp_path, monkeypatch, caplog):
+    """A second run with the cache registers nothing and measures the same; a tampered entry is
+    refused with a warning and computed again; another image is another entry."""
+    import wmhseg.inference.subject_space as subject_space
+
+    rows = run[2][:3]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    ckpt = make_checkpoint(tmp_path / "t.ckpt")
+    cache = tmp_path / "registrations"
+
+    def segment(name):
+        out = tmp_path / name
+        options = {"prior_weight": 0.0, "registration_cache": str(cache)}
+        assert infer(infer_cfg(ckpt, manifest, out, longitudinal=True, longitudinal_options=options)) == 0
+        subject = json.loads((out / "longitudinal" / "001" / "subject.json").read_text())
+        return pd.read_csv(out / "volumes.csv", dtype=IDS)["wmh_mm3"].tolist(), subject["visit_from_base"]
+
+    first = segment("first")
+    entries = sorted(cache.glob("*.json"))
+    assert len(entries) == 2  # the two follow-ups of subject 001
+    calls = []
+    real = subject_space.register_visit
+    monkeypatch.setattr(subject_space, "register_visit", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert segment("again") == first and calls == []
+    entry = json.loads(entries[0].read_text())
+    entry["visit_from_base"][0][0] = 2.0  # a scaling, not a rigid motion
+    entries[0].write_text(json.dumps(entry))
+    with caplog.at_level("WARNING", logger="wmhseg.infer"):
+        assert segment("tampered") == first
+    assert len(calls) == 1 and "not a rigid motion" in caplog.text and entries[0].name in caplog.text
+    key = subject_space._cache_key
+    base, visit = np.zeros((4, 4, 4), np.float32), np.ones((4, 4, 4), np.float32)
+    assert key(base, np.eye(4), visit, np.eye(4), 40.0) != key(base, np.eye(4), visit * 2, np.eye(4), 40.0)
+    assert key(base, np.eye(4), visit, np.eye(4), 40.0) != key(base, np.eye(4), visit, np.eye(4), 20.0)

@@ -217,19 +217,19 @@ class LongitudinalSettings:
     """``configs/infer.yaml``'s ``longitudinal_options``.
 
     Args:
-        prior_weight: weight of the subject's mean probability in each visit's (0-1). The prior
-            lowers the visit-to-visit error, but it also pulls each visit towards the subject's
-            mean and so shrinks the measured change: on two simulated studies 0.25 kept 0.85-0.91 of
-            the change that independent segmentation measured, 0.5 only 0.63-0.71 (docs/longitudinal.md).
+        prior_weight: weight of the subject's mean probability in each visit's (0-1). It lowers the
+            visit-to-visit error but shrinks the measured change (docs/longitudinal.md).
         confirm_mm3: a visit's lesion smaller than this is kept only when another visit shows
             WMH within one voxel of it (0 keeps every lesion).
         min_new_mm3: new lesions smaller than this are not counted in ``progression.csv``
             (they stay in the change maps).
+        registration_cache: a folder where visits' registrations are kept for later runs (None: off).
     """
 
     prior_weight: float = 0.25
     confirm_mm3: float = 0.0
     min_new_mm3: float = 0.0
+    registration_cache: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.prior_weight) < 1.0:

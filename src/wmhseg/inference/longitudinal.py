@@ -63,7 +63,7 @@ from wmhseg.inference.subject_space import (
     RegistrationError,
     between_visits,
     from_subject,
-    register_visit,
+    register_visit_cached,
     to_subject,
 )
 from wmhseg.manifest import Scan
@@ -160,14 +160,14 @@ def _confirmed(predictions: list[WorkingPrediction], motions: list[np.ndarray], 
     return out
 
 
-def _register_all(prepared: list[PreparedScan]) -> list[np.ndarray]:
+def _register_all(prepared: list[PreparedScan], cache_dir: str | None = None) -> list[np.ndarray]:
     """``visit_from_base`` of every visit (identity for the baseline), FLAIR channel of the working image."""
     base = prepared[0].image
     base_affine = np.asarray(base.affine, np.float64)
     motions = [np.eye(4)]
     for item in prepared[1:]:
-        reg = register_visit(np.asarray(base[1]), base_affine, np.asarray(item.image[1]),
-                             np.asarray(item.image.affine, np.float64))
+        reg = register_visit_cached(np.asarray(base[1]), base_affine, np.asarray(item.image[1]),
+                                    np.asarray(item.image.affine, np.float64), cache_dir)
         motions.append(reg.visit_from_base)
     return motions
 
@@ -211,7 +211,7 @@ def segment_subject(predictor: Predictor, store: ResultStore, visits: list[tuple
     t_predict = time.perf_counter() - t0
     status, reason, motions = "ok", "", None
     try:
-        motions = _register_all(prepared)
+        motions = _register_all(prepared, settings.registration_cache)
     except RegistrationError as exc:
         status, reason = "independent", f"longitudinal: visits not registered ({exc}); segmented independently"
         log.warning("%s: %s", scans[0].subject_id, reason)

@@ -15,6 +15,11 @@ A registration fails (:class:`RegistrationError`, with the reason) when the two 
 do not overlap, SimpleITK fails, the mutual information does not improve, or the head moves
 more than ``max_shift_mm`` on average (a divergence rather than repositioning).
 
+:func:`register_visit_cached` keeps each registration found in a folder, as plain JSON named by a
+SHA-256 of both working images, their grids, the settings and the versions that compute it: a
+rerun with other longitudinal options, or a subject's new visit, registers only what is new. An
+entry that is not a rigid 4x4 matrix is ignored (with a warning) and computed again.
+
 Example:
     >>> reg = register_visit(base_flair, base_affine, visit_flair, visit_affine)   # doctest: +SKIP
     >>> on_base = to_subject(prob, visit_affine, reg.visit_from_base, base_shape, base_affine)  # doctest: +SKIP
@@ -22,18 +27,30 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from wmhseg import __version__
 from wmhseg.errors import ScanError, WmhsegError
+from wmhseg.files import atomic_write_json
 from wmhseg.inference.export import resample_to_grid
 from wmhseg.registration import register_rigid
 
-__all__ = ["RegistrationError", "Registration", "register_visit", "to_subject", "from_subject", "between_visits"]
+__all__ = ["RegistrationError", "Registration", "register_visit", "register_visit_cached", "to_subject",
+           "from_subject", "between_visits"]
+
+log = logging.getLogger("wmhseg.infer")
+_CACHE_FORMAT = 1
 
 
 
@@ -92,6 +109,55 @@ def register_visit(base: np.ndarray, base_affine: np.ndarray, visit: np.ndarray,
     except ScanError as exc:
         raise RegistrationError(str(exc)) from exc
     return Registration(matrix, shift, before, after, time.perf_counter() - t0)
+
+
+def _cache_key(base: np.ndarray, base_affine: np.ndarray, visit: np.ndarray, visit_affine: np.ndarray,
+               max_shift_mm: float) -> str:
+    digest = hashlib.sha256(f"wmhseg {__version__} SimpleITK {metadata.version('SimpleITK')} "
+                            f"format {_CACHE_FORMAT} max_shift_mm {float(max_shift_mm)!r}".encode())
+    for array in (base, base_affine, visit, visit_affine):
+        a = np.ascontiguousarray(array, dtype=np.float64 if array.ndim == 2 else np.float32)
+        digest.update(repr(a.shape).encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
+def _read_entry(path: Path) -> Registration | None:
+    """A cached registration, or None when the file is absent or not a rigid motion (warned)."""
+    if not path.is_file():
+        return None
+    try:
+        entry = json.loads(path.read_text())
+        matrix = np.array(entry["visit_from_base"], dtype=np.float64)
+        numbers = [float(entry[k]) for k in ("shift_mm", "score_before", "score_after")]
+        rigid = (matrix.shape == (4, 4) and np.isfinite(matrix).all() and np.allclose(matrix[3], [0, 0, 0, 1])
+                 and np.allclose(matrix[:3, :3] @ matrix[:3, :3].T, np.eye(3), atol=1e-5)
+                 and np.linalg.det(matrix[:3, :3]) > 0)
+        if rigid and entry.get("format") == _CACHE_FORMAT and np.isfinite(numbers).all():
+            return Registration(matrix, *numbers, 0.0)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        log.warning("registration cache %s: unreadable (%s); registering again", path, exc)
+        return None
+    log.warning("registration cache %s: not a rigid motion of this format; registering again", path)
+    return None
+
+
+def register_visit_cached(base: np.ndarray, base_affine: np.ndarray, visit: np.ndarray, visit_affine: np.ndarray,
+                          cache_dir: str | os.PathLike | None, *, max_shift_mm: float = 40.0) -> Registration:
+    """:func:`register_visit`, kept in (and taken from) ``cache_dir`` when one is given.
+
+    Failed registrations are not kept: they are tried again on the next run."""
+    if cache_dir is None:
+        return register_visit(base, base_affine, visit, visit_affine, max_shift_mm=max_shift_mm)
+    path = Path(cache_dir) / f"{_cache_key(base, base_affine, visit, visit_affine, max_shift_mm)}.json"
+    found = _read_entry(path)
+    if found is not None:
+        return found
+    reg = register_visit(base, base_affine, visit, visit_affine, max_shift_mm=max_shift_mm)
+    atomic_write_json(path, {"format": _CACHE_FORMAT, "visit_from_base": reg.visit_from_base.tolist(),
+                             "shift_mm": reg.shift_mm, "score_before": reg.score_before,
+                             "score_after": reg.score_after})
+    return reg
 
 
 def _resample(data: torch.Tensor | np.ndarray, src_affine: np.ndarray, dst_shape: Sequence[int],
