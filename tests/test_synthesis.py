@@ -51,6 +51,32 @@ def test_background_is_split_into_shells():
     assert 2 <= levels.size <= 4  # up to three shells around the brain, then the far background
 
 
+def test_subclasses_give_a_class_several_smooth_intensities():
+    lab = _labels((40, 40, 40))
+    spec = SynthesisSpec(prob=1.0, class_std=0.0, subclasses=3, subclass_mm=6.0)
+    split = 0
+    for seed in range(40):
+        img = render_labels(lab, spec, np.random.default_rng(seed))
+        for v in (8, 9):  # white matter and WMH stay one intensity each: WMH is drawn against WM
+            assert np.ptp(img[1][lab == v]) < 1e-6
+        ratio = img[1][lab == 9].mean() / img[1][lab == 8].mean()
+        assert spec.flair_wmh_ratio[0] - 1e-5 <= ratio <= spec.flair_wmh_ratio[1] + 1e-5
+        cortex = np.unique(np.round(img[1][lab == 7], 6))
+        assert 1 <= cortex.size <= 3
+        split += cortex.size > 1
+        if cortex.size > 1:  # the parts are regions, not salt and pepper: neighbours mostly share one
+            both = (lab[1:] == 7) & (lab[:-1] == 7)
+            same = (img[1][1:] == img[1][:-1])[both].mean()
+            assert same > 0.8, same  # independent parts per voxel: at most 1/2
+    # 2 or 3 parts are drawn 2 times in 3, and a cut may miss the cortex's field values: with a chance
+    # of a split of even 1/2 per draw, fewer than 8 of 40 has a probability under 1e-5
+    assert split >= 8
+    one = render_labels(lab, SynthesisSpec(prob=1.0, class_std=0.0), np.random.default_rng(0))
+    assert all(np.ptp(one[1][lab == v]) < 1e-6 for v in np.unique(lab[lab > 0]))  # subclasses=1: one Gaussian each
+    with pytest.raises(InputError, match="subclasses"):
+        SynthesisSpec.from_dict({"subclasses": 0})
+
+
 def test_settings_are_validated_with_a_suggestion():
     with pytest.raises(InputError, match="did you mean 'prob'"):
         SynthesisSpec.from_dict({"prb": 0.5})

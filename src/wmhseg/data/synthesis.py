@@ -76,6 +76,10 @@ class SynthesisSpec(Settings):
         bias_prob / bias: chance and strength of the bias field (torchio coefficients).
         gamma_prob / log_gamma: chance and range of the gamma change.
         noise_prob / noise_std: chance and largest noise std (fraction of the intensity scale).
+        subclasses: each class other than white matter and WMH is split by a smooth random field
+            (features of about ``subclass_mm``) into up to this many regions, each with its own
+            mean: a Gaussian mixture per label, as SynthSeg draws from its many sub-labels, so that
+            deep grey nuclei, cortex or CSF are not one brightness each (1 = one Gaussian per class).
         juxtacortical_prob / juxtacortical_mm: chance that a synthesised patch's label map gains
             1 + Poisson(2) WMH blobs in the white matter at its border with the cortex
             (:func:`add_juxtacortical_lesions`), and the range of their half-axes. Label maps
@@ -102,6 +106,8 @@ class SynthesisSpec(Settings):
     log_gamma: float = 0.4
     noise_prob: float = 0.6
     noise_std: float = 0.06
+    subclasses: int = 1
+    subclass_mm: float = 16.0
     juxtacortical_prob: float = 0.0
     juxtacortical_mm: tuple[float, float] = (1.5, 4.0)
 
@@ -114,6 +120,10 @@ class SynthesisSpec(Settings):
         for name in ("class_std", "elastic_magnitude_mm", "blur_mm", "bias", "log_gamma", "noise_std"):
             if not 0 <= float(getattr(self, name)) <= 50:
                 raise InputError(f"synthesis.{name}={getattr(self, name)!r} must be within [0, 50]")
+        if int(self.subclasses) != self.subclasses or not 1 <= self.subclasses <= 8:
+            raise InputError(f"synthesis.subclasses={self.subclasses!r} must be an integer within [1, 8]")
+        if not 1 <= float(self.subclass_mm) <= 200:
+            raise InputError(f"synthesis.subclass_mm={self.subclass_mm!r} must be within [1, 200]")
         if self.anisotropy < 1:
             raise InputError(f"synthesis.anisotropy={self.anisotropy!r} must be >= 1")
 
@@ -139,6 +149,27 @@ def _background_codes(label: np.ndarray, spacing: Sequence[float], edges_mm: np.
     shell = np.searchsorted(edges_mm, dist[background])  # 0..N (N = beyond the last shell)
     codes[background] = np.where(shell < len(edges_mm), -1 - shell, 0)
     return codes
+
+
+def _split_classes(codes: np.ndarray, spec: SynthesisSpec, rng: np.random.Generator,
+                   spacing: Sequence[float]) -> np.ndarray:
+    """``codes`` with each class other than white matter and WMH cut into 1..``spec.subclasses``
+    regions by one smooth random field (linear interpolation of noise on a grid of
+    ``spec.subclass_mm``); white matter and WMH keep their codes (WMH is drawn relative to white
+    matter). The new codes stay negative for the background shells and above 9 for tissue parts."""
+    coarse = [max(2, int(np.ceil(n * s / spec.subclass_mm)) + 1) for n, s in zip(codes.shape, spacing, strict=True)]
+    field = ndimage.zoom(rng.standard_normal(coarse), [n / c for n, c in zip(codes.shape, coarse, strict=True)],
+                         order=1, grid_mode=True, mode="nearest")[tuple(slice(0, n) for n in codes.shape)]
+    out = codes.astype(np.int32)
+    for value in np.unique(codes):
+        k = int(rng.integers(1, spec.subclasses + 1))
+        if value in (_WM, _WMH) or k == 1:
+            continue
+        where = codes == value
+        cuts = np.sort(rng.normal(0.0, 1.0, k - 1))
+        part = np.searchsorted(cuts, field[where])
+        out[where] = np.where(part == 0, value, np.sign(value or -1) * (100 * part + abs(int(value))))
+    return out
 
 
 def add_juxtacortical_lesions(label: np.ndarray, rng: np.random.Generator, spacing: Sequence[float],
@@ -182,6 +213,8 @@ def render_labels(label: np.ndarray, spec: SynthesisSpec, rng: np.random.Generat
     """
     edges = np.cumsum(rng.uniform(*spec.shells_mm, _N_SHELLS))
     codes = _background_codes(np.asarray(label), spacing, edges, distance)
+    if spec.subclasses > 1:
+        codes = _split_classes(codes, spec, rng, spacing)
     values, inverse = np.unique(codes.reshape(-1), return_inverse=True)
     out = np.empty((2, *codes.shape), dtype=np.float32)
     for c, ratio in enumerate((spec.t1_wmh_ratio, spec.flair_wmh_ratio)):
