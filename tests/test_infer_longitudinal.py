@@ -219,3 +219,19 @@ def test_registration_cache_is_reused_and_checked(run, tmp_path, monkeypatch, ca
     base, visit = np.zeros((4, 4, 4), np.float32), np.ones((4, 4, 4), np.float32)
     assert key(base, np.eye(4), visit, np.eye(4), 40.0) != key(base, np.eye(4), visit * 2, np.eye(4), 40.0)
     assert key(base, np.eye(4), visit, np.eye(4), 40.0) != key(base, np.eye(4), visit, np.eye(4), 20.0)
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="wmhseg.infer"):
+        reg = subject_space.register_visit_cached(*_pair(), blocked)
+    assert np.isfinite(reg.visit_from_base).all() and "cannot be written" in caplog.text
+
+
+def _pair():
+    """Two FLAIRs of the phantom, the second shifted by 2 mm (a registration that works)."""
+    flair = phantom()[1].astype(np.float32)
+    moved = np.eye(4)
+    moved[:3, 3] = ORIGIN + np.array([2.0, 0.0, 0.0])
+    base = np.eye(4)
+    base[:3, 3] = ORIGIN
+    return flair, base, flair, moved

@@ -146,7 +146,8 @@ def register_visit_cached(base: np.ndarray, base_affine: np.ndarray, visit: np.n
                           cache_dir: str | os.PathLike | None, *, max_shift_mm: float = 40.0) -> Registration:
     """:func:`register_visit`, kept in (and taken from) ``cache_dir`` when one is given.
 
-    Failed registrations are not kept: they are tried again on the next run."""
+    Failed registrations are not kept: they are tried again on the next run. A cache that cannot
+    be written is warned about and the run goes on."""
     if cache_dir is None:
         return register_visit(base, base_affine, visit, visit_affine, max_shift_mm=max_shift_mm)
     path = Path(cache_dir) / f"{_cache_key(base, base_affine, visit, visit_affine, max_shift_mm)}.json"
@@ -154,9 +155,12 @@ def register_visit_cached(base: np.ndarray, base_affine: np.ndarray, visit: np.n
     if found is not None:
         return found
     reg = register_visit(base, base_affine, visit, visit_affine, max_shift_mm=max_shift_mm)
-    atomic_write_json(path, {"format": _CACHE_FORMAT, "visit_from_base": reg.visit_from_base.tolist(),
-                             "shift_mm": reg.shift_mm, "score_before": reg.score_before,
-                             "score_after": reg.score_after})
+    try:
+        atomic_write_json(path, {"format": _CACHE_FORMAT, "visit_from_base": reg.visit_from_base.tolist(),
+                                 "shift_mm": reg.shift_mm, "score_before": reg.score_before,
+                                 "score_after": reg.score_after})
+    except OSError as exc:  # the cache only saves time: a folder that cannot be written costs nothing else
+        log.warning("registration cache %s: cannot be written (%s); the registration is not kept", path, exc)
     return reg
 
 
