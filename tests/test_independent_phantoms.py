@@ -26,7 +26,8 @@ def test_imports_nothing_of_the_training_generator():
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     own = {n for n in names if n.startswith("wmhseg")}
-    assert own <= {"wmhseg.files", "wmhseg.image_io", "wmhseg.errors"}, own  # file writers and error types only
+    # file writers, error types and the process pool only
+    assert own <= {"wmhseg.files", "wmhseg.image_io", "wmhseg.errors", "wmhseg.parallel"}, own
     # nor through what it imports: a fresh interpreter never loads the training side
     code = ("import sys, wmhseg.synth.independent; "
             f"print([m for m in sys.modules if m.startswith({_TRAINING_SIDE!r})])")
@@ -79,6 +80,17 @@ def test_written_family_is_a_manifest_and_is_reused(tmp_path):
     stamp = manifest.stat().st_mtime_ns
     assert write_family(tmp_path, n_subjects=2, seed=3, voxel_mm=4.0, spacing_scale=2.5) == manifest
     assert manifest.stat().st_mtime_ns == stamp
+
+
+def test_written_family_does_not_depend_on_the_worker_count(tmp_path):
+    kw = dict(n_subjects=3, seed=3, voxel_mm=4.0, spacing_scale=2.5)
+    one, two = write_family(tmp_path / "one", workers=1, **kw), write_family(tmp_path / "two", workers=2, **kw)
+    assert one.read_text() == two.read_text()
+    for row in pd.read_csv(one, dtype=str).itertuples():
+        for name in (row.t1, row.flair, row.label):
+            a, b = nib.load(one.parent / name), nib.load(two.parent / name)
+            assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)), name
+            assert np.array_equal(a.affine, b.affine), name
 
 
 @pytest.mark.slow

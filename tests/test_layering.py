@@ -18,8 +18,9 @@ import wmhseg
 
 SRC = Path(wmhseg.__file__).parent
 FOUNDATION = ("errors", "ids", "schema", "plain", "geometry", "files", "image_io", "labels", "xfm", "metrics",
-              "changes", "networks", "checkpoint", "registration", "input_checks", "manifest", "cli", "lean_imports")
-PURE = ("errors", "ids", "schema", "plain", "files")  # no NumPy-array image or torch dependency
+              "changes", "networks", "checkpoint", "registration", "input_checks", "manifest", "cli", "lean_imports",
+              "parallel")
+PURE = ("errors", "ids", "schema", "plain", "files", "parallel")  # no NumPy-array image or torch dependency
 ALLOWED = {  # package -> the wmhseg packages and modules it may import besides its own
     "stats": PURE,
     "synth": FOUNDATION,

@@ -132,6 +132,18 @@ def test_bad_arguments() -> None:
         write_scan("/tmp", "../evil", "01", 10.0)
 
 
+def test_write_dataset_does_not_depend_on_the_worker_count(tmp_path: Path) -> None:
+    kw = dict(n_subjects=3, n_sessions=2, shape=(32, 32, 32), seed=4, wmh_volume_mm3=(100.0, 900.0))
+    one = write_dataset(tmp_path / "one", workers=1, **kw)
+    two = write_dataset(tmp_path / "two", workers=2, **kw)
+    assert one.read_text() == two.read_text()
+    for rec in pd.read_csv(one, dtype=str).itertuples():
+        for path in (rec.t1, rec.flair, rec.label):
+            a, b = nib.load(one.parent / path), nib.load(two.parent / path)
+            assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)), path
+            assert np.array_equal(a.affine, b.affine), path
+
+
 def test_write_dataset_manifest_and_files(tmp_path: Path) -> None:
     manifest = write_dataset(tmp_path / "d", n_subjects=3, n_sessions=2, shape=(32, 32, 32), seed=1,
                              wmh_volume_mm3=200.0, growth_per_session=0.5)

@@ -43,6 +43,7 @@ from wmhseg.errors import InputError
 from wmhseg.files import atomic_write_csv, atomic_write_text
 from wmhseg.ids import check_safe_id
 from wmhseg.image_io import atomic_save_nifti
+from wmhseg.parallel import process_map
 from wmhseg.synth.anatomy import (
     SCALP,
     Grid,
@@ -318,6 +319,7 @@ def write_dataset(
     growth_per_session: float = 0.2,
     overwrite: bool = False,
     compress: bool = True,
+    workers: int | None = None,
     **generate_kw: Any,
 ) -> Path:
     """Write ``n_subjects`` x ``n_sessions`` synthetic scans and ``out_dir/manifest.csv``.
@@ -335,6 +337,8 @@ def write_dataset(
         overwrite: regenerate even when ``out_dir`` already holds a dataset written with the
             same arguments (recorded in ``synthetic.json``); otherwise that one is reused.
         compress: write ``.nii.gz`` (else ``.nii``).
+        workers: processes writing subjects in parallel (default: the usable cores); the
+            dataset does not depend on it.
         **generate_kw: more :func:`generate_subject` options (spacing, orientation, ...).
 
     Returns:
@@ -357,22 +361,27 @@ def write_dataset(
         return manifest
     rng = np.random.default_rng([int(seed), 7])
     width = max(3, len(str(n_subjects)))
-    rows: list[dict[str, Any]] = []
-    for s in range(int(n_subjects)):
-        base = _baseline_volume(wmh_volume_mm3, rng)
-        subject_seed = int(seed) * 100_003 + s
-        for t in range(int(n_sessions)):
-            volume = None if base is None else float(base) * (1 + growth_per_session) ** t
-            if base is None and t > 0:
-                volume = rows[-1]["wmh_mm3"] * (1 + growth_per_session)
-            info = write_scan(out_dir, str(s + 1).zfill(width), f"{t + 1:02d}", volume,
-                              seed=subject_seed * 31 + t, subject_seed=subject_seed, shape=shape,
-                              anatomy=anatomy, compress=compress, **generate_kw)
-            rows.append({k: (str(Path(v).relative_to(out_dir)) if isinstance(v, Path) else v)
-                         for k, v in info.items()})
+    scan_kw = dict(shape=shape, anatomy=anatomy, compress=compress, **generate_kw)
+    jobs = [(str(out_dir), str(s + 1).zfill(width), int(seed) * 100_003 + s, _baseline_volume(wmh_volume_mm3, rng),
+             int(n_sessions), growth_per_session, scan_kw) for s in range(int(n_subjects))]
+    rows = [row for subject in process_map(_write_subject, jobs, workers) for row in subject]
     atomic_write_csv(manifest, pd.DataFrame(rows, columns=["subject_id", "session_id", "t1", "flair", "label", "wmh_mm3"]))
     atomic_write_text(record, settings_text)
     return manifest
+
+
+def _write_subject(job: tuple[str, str, int, float | None, int, float, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Write one subject's sessions (its WMH growing by ``growth`` per session); their manifest rows."""
+    out_dir, subject_id, subject_seed, base, n_sessions, growth, scan_kw = job
+    rows: list[dict[str, Any]] = []
+    for t in range(n_sessions):
+        volume = None if base is None else float(base) * (1 + growth) ** t
+        if base is None and t > 0:
+            volume = rows[-1]["wmh_mm3"] * (1 + growth)
+        info = write_scan(out_dir, subject_id, f"{t + 1:02d}", volume, seed=subject_seed * 31 + t,
+                          subject_seed=subject_seed, **scan_kw)
+        rows.append({k: (str(Path(v).relative_to(out_dir)) if isinstance(v, Path) else v) for k, v in info.items()})
+    return rows
 
 
 def _baseline_volume(wmh_volume_mm3: float | Sequence[float] | None, rng: np.random.Generator) -> float | None:

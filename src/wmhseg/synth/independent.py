@@ -38,6 +38,7 @@ from scipy import ndimage
 from wmhseg.errors import InputError
 from wmhseg.files import atomic_write_csv
 from wmhseg.image_io import atomic_save_nifti
+from wmhseg.parallel import process_map
 
 __all__ = ["Phantom", "make_phantom", "write_family", "GRID_KINDS"]
 
@@ -238,11 +239,13 @@ def make_phantom(seed: int, kind: str | None = None, voxel_mm: float = 1.0, spac
 
 
 def write_family(out_dir: str | os.PathLike, n_subjects: int = 4, seed: int = 0, voxel_mm: float = 1.0,
-                 spacing_scale: float = 1.0) -> Path:
+                 spacing_scale: float = 1.0, workers: int | None = None) -> Path:
     """Write ``n_subjects`` phantoms (grid kinds in turn) and ``manifest.csv``; reuse a finished set.
 
     Files: ``<out_dir>/ind<NN>_{T1w,FLAIR,label}.nii.gz``; the manifest has the usual columns plus
-    ``kind`` and ``wmh_mm3_true``. Returns the manifest's path.
+    ``kind`` and ``wmh_mm3_true``. ``workers``: processes making phantoms in parallel (default: the
+    usable cores); each phantom depends on its own seed alone, so the set does not change with it.
+    Returns the manifest's path.
     """
     if int(n_subjects) < 1:
         raise InputError(f"n_subjects={n_subjects!r} must be >= 1")
@@ -252,16 +255,21 @@ def write_family(out_dir: str | os.PathLike, n_subjects: int = 4, seed: int = 0,
     if manifest.is_file() and (out / ".settings").is_file() and (out / ".settings").read_text() == stamp:
         return manifest
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(int(n_subjects)):
-        p = make_phantom(int(seed) * 1000 + i, GRID_KINDS[i % len(GRID_KINDS)], voxel_mm, spacing_scale)
-        sid = f"ind{i:02d}"
-        paths = {k: out / f"{sid}_{k}.nii.gz" for k in ("T1w", "FLAIR", "label")}
-        atomic_save_nifti(nib.Nifti1Image(p.t1, p.t1_affine), paths["T1w"])
-        atomic_save_nifti(nib.Nifti1Image(p.flair, p.affine), paths["FLAIR"])
-        atomic_save_nifti(nib.Nifti1Image(p.label, p.affine), paths["label"])
-        rows.append({"subject_id": sid, "session_id": "1", "t1": paths["T1w"].name, "flair": paths["FLAIR"].name,
-                     "label": paths["label"].name, "kind": p.kind, "wmh_mm3_true": round(p.wmh_mm3_true, 1)})
+    jobs = [(str(out), f"ind{i:02d}", int(seed) * 1000 + i, GRID_KINDS[i % len(GRID_KINDS)], voxel_mm, spacing_scale)
+            for i in range(int(n_subjects))]
+    rows = process_map(_write_phantom, jobs, workers)
     atomic_write_csv(manifest, pd.DataFrame(rows))
     (out / ".settings").write_text(stamp)
     return manifest
+
+
+def _write_phantom(job: tuple[str, str, int, str, float, float]) -> dict[str, object]:
+    """Make one phantom, write its three images, and return its manifest row."""
+    out, sid, seed, kind, voxel_mm, spacing_scale = job
+    p = make_phantom(seed, kind, voxel_mm, spacing_scale)
+    paths = {k: Path(out) / f"{sid}_{k}.nii.gz" for k in ("T1w", "FLAIR", "label")}
+    atomic_save_nifti(nib.Nifti1Image(p.t1, p.t1_affine), paths["T1w"])
+    atomic_save_nifti(nib.Nifti1Image(p.flair, p.affine), paths["FLAIR"])
+    atomic_save_nifti(nib.Nifti1Image(p.label, p.affine), paths["label"])
+    return {"subject_id": sid, "session_id": "1", "t1": paths["T1w"].name, "flair": paths["FLAIR"].name,
+            "label": paths["label"].name, "kind": p.kind, "wmh_mm3_true": round(p.wmh_mm3_true, 1)}

@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ import pandas as pd
 from wmhseg.changes import lesion_changes
 from wmhseg.files import atomic_write_csv, atomic_write_json, atomic_write_text
 from wmhseg.image_io import atomic_save_nifti
+from wmhseg.parallel import process_map
 from wmhseg.synth.cohort import CohortParams, params_dict, simulate_cohort
 from wmhseg.synth.followups import Acquisition, FollowUps, draw_acquisitions, move_scan
 from wmhseg.synth.images import generate_subject, write_scan
@@ -122,7 +122,7 @@ def write_study(
         followups: how follow-up visits are acquired (default :class:`FollowUps`: repositioned
             head, contrast drift, a scanner change for some; ``followups.IDEAL``: every visit on
             the baseline's grid, pose and scanner).
-        workers: processes painting subjects in parallel (default: the CPU count).
+        workers: processes painting subjects in parallel (default: the usable cores).
         overwrite: repaint even when ``out_dir`` holds a study written with the same settings.
 
     Returns:
@@ -154,8 +154,7 @@ def write_study(
             "subject_id": row.subject_id, "session_id": row.session_id, "wmh_volume_mm3": float(row.wmh_mm3),
             "seed": subject_seed[row.subject_id] * 31 + i, "subject_seed": subject_seed[row.subject_id],
             "acquisition": acq})
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        done = list(pool.map(_paint_subject, [(str(out / "scans"), v, geometry, followups) for v in jobs.values()]))
+    done = process_map(_paint_subject, [(str(out / "scans"), v, geometry, followups) for v in jobs.values()], workers)
     painted = [p for d in done for p in d["painted"]]
     changes = [t for d in done for t in d["changes"]]
 
