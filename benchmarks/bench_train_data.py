@@ -9,6 +9,8 @@ builds the real :class:`~wmhseg.data.datamodule.WMHDataModule` and
   cached, only random sampling and augmentation run per batch;
 * ``naive``: ``cache: none`` and no loader workers, i.e. a plain ``monai.data.Dataset`` with
   the same transforms, loading and preprocessing every volume from disk for every batch;
+* ``other_layout``: the configured pipeline with the network in the other memory layout
+  (``model.channels_last``: contiguous where the configuration gives channels-last 3-D);
 * (full run) the configured cache with the other choice of loader workers (0 or 1).
 
 They train side by side, in alternating blocks of steps, in one process. Timers split each
@@ -74,7 +76,8 @@ class _Pipeline:
     """One data module + model + optimizer, stepped by hand with timers, on the intra-op threads a
     training process gives its network (``torch_threads``, :mod:`wmhseg.models.cpu_threads`)."""
 
-    def __init__(self, cfg: Any, cache: str, device: torch.device, num_workers: int | None = None) -> None:
+    def __init__(self, cfg: Any, cache: str, device: torch.device, num_workers: int | None = None,
+                 channels_last: bool | str | None = None) -> None:
         from hydra.utils import instantiate
 
         from wmhseg.models.cpu_threads import check_torch_threads, training_threads
@@ -88,6 +91,9 @@ class _Pipeline:
         self.dm.setup("fit")
         self.setup_s = time.perf_counter() - t
         self.model = build_module(cfg, self.dm.label_spec, self.dm.preprocess_spec.to_dict()).to(device)
+        if channels_last is not None:
+            self.model.channels_last_setting = channels_last
+        self.model.apply_memory_format(device)  # what the trainer's setup does
         self.model.train()
         opt = self.model.configure_optimizers()
         self.opt = opt["optimizer"] if isinstance(opt, dict) else (opt[0][0] if isinstance(opt, tuple) else opt)
@@ -146,6 +152,7 @@ class _Pipeline:
             "num_workers": self.dm.num_workers,
             "torch_threads": self.threads or torch.get_num_threads(),
             "cache": self.dm.cache,
+            "channels_last": self.model.channels_last,
         }
 
 
@@ -161,12 +168,13 @@ def run(*, quick: bool = False, device: str | torch.device = "cpu", overrides: l
     with tempfile.TemporaryDirectory(prefix="wmhseg-bench-train-") as tmp:
         cfg = compose_config(Path(tmp) / "data", Path(tmp) / "run", overrides)
         workers = int(cfg.data.get("num_workers") or 0)
-        pipes = {"cached": _Pipeline(cfg, str(cfg.data.get("cache", "memory")), device),
-                 "naive": _Pipeline(cfg, "none", device, num_workers=0)}
+        cache = str(cfg.data.get("cache", "memory"))
+        pipes = {"cached": _Pipeline(cfg, cache, device), "naive": _Pipeline(cfg, "none", device, num_workers=0)}
+        layout = pipes["cached"].model.channels_last
+        pipes["other_layout"] = _Pipeline(cfg, cache, device, channels_last=not layout)
         alt = 1 if workers == 0 else 0
         if not quick:
-            pipes[f"cached_{alt}_workers"] = _Pipeline(cfg, str(cfg.data.get("cache", "memory")), device,
-                                                       num_workers=alt)
+            pipes[f"cached_{alt}_workers"] = _Pipeline(cfg, cache, device, num_workers=alt)
         load_before = loadavg()
         for b in range(blocks):
             order = list(pipes) if b % 2 == 0 else list(pipes)[::-1]
@@ -200,6 +208,17 @@ def run(*, quick: bool = False, device: str | torch.device = "cpu", overrides: l
         "target": f"< {100 * WAIT_TARGET:g} %",
         "met": cached["data_wait_fraction"] < WAIT_TARGET,
     }]
+    other = result["other_layout"]
+    layouts = {cached["channels_last"]: cached, other["channels_last"]: other}
+    rows.append({
+        "goal": "3. network step (forward, loss, backward, optimizer), channels-last 3-D layout",
+        "baseline": f"contiguous layout: {layouts[False]['mean_compute_s']:.4f} s",
+        "candidate": f"channels-last: {layouts[True]['mean_compute_s']:.4f} s"
+                     + (" (as configured)" if cached["channels_last"] else " (not configured on this device)"),
+        "ratio": round(layouts[False]["mean_compute_s"] / layouts[True]["mean_compute_s"], 2),
+        "target": "> 1x on CPU (measured only, elsewhere)",
+        "met": layouts[False]["mean_compute_s"] > layouts[True]["mean_compute_s"] if device.type == "cpu" else None,
+    })
     alt_name = f"cached_{1 if cached['num_workers'] == 0 else 0}_workers"
     if alt_name in result:
         w = result[alt_name]

@@ -116,6 +116,43 @@ def test_training_steps_reduce_the_loss():
     assert after < 0.6 * before
 
 
+def test_channels_last_training_computes_what_the_contiguous_layout_does(tmp_path):
+    torch.manual_seed(0)
+    shape = (16, 16, 16)
+    ref = _ball(shape, (8, 8, 8), 4)
+    image = torch.randn(2, *shape) * 0.3
+    image[1] += torch.from_numpy(ref.astype(np.float32))
+    batch = {"image": image, "label": torch.from_numpy(ref.astype(np.int64))[None]}
+    loader = DataLoader([batch] * 4, batch_size=2)
+    trained = {}
+    for layout in (False, True):
+        torch.manual_seed(1)
+        module = _module(optimizer=functools.partial(torch.optim.AdamW, lr=1e-2), channels_last=layout)
+        trainer = _trainer(max_epochs=3, limit_val_batches=0, enable_checkpointing=True,
+                           default_root_dir=tmp_path / str(layout))
+        trainer.fit(module, train_dataloaders=loader)
+        trained[layout] = module
+    weights = {k: v for k, v in trained[True].net.state_dict().items() if v.dim() == 5}
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last_3d) and not w.is_contiguous()
+                           for w in weights.values())
+    assert not any(w.is_contiguous(memory_format=torch.channels_last_3d) and not w.is_contiguous()
+                   for w in trained[False].net.state_dict().values())
+    # 6 optimizer steps in either layout: the same network, to float rounding (compared by its
+    # output: Adam turns the rounding noise of a bias that a norm cancels into whole steps)
+    with torch.no_grad():
+        outputs = [trained[layout].eval()(image[None]) for layout in (False, True)]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-3, atol=1e-3)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        untrained = _module().eval()(image[None])
+    assert (outputs[0] - untrained).abs().max() > 0.1  # the steps did change the network
+    # the "auto" default takes channels-last on a CPU trainer
+    auto = _module()
+    auto.trainer = _trainer()
+    auto.setup("fit")
+    assert auto.channels_last
+
+
 def test_optimizer_and_scheduler_from_partials():
     module = _module(
         optimizer=functools.partial(torch.optim.SGD, lr=0.1),
@@ -178,6 +215,7 @@ def test_inference_settings_defaults():
         ({"labels": {"mode": "tissue"}}, "tissue"),
         ({"net_config": {**UNET, "deep_supervision": True}}, "deep_supervision"),
         ({"scheduler_interval": "batch"}, "batch"),
+        ({"channels_last": "yes"}, "channels_last='yes'"),
         ({"preprocessing": {"spacing": [1, 1]}}, "spacing"),
     ],
 )

@@ -107,6 +107,7 @@ def build_module(cfg: DictConfig, label_spec: LabelSpec, preprocessing: Mapping[
         labels=label_spec.to_dict(),
         inference=inference,
         config_yaml=config_to_yaml(cfg),
+        channels_last=model_cfg.get("channels_last", "auto"),
     )
 
 
