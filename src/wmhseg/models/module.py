@@ -200,7 +200,12 @@ class WMHSegModule(L.LightningModule):
         auto = torch.device(device).type == "cpu"
         self.channels_last = auto if self.channels_last_setting == "auto" else bool(self.channels_last_setting)
         if self.channels_last:
-            self.net.to(memory_format=torch.channels_last_3d)
+            # tensor.contiguous rather than Module.to: for a 1x1x1 kernel, .to picks strides that its
+            # gradients do not have, and DDP then copies between them every step ("Grad strides do
+            # not match bucket view strides")
+            for tensor in (*self.net.parameters(), *self.net.buffers()):
+                if tensor.dim() == 5:
+                    tensor.data = tensor.data.contiguous(memory_format=torch.channels_last_3d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes, ...)`` of a ``(B, 2, ...)`` image batch."""
