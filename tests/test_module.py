@@ -99,13 +99,18 @@ def test_spacing_from_metatensor_affine():
     assert _spacing(torch.zeros(1), (1.0, 1.0, 2.0)) == (1.0, 1.0, 2.0)
 
 
-def test_training_steps_reduce_the_loss():
+def _ball_batch() -> dict[str, torch.Tensor]:
+    """A noisy 16^3 scan whose FLAIR shows a ball of WMH, with its label (seeded)."""
     torch.manual_seed(0)
     shape = (16, 16, 16)
     ref = _ball(shape, (8, 8, 8), 4)
     image = torch.randn(2, *shape) * 0.3
     image[1] += torch.from_numpy(ref.astype(np.float32))
-    batch = {"image": image, "label": torch.from_numpy(ref.astype(np.int64))[None]}
+    return {"image": image, "label": torch.from_numpy(ref.astype(np.int64))[None]}
+
+
+def test_training_steps_reduce_the_loss():
+    batch = _ball_batch()
     loader = DataLoader([batch] * 4, batch_size=2)
     module = _module(optimizer=functools.partial(torch.optim.AdamW, lr=1e-2))
     with torch.no_grad():
@@ -117,12 +122,8 @@ def test_training_steps_reduce_the_loss():
 
 
 def test_channels_last_training_computes_what_the_contiguous_layout_does(tmp_path):
-    torch.manual_seed(0)
-    shape = (16, 16, 16)
-    ref = _ball(shape, (8, 8, 8), 4)
-    image = torch.randn(2, *shape) * 0.3
-    image[1] += torch.from_numpy(ref.astype(np.float32))
-    batch = {"image": image, "label": torch.from_numpy(ref.astype(np.int64))[None]}
+    batch = _ball_batch()
+    image = batch["image"]
     loader = DataLoader([batch] * 4, batch_size=2)
     trained = {}
     for layout in (False, True):
