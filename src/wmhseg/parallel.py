@@ -25,7 +25,8 @@ def usable_cores() -> int:
 
 
 def process_map(fn: Callable[[Any], T], items: Iterable[Any], workers: int | None = None) -> list[T]:
-    """``[fn(item) for item in items]``, over ``workers`` processes (default: :func:`usable_cores`).
+    """``[fn(item) for item in items]``, over ``workers`` processes (default: :func:`usable_cores`;
+    1 or fewer: in this process).
 
     ``fn`` must be a module-level function and the items picklable. An exception in a job is
     raised here, as it would be in the loop.
