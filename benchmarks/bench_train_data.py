@@ -79,6 +79,7 @@ class _Pipeline:
     def __init__(self, cfg: Any, cache: str, device: torch.device, num_workers: int | None = None,
                  channels_last: bool | str | None = None) -> None:
         from hydra.utils import instantiate
+        from omegaconf import open_dict
 
         from wmhseg.models.cpu_threads import check_torch_threads, training_threads
         from wmhseg.training import build_module
@@ -90,9 +91,11 @@ class _Pipeline:
         t = time.perf_counter()
         self.dm.setup("fit")
         self.setup_s = time.perf_counter() - t
+        if channels_last is not None:  # the module built as train.py builds it, with model.channels_last set
+            cfg = cfg.copy()
+            with open_dict(cfg):
+                cfg.model.channels_last = channels_last
         self.model = build_module(cfg, self.dm.label_spec, self.dm.preprocess_spec.to_dict()).to(device)
-        if channels_last is not None:
-            self.model.channels_last_setting = channels_last
         self.model.apply_memory_format(device)  # what the trainer's setup does
         self.model.train()
         opt = self.model.configure_optimizers()
