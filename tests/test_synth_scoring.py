@@ -12,7 +12,7 @@ from wmhseg.manifest import read_manifest
 from wmhseg.synth.__main__ import main
 from wmhseg.synth.cohort import CohortParams
 from wmhseg.synth.followups import FollowUps, read_motion
-from wmhseg.synth.scoring import new_lesion_detection, volume_errors
+from wmhseg.synth.scoring import _pair_counts, new_lesion_detection, volume_errors
 from wmhseg.synth.study import write_study
 
 IDS = {"subject_id": str, "session_id": str, "session_from": str, "session_to": str}
@@ -56,6 +56,22 @@ def study(tmp_path_factory):
     followups = FollowUps(rotation_deg=4.0, shift_mm=5.0, p_scanner_change=1.0)
     write_study(out, params, anatomy="procedural", shape=(40, 48, 40), spacing=2.0, followups=followups, workers=1)
     return out
+
+
+def test_a_new_lesion_of_exactly_the_minimum_volume_counts(tmp_path):
+    # five 2 mm voxels are 40 mm^3, though this rotated grid's affine, as stored (float32), gives
+    # a voxel of 7.9999997 mm^3
+    c, s = np.cos(0.4), np.sin(0.4)
+    affine = np.array([[2 * c, -2 * s, 0, 0], [2 * s, 2 * c, 0, 0], [0, 0, 2.0, 0], [0, 0, 0, 1]])
+    truth = np.zeros((8, 8, 8), np.uint8)
+    truth[2:7, 3, 3] = 1
+    for name in ("truth", "measured"):
+        nib.save(nib.Nifti1Image(truth, affine), tmp_path / f"{name}.nii.gz")
+    stored = nib.load(tmp_path / "truth.nii.gz").affine
+    assert abs(np.linalg.det(stored[:3, :3])) * 5 < 40.0  # the rounding this test is about
+    counts = _pair_counts(tmp_path / "truth.nii.gz", tmp_path / "measured.nii.gz", np.eye(4), 40.0)
+    assert counts == {"true": 1, "found": 1, "measured": 1, "right": 1}
+    assert _pair_counts(tmp_path / "truth.nii.gz", tmp_path / "measured.nii.gz", np.eye(4), 40.5)["true"] == 0
 
 
 def _measured_maps(study, run, extra_lesion: bool = False, empty: bool = False) -> int:

@@ -5,9 +5,10 @@ templates nilearn ships) in four steps:
 
 1. tissue classes on the FLAIR grid (BISON labels 0-8, plus scalp and skull as background);
 2. WMH: a smooth lesion score inside the white matter (periventricular caps and bands, strongest
-   at the ventricles' horns, plus deep blobs, with irregular borders); the WMH class (9) is the
-   white-matter voxels of highest score, as many as make the requested volume, so the label's
-   volume matches ``wmh_volume_mm3`` to within one voxel. The score depends on the subject only,
+   at the ventricles' horns, plus deep blobs and, for heavy loads, confluent deep patches, with
+   irregular borders); the WMH class (9) is the white-matter voxels of highest score in lesions of
+   at least 30 mm^3, as many as make the requested volume, so the label's volume matches
+   ``wmh_volume_mm3`` to within one voxel. The score depends on the subject only,
    so scans of one subject at growing volumes show nested, growing lesions;
 3. intensities: tissue contrasts with per-scan jitter, WMH bright on FLAIR and darker on T1 with
    varying contrast, and FLAIR look-alikes that are not WMH (incompletely suppressed sulcal CSF,
@@ -228,7 +229,7 @@ def generate_subject(
     score = lesion_score(codes, vdist, horn, pose, grid, head, [int(subject_seed), 3])
     voxel_mm3 = float(np.prod(grid.spacing))
     cut = LesionCut.for_volume(score, codes == 8, voxel_mm3, wmh_volume_mm3, acq, grid)
-    lesion, core = cut.lesions(codes, score)
+    lesion, core = cut.lesions(codes, score, voxel_mm3)
     label = np.where(codes >= SCALP, 0, codes).astype(np.uint8)
     label[lesion] = 9
     kw = dict(contrast_jitter=contrast_jitter, bias_field=bias_field, noise=noise, session_jitter=session_jitter)
@@ -243,7 +244,7 @@ def generate_subject(
                                t1_spacing, grid_centre)
         codes_t1, vd_t1, horn_t1 = head.sample(t1_grid, pose)
         les_t1, core_t1 = cut.lesions(codes_t1, lesion_score(codes_t1, vd_t1, horn_t1, pose, t1_grid, head,
-                                                             [int(subject_seed), 3]))
+                                                             [int(subject_seed), 3]), float(np.prod(t1_grid.spacing)))
         t1, _ = _render(codes_t1, les_t1, core_t1, t1_grid, pose, np.random.default_rng([int(seed), 2]),
                         protocol=protocol(), **kw)
         t1_affine = t1_grid.affine

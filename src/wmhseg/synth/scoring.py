@@ -109,13 +109,19 @@ def _load(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
         raise InputError(f"{path}: cannot read the change map ({exc})") from exc
 
 
+def _at_least(size_mm3: float, min_mm3: float) -> bool:
+    """``size_mm3 >= min_mm3`` at the lesion table's precision (mm^3 to 3 decimals): a voxel volume
+    read from an affine (7.999999999999998 for 2 mm) must not drop a lesion of exactly ``min_mm3``."""
+    return round(float(size_mm3), 3) >= min_mm3
+
+
 def _pair_counts(truth_path: Path, measured_path: Path, later_motion: np.ndarray, min_mm3: float) -> dict[str, int]:
     """One consecutive pair's new-lesion counts (true, found, measured, right)."""
     truth_img, truth = _load(truth_path)
     ref_voxel = float(abs(np.linalg.det(truth_img.affine[:3, :3])))
     true_labels, n_true = label_lesions(truth == 1)
     sizes = ndimage.sum_labels(truth == 1, true_labels, np.arange(1, n_true + 1)) * ref_voxel
-    big = {i + 1 for i, size in enumerate(sizes) if size >= min_mm3}
+    big = {i + 1 for i, size in enumerate(sizes) if _at_least(size, min_mm3)}
     # each true new lesion with its one-voxel neighbourhood, labelled by the lesion it surrounds
     near = ndimage.grey_dilation(np.where(np.isin(true_labels, list(big)), true_labels, 0), footprint=_FULL)
     img, measured = _load(measured_path)
@@ -126,7 +132,7 @@ def _pair_counts(truth_path: Path, measured_path: Path, later_motion: np.ndarray
     hit: set[int] = set()
     for k in range(1, n_found + 1):
         vox = np.argwhere(found_labels == k)
-        if len(vox) * voxel < min_mm3:
+        if not _at_least(len(vox) * voxel, min_mm3):
             continue
         ref = np.rint(np.c_[vox, np.ones(len(vox))] @ to_ref.T)[:, :3].astype(int)
         ref = ref[np.all((ref >= 0) & (ref < np.asarray(truth.shape)), axis=1)]
