@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from wmhseg.errors import InputError
+from wmhseg.geometry import bounding_box
 from wmhseg.synth.anatomy import Grid, Noise, smooth_field
 
 __all__ = ["lesion_score", "LesionCut", "MIN_LESION_MM3"]
@@ -130,13 +131,21 @@ class LesionCut:
         if n == 0:
             return cls(float(np.inf), spread, 0.0)
         ranked = np.sort(wm_scores)[::-1]  # the k-th threshold keeps the k highest scores before dropping
-        k_min = _min_voxels(voxel_mm3)
-        lo, hi = n, ranked.size  # bisection over ranks: the fewest raw voxels whose kept ones reach n
-        if kept_lesions(wm & (score >= ranked[hi - 1]), k_min).sum() < n:
-            lo = hi = n  # cannot happen for a white matter of one piece; keep the plain cut
+        box = bounding_box(wm, 1)
+        wm_box, score_box, k_min = wm[box], score[box], _min_voxels(voxel_mm3)
+
+        def reaches(rank: int) -> bool:  # the cut keeping `rank` voxels keeps n or more in lesions
+            return int(kept_lesions(wm_box & (score_box >= ranked[rank - 1]), k_min).sum()) >= n
+
+        # the fewest raw voxels whose kept ones reach n: steps up by the deficit, then bisection
+        lo, hi = n, n
+        while not reaches(hi):
+            if hi == ranked.size:  # cannot happen for a white matter of one piece; keep the plain cut
+                return cls(float(ranked[n - 1]), spread, n * voxel_mm3)
+            lo, hi = hi + 1, min(ranked.size, hi + 2 * (hi - lo + 1) + n // 8)
         while lo < hi:
             mid = (lo + hi) // 2
-            if kept_lesions(wm & (score >= ranked[mid - 1]), k_min).sum() >= n:
+            if reaches(mid):
                 hi = mid
             else:
                 lo = mid + 1
