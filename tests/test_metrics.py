@@ -13,8 +13,10 @@ from scipy.spatial import KDTree
 
 from wmhseg.metrics import (
     avd_percent,
+    best_threshold,
     contour,
     dice,
+    dice_by_threshold,
     hd95,
     label_lesions,
     lesion_detection,
@@ -161,3 +163,39 @@ def test_hd95_and_lesions_match_simpleitk(seed):
     cc.SetFullyConnected(True)
     cc.Execute(_sitk_image(ref, spacing))
     assert label_lesions(ref)[1] == cc.GetObjectCount()
+
+
+@pytest.mark.parametrize("reference", ["lesions", "empty"])
+def test_dice_by_threshold_is_the_dice_of_each_thresholded_mask(reference):
+    rng = np.random.default_rng(3)
+    prob = rng.random((14, 12, 9)).astype(np.float32)  # in [0, 1): nothing exceeds 1
+    blobs = ndimage.uniform_filter(rng.random(prob.shape), 3) > 0.52
+    ref = blobs if reference == "lesions" else np.zeros(prob.shape, bool)
+    thresholds = [0.05, 0.3, 0.5, float(prob[0, 0, 0]), 0.97, 1.0]  # one equal to a voxel's value: not above it
+    expected = [dice(prob > t, ref) for t in thresholds]  # MONAI's Dice of each mask (float32)
+    assert dice_by_threshold(prob, ref, thresholds) == pytest.approx(expected, rel=1e-6)
+    if reference == "empty":  # a non-empty mask scores 0, an empty one (threshold 1) 1
+        assert expected[0] == 0 and expected[-1] == 1
+    with pytest.raises(ValueError, match="shape"):
+        dice_by_threshold(prob, ref[:-1], thresholds)
+
+
+def test_best_threshold_finds_where_the_probability_crosses_the_lesion_edge():
+    # the probability falls by 0.05 per voxel of distance and equals 0.7 on the spheres' surfaces
+    # (radii between voxel centres' distances, so no voxel sits on a surface): above 0.7 is exactly
+    # the lesion, and every other threshold of the grid adds or removes a shell of voxels
+    grid = np.indices((30, 30, 30))
+    thresholds = [round(0.2 + 0.05 * i, 2) for i in range(15)]
+    curves = []
+    for centre, radius in (((14, 15, 13), 6.5), ((12, 16, 15), 9.3)):
+        distance = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)))
+        prob = np.clip(0.7 + 0.05 * (radius - distance), 0.0, 1.0)
+        curves.append(dice_by_threshold(prob, distance < radius, thresholds))
+    threshold, mean_dice = best_threshold(curves, thresholds, default=0.5)
+    assert threshold == 0.7 and mean_dice == pytest.approx(1.0)
+    assert max(np.mean(curves, axis=0)[[thresholds.index(0.65), thresholds.index(0.75)]]) < 0.95
+    # ties go to the threshold nearest the default; no curves leave the default
+    assert best_threshold([[0.8, 0.9, 0.9, 0.9]], [0.3, 0.4, 0.5, 0.6], default=0.58) == (0.6, 0.9)
+    assert best_threshold([], thresholds, default=0.5)[0] == 0.5
+    with pytest.raises(ValueError, match="thresholds"):
+        best_threshold([[0.8, 0.9]], [0.3, 0.4, 0.5], default=0.5)

@@ -13,6 +13,7 @@ from monai.data import MetaTensor
 from torch import nn
 from torch.utils.data import DataLoader
 
+from wmhseg.checkpoint import load_checkpoint, read_meta
 from wmhseg.errors import InputError
 from wmhseg.metrics import segmentation_metrics
 from wmhseg.models.module import WMHSegModule, _spacing, check_inference_settings
@@ -80,6 +81,43 @@ def test_validation_metrics_match_wmhseg_metrics():
     assert expected[0]["dice"] == pytest.approx(dice1)
     assert float(logged["val/n_scans"]) == 3
     assert math.isfinite(float(logged["val/loss"]))
+
+
+class FlairIsProbability(nn.Module):
+    """Voxel-wise 'network' whose WMH probability is the FLAIR channel itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = x[:, 1].clamp(1e-6, 1 - 1e-6)
+        return torch.stack([torch.zeros_like(p), torch.log(p / (1 - p))], dim=1) + self.unused
+
+
+@pytest.mark.parametrize("calibrate", [True, False])
+def test_calibrated_threshold_is_stored_in_the_checkpoint(tmp_path, calibrate):
+    # probabilities that cross 0.7 exactly at the lesions' edges (0.05 per voxel of distance)
+    grid = np.indices((24, 24, 20))
+    cases = []
+    for centre, radius in (((11, 12, 9), 5.5), ((12, 11, 10), 7.3)):
+        distance = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)))
+        prob = np.clip(0.7 + 0.05 * (radius - distance), 0.01, 0.99).astype(np.float32)
+        cases.append({"image": torch.from_numpy(np.stack([np.zeros_like(prob), prob])),
+                      "label": torch.from_numpy((distance < radius).astype(np.int64))[None]})
+    trainer = _trainer()
+    module = _module(FlairIsProbability(), calibrate_threshold=calibrate)
+    trainer.validate(module, dataloaders=DataLoader(cases, batch_size=1), verbose=False)
+    logged = trainer.callback_metrics
+    assert float(logged["val/dice"]) < 0.9  # at the configured 0.5 the masks reach 4 voxels beyond the edges
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    stored = read_meta(load_checkpoint(tmp_path / "model.ckpt"))["inference"]["threshold"]
+    if calibrate:
+        assert float(logged["val/threshold"]) == pytest.approx(0.7)
+        assert float(logged["val/dice_calibrated"]) == pytest.approx(1.0)
+        assert stored == pytest.approx(0.7)
+    else:
+        assert "val/threshold" not in logged and stored == 0.5
 
 
 def test_bison_mode_sums_wmh_channels():
@@ -217,6 +255,7 @@ def test_inference_settings_defaults():
         ({"net_config": {**UNET, "deep_supervision": True}}, "deep_supervision"),
         ({"scheduler_interval": "batch"}, "batch"),
         ({"channels_last": "yes"}, "channels_last='yes'"),
+        ({"calibrate_threshold": "yes"}, "calibrate_threshold='yes'"),
         ({"preprocessing": {"spacing": [1, 1]}}, "spacing"),
     ],
 )

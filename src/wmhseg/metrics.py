@@ -55,6 +55,8 @@ __all__ = [
     "label_lesions",
     "lesion_detection",
     "segmentation_metrics",
+    "dice_by_threshold",
+    "best_threshold",
     "METRIC_NAMES",
 ]
 
@@ -170,3 +172,40 @@ def segmentation_metrics(
     recall, f1 = lesion_detection(p, r)
     return {"dice": dice(p, r), "hd95": hd95(p, r, spacing), "avd": avd_percent(p, r),
             "lesion_recall": recall, "lesion_f1": f1}
+
+
+def dice_by_threshold(prob: np.ndarray, ref: np.ndarray, thresholds: Sequence[float]) -> list[float]:
+    """The Dice of ``prob > t`` against ``ref`` for each threshold ``t`` (1.0 where both are empty).
+
+    One sort of the probabilities serves every threshold, so a sweep costs about one Dice.
+    """
+    p = np.asarray(prob, dtype=np.float32)
+    r = _bool(ref)
+    if p.shape != r.shape:
+        raise ValueError(f"probability shape {p.shape} differs from reference shape {r.shape}")
+    everywhere, inside = np.sort(p, axis=None), np.sort(p[r])
+    t = np.asarray(thresholds, dtype=np.float32)
+    n_pred = everywhere.size - np.searchsorted(everywhere, t, side="right")  # voxels with p > t
+    true_pos = inside.size - np.searchsorted(inside, t, side="right")
+    denominator = n_pred + inside.size
+    return [1.0 if d == 0 else float(2.0 * tp / d) for tp, d in zip(true_pos, denominator, strict=True)]
+
+
+def best_threshold(curves: Sequence[Sequence[float]], thresholds: Sequence[float],
+                   default: float) -> tuple[float, float]:
+    """The threshold with the highest mean Dice over scans, and that mean.
+
+    Args:
+        curves: one :func:`dice_by_threshold` list per scan.
+        thresholds: the thresholds the curves were computed at.
+        default: the threshold used when there are no curves; among thresholds tied at the best
+            mean, the one nearest to it.
+    """
+    if not len(curves):
+        return float(default), float("nan")
+    mean = np.asarray(curves, dtype=np.float64).mean(axis=0)
+    if mean.shape != (len(thresholds),):
+        raise ValueError(f"Dice curves of length {mean.shape} for {len(thresholds)} thresholds")
+    tied = np.flatnonzero(mean >= mean.max() - 1e-12)
+    i = int(tied[np.argmin(np.abs(np.asarray(thresholds, dtype=np.float64)[tied] - default))])
+    return float(thresholds[i]), float(mean[i])

@@ -108,6 +108,7 @@ def build_module(cfg: DictConfig, label_spec: LabelSpec, preprocessing: Mapping[
         inference=inference,
         config_yaml=config_to_yaml(cfg),
         channels_last=model_cfg.get("channels_last", "auto"),
+        calibrate_threshold=model_cfg.get("calibrate_threshold", False),
     )
 
 

@@ -27,11 +27,11 @@ from wmhseg.checkpoint import FORMAT_VERSION, META_KEY, build_network
 from wmhseg.data.preprocessing import PreprocessSpec
 from wmhseg.errors import InputError
 from wmhseg.labels import LabelSpec
-from wmhseg.metrics import segmentation_metrics
+from wmhseg.metrics import best_threshold, dice_by_threshold, segmentation_metrics
 from wmhseg.plain import to_plain
 from wmhseg.schema import METRIC_NAMES
 
-__all__ = ["WMHSegModule", "check_inference_settings", "INFERENCE_DEFAULTS"]
+__all__ = ["WMHSegModule", "check_inference_settings", "INFERENCE_DEFAULTS", "THRESHOLD_GRID"]
 
 INFERENCE_DEFAULTS: dict[str, Any] = {
     "roi_size": [96, 96, 96],
@@ -41,6 +41,8 @@ INFERENCE_DEFAULTS: dict[str, Any] = {
     "threshold": 0.5,
 }
 _BLEND_MODES = ("gaussian", "constant")
+# the WMH thresholds a calibrating module scores on the held-out subjects: 0.2, 0.25, ..., 0.9
+THRESHOLD_GRID = tuple(round(0.2 + 0.05 * i, 2) for i in range(15))
 # metric prefixes of the validation loaders: the held-out subjects, then the independent phantoms
 VAL_PREFIXES = ("val", "val_independent")
 
@@ -121,6 +123,11 @@ class WMHSegModule(L.LightningModule):
         channels_last: train and validate in ``torch.channels_last_3d`` memory format, oneDNN's
             fastest for CPU convolutions; ``"auto"``: on a CPU device. Only the layout of the
             tensors changes, not what is computed (the results agree to rounding).
+        calibrate_threshold: at each validation, score the held-out subjects (the first loader)
+            at every threshold of ``THRESHOLD_GRID`` and store the one with the best mean Dice in
+            the checkpoints written after it, as their inference threshold (logged as
+            ``val/threshold`` and ``val/dice_calibrated``). ``val/dice`` and the checkpoint choice
+            keep ``inference.threshold``.
 
     Validation batches are whole preprocessed volumes, batch size 1: ``{"image": (1, 2, X, Y, Z),
     "label": (1, 1, X, Y, Z) target values}``. The WMH mask is ``sum of the WMH channels'
@@ -151,6 +158,7 @@ class WMHSegModule(L.LightningModule):
         inference: Mapping[str, Any] | None = None,
         config_yaml: str | None = None,
         channels_last: bool | str = "auto",
+        calibrate_threshold: bool = False,
     ) -> None:
         super().__init__()
         if net_config is None or "_target_" not in net_config:
@@ -160,6 +168,8 @@ class WMHSegModule(L.LightningModule):
             raise InputError("net.deep_supervision=true is not supported: the module expects one output tensor")
         if channels_last not in ("auto", True, False):
             raise InputError(f"channels_last={channels_last!r} must be auto, true or false")
+        if not isinstance(calibrate_threshold, bool):
+            raise InputError(f"calibrate_threshold={calibrate_threshold!r} must be true or false")
         if scheduler_interval not in ("epoch", "step"):
             raise InputError(f"scheduler_interval={scheduler_interval!r} is not one of ('epoch', 'step')")
         self.label_spec = LabelSpec.from_dict(to_plain(dict(labels or {}), "labels"))
@@ -188,7 +198,9 @@ class WMHSegModule(L.LightningModule):
         self.config_yaml = config_yaml or ""
         self.channels_last_setting = channels_last
         self.channels_last = False
-        self._val_records: dict[tuple[int, int], dict[str, float]] = {}  # (loader, scan) -> metrics
+        self._val_records: dict[tuple[int, int], dict[str, Any]] = {}  # (loader, scan) -> metrics
+        self.calibrate_threshold = calibrate_threshold
+        self.calibrated_threshold: float | None = None  # from the latest validation, when calibrating
 
     # ------------------------------------------------------------------ forward and training
     def setup(self, stage: str) -> None:
@@ -245,15 +257,18 @@ class WMHSegModule(L.LightningModule):
         logits = self.sliding_window_logits(image)
         target_t = _tensor(target).long()
         loss = float(self.loss(logits, target_t))
-        pred = (self.wmh_probability(logits)[0] > self.inference_settings["threshold"]).cpu().numpy()
+        prob = self.wmh_probability(logits)[0].cpu().numpy()
         ref = np.isin(target_t[0, 0].cpu().numpy(), self.label_spec.wmh_channels)
-        record = segmentation_metrics(pred, ref, _spacing(image, self.preprocess_spec.spacing))
+        record: dict[str, Any] = segmentation_metrics(prob > self.inference_settings["threshold"], ref,
+                                                      _spacing(image, self.preprocess_spec.spacing))
         record["loss"] = loss
+        if self.calibrate_threshold and dataloader_idx == 0:
+            record["dice_by_threshold"] = dice_by_threshold(prob, ref, THRESHOLD_GRID)
         # A non-shuffled DistributedSampler gives rank r the dataset items r, r + W, r + 2W, ...
         # (padded by repeating the first items): this index identifies each scan across ranks.
         self._val_records[(dataloader_idx, batch_idx * self.trainer.world_size + self.trainer.global_rank)] = record
 
-    def _gather_val_records(self) -> dict[tuple[int, int], dict[str, float]]:
+    def _gather_val_records(self) -> dict[tuple[int, int], dict[str, Any]]:
         records = dict(self._val_records)
         if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * self.trainer.world_size
@@ -288,6 +303,14 @@ class WMHSegModule(L.LightningModule):
                          sync_dist=True, batch_size=1, add_dataloader_idx=False)
             self.log(f"{prefix}/n_scans", torch.tensor(float(len(part))), sync_dist=True, batch_size=1,
                      add_dataloader_idx=False)
+            if self.calibrate_threshold and loader == 0:
+                # every rank holds every scan's curve (gathered above), so all choose the same
+                threshold, mean_dice = best_threshold([r["dice_by_threshold"] for r in part], THRESHOLD_GRID,
+                                                      self.inference_settings["threshold"])
+                self.calibrated_threshold = threshold
+                for name, value in (("threshold", threshold), ("dice_calibrated", mean_dice)):
+                    self.log(f"{prefix}/{name}", torch.tensor(value, dtype=torch.float32), sync_dist=True,
+                             batch_size=1, add_dataloader_idx=False)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
@@ -313,9 +336,16 @@ class WMHSegModule(L.LightningModule):
             "network": to_plain(self.hparams["net_config"], "network"),
             "preprocessing": self.preprocess_spec.to_dict(),
             "labels": self.label_spec.to_dict(),
-            "inference": to_plain(self.inference_settings, "inference"),
+            "inference": to_plain(self._stored_inference_settings(), "inference"),
             "config": self.config_yaml,
         }
+
+    def _stored_inference_settings(self) -> dict[str, Any]:
+        """The inference defaults a checkpoint carries: the calibrated threshold, once there is one."""
+        settings = dict(self.inference_settings)
+        if self.calibrated_threshold is not None:
+            settings["threshold"] = self.calibrated_threshold
+        return settings
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[META_KEY] = self.inference_meta()
