@@ -27,8 +27,6 @@ REPORT      := $(DEMO_DIR)/report
 INDEPENDENT := $(DEMO_DIR)/independent
 # the study segmented visit by visit (prior weight 0), the comparison for the longitudinal mode
 SEPARATE    := $(DEMO_DIR)/infer_visit_by_visit
-# every demo segmentation averages the network over a left-right flip
-DEMO_FLIPS  := 'inference.tta_flips=[[0]]'
 # the visits' registrations, found by step 3 and reused by step 6
 REGISTRATIONS := longitudinal_options.registration_cache=$(DEMO_DIR)/registrations
 
@@ -97,19 +95,18 @@ $(CKPT) $(STUDY)/manifest.csv &: | $(STAMP)
 $(INFER_OUT)/volumes.csv: $(CKPT) $(STUDY)/manifest.csv
 	@echo "== 3/6 segmenting every scan, each subject's visits together ($(INFER_OUT))"
 	$(PY) infer.py ckpt_path=$(CKPT) input=$(STUDY)/manifest.csv out_dir=$(INFER_OUT) \
-		longitudinal=true visit_times=$(STUDY)/clinical.csv $(REGISTRATIONS) $(DEMO_FLIPS)
+		longitudinal=true visit_times=$(STUDY)/clinical.csv $(REGISTRATIONS)
 
 $(SEPARATE)/volumes.csv: $(CKPT) $(STUDY)/manifest.csv
 	@echo "== 6/6 segmenting every visit on its own, for comparison ($(SEPARATE))"
 	$(PY) infer.py ckpt_path=$(CKPT) input=$(STUDY)/manifest.csv out_dir=$(SEPARATE) qc=false \
-		longitudinal=true longitudinal_options.prior_weight=0 visit_times=$(STUDY)/clinical.csv $(REGISTRATIONS) \
-		$(DEMO_FLIPS)
+		longitudinal=true longitudinal_options.prior_weight=0 visit_times=$(STUDY)/clinical.csv $(REGISTRATIONS)
 
 # the phantoms of the independent family the training validated on (other anatomy, contrasts, grids),
 # segmented as the study is
 $(INDEPENDENT)/metrics.csv: $(CKPT)
 	@echo "== 5/6 segmenting the independent validation phantoms ($(INDEPENDENT))"
-	$(PY) infer.py ckpt_path=$(CKPT) input=$(DEMO_DIR)/train/data/independent/manifest.csv out_dir=$(INDEPENDENT) $(DEMO_FLIPS)
+	$(PY) infer.py ckpt_path=$(CKPT) input=$(DEMO_DIR)/train/data/independent/manifest.csv out_dir=$(INDEPENDENT)
 
 $(REPORT)/headline.json: $(INFER_OUT)/volumes.csv
 	@echo "== 4/6 longitudinal statistics ($(REPORT))"

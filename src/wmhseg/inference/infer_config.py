@@ -88,7 +88,8 @@ class InferenceSettings:
             one pass, 0.81 with its window).
         sw_batch_size, overlap, blend_mode: sliding-window batch, overlap and blending.
         tta_flips: test-time flips, each a list of spatial axes (0-2) to flip, e.g. ``[[0]]``;
-            probabilities are averaged with the unflipped prediction.
+            probabilities are averaged with the unflipped prediction. ``[]`` (none) here; ``infer.py``
+            defaults to ``[[0]]``, left-right on a RAS working grid.
         threshold: WMH probability above which a voxel is WMH.
         size_divisor: whole-volume padding multiple; ``None`` derives it from the network's strides.
         channels_last: run the network in ``torch.channels_last_3d`` memory format; ``"auto"``:
