@@ -116,6 +116,10 @@ def test_calibrated_threshold_is_stored_in_the_checkpoint(tmp_path, calibrate):
         assert float(logged["val/threshold"]) == pytest.approx(0.7)
         assert float(logged["val/dice_calibrated"]) == pytest.approx(1.0)
         assert stored == pytest.approx(0.7)
+        # a module resumed from that checkpoint carries the threshold on before it validates again
+        resumed = _module(FlairIsProbability(), calibrate_threshold=True)
+        resumed.on_load_checkpoint(torch.load(tmp_path / "model.ckpt", weights_only=True))
+        assert resumed.inference_meta()["inference"]["threshold"] == pytest.approx(0.7)
     else:
         assert "val/threshold" not in logged and stored == 0.5
 

@@ -349,3 +349,9 @@ class WMHSegModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[META_KEY] = self.inference_meta()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a resumed calibrating run keeps the threshold its checkpoint carries until it validates again
+        stored = (checkpoint.get(META_KEY) or {}).get("inference", {}).get("threshold")
+        if self.calibrate_threshold and isinstance(stored, (int, float)) and 0 < stored < 1:
+            self.calibrated_threshold = float(stored)
