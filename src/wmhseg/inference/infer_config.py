@@ -87,9 +87,8 @@ class InferenceSettings:
             the output (an instance-norm U-Net on synthetic scans: Dice against the truth 0.73 in
             one pass, 0.81 with its window).
         sw_batch_size, overlap, blend_mode: sliding-window batch, overlap and blending.
-        tta_flips: test-time flips, each a list of spatial axes (0-2) to flip, e.g. ``[[0]]``;
-            probabilities are averaged with the unflipped prediction. ``[]`` (none) here; ``infer.py``
-            defaults to ``[[0]]``, left-right on a RAS working grid.
+        tta_flips: test-time flips, lists of spatial axes (0-2) averaged with the plain prediction;
+            ``[]`` here, ``[[0]]`` (left-right on a RAS working grid) in ``infer.py``.
         threshold: WMH probability above which a voxel is WMH.
         size_divisor: whole-volume padding multiple; ``None`` derives it from the network's strides.
         channels_last: run the network in ``torch.channels_last_3d`` memory format; ``"auto"``:
