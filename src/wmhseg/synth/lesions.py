@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from wmhseg.errors import InputError
 from wmhseg.geometry import bounding_box
+from wmhseg.metrics import label_lesions
 from wmhseg.synth.anatomy import Grid, Noise, smooth_field
 
 __all__ = ["lesion_score", "LesionCut", "MIN_LESION_MM3"]
@@ -32,7 +33,6 @@ MIN_LESION_MM3 = 30.0
 # Weight of the broad deep field against the deep blobs' (both scaled by the subject's deep weight)
 _BROAD_WEIGHT = 0.3
 _BROAD_SCALE_MM = 30.0
-_CONNECTIVITY = np.ones((3, 3, 3), bool)
 
 
 def lesion_score(codes, vdist, horn, pose, grid, head, rng_subject) -> np.ndarray:
@@ -75,7 +75,7 @@ def kept_lesions(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     """
     if min_voxels <= 1 or not mask.any():
         return mask
-    labels, n = ndimage.label(mask, _CONNECTIVITY)
+    labels, n = label_lesions(mask)
     keep = np.bincount(labels.reshape(-1), minlength=n + 1) >= min_voxels
     keep[0] = False
     return keep[labels]
@@ -84,7 +84,7 @@ def kept_lesions(mask: np.ndarray, min_voxels: int) -> np.ndarray:
 def _peel(les: np.ndarray, score: np.ndarray, count: int) -> None:
     """Leave out ``count`` voxels of ``les``'s largest lesion, lowest score first, each only where
     the lesion stays in one piece (in place)."""
-    labels, _ = ndimage.label(les, _CONNECTIVITY)
+    labels, _ = label_lesions(les)
     sizes = np.bincount(labels.reshape(-1))
     sizes[0] = 0
     largest = int(np.argmax(sizes))
@@ -96,7 +96,7 @@ def _peel(les: np.ndarray, score: np.ndarray, count: int) -> None:
             return
         voxel = np.unravel_index(flat, lesion.shape)
         lesion[voxel] = False
-        if ndimage.label(lesion, _CONNECTIVITY)[1] == 1:
+        if label_lesions(lesion)[1] == 1:
             sub[voxel] = False
             count -= 1
         else:
