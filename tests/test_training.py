@@ -153,11 +153,12 @@ def test_overfits_one_scan(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):
-    """Two gloo ranks share the data; validation metrics count each of the 3 held-out scans once."""
+    """Two gloo ranks share the data; validation metrics count each of the 3 held-out scans once, and
+    the threshold calibrated on them is the one a single process chooses."""
     out = tmp_path / "ddp"
     proc = _train_py("experiment=smoke", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                      "trainer.precision=32-true", "trainer.max_epochs=1", "data.val_fraction=0.75",
-                     f"hydra.run.dir={out}")
+                     "model.calibrate_threshold=true", f"hydra.run.dir={out}")
     # the channels-last weights (on by default on the CPU) have the strides of their gradients
     assert "Grad strides do not match bucket view strides" not in proc.stderr + proc.stdout
     summary = json.loads((out / "train_summary.json").read_text())
@@ -165,10 +166,12 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert summary["metrics"]["val/n_scans"] == 3  # rank 1's padded duplicate is not counted
     ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")
     assert read_meta(ckpt)["network"]["_target_"] == "monai.networks.nets.UNet"
+    assert read_meta(ckpt)["inference"]["threshold"] == pytest.approx(summary["metrics"]["val/threshold"])
     # one process validating the same weights on the same scans gives the same means
     cfg = _compose(tmp_path / "single", "train=false", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
-                   "data.val_fraction=0.75", f"data.data_dir={out / 'data'}", "logger=none")
+                   "data.val_fraction=0.75", f"data.data_dir={out / 'data'}", "logger=none",
+                   "model.calibrate_threshold=true")
     single = train(cfg)["metrics"]
     assert single["val/n_scans"] == 3
-    for name in ("val/dice", "val/avd", "val/lesion_f1", "val/loss"):
+    for name in ("val/dice", "val/avd", "val/lesion_f1", "val/loss", "val/threshold", "val/dice_calibrated"):
         assert single[name] == pytest.approx(summary["metrics"][name], rel=1e-4, abs=1e-6), name
